@@ -1,0 +1,232 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Options are flanneld's command-line options. Names, defaults and units
+// follow upstream flanneld so that existing manifests and unit files work.
+type Options struct {
+	EtcdEndpoints []string
+	EtcdPrefix    string
+	EtcdKeyFile   string
+	EtcdCertFile  string
+	EtcdCAFile    string
+	EtcdUsername  string
+	EtcdPassword  string
+
+	KubeSubnetMgr             bool
+	KubeAPIURL                string
+	KubeconfigFile            string
+	KubeAnnotationPrefix      string
+	NetConfigPath             string
+	SetNodeNetworkUnavailable bool
+
+	Iface         []string
+	IfaceRegex    []string
+	IfaceCanReach netip.Addr
+	PublicIP      netip.Addr
+	PublicIPv6    netip.Addr
+
+	SubnetFile             string
+	SubnetLeaseRenewMargin time.Duration
+
+	IPMasq                   bool
+	IPMasqFullyRandomDisable bool
+	IPTablesResync           time.Duration
+	IPTablesForwardRules     bool
+	IPBlackholeRoute         bool
+
+	HealthzIP   string
+	HealthzPort int
+
+	// ResyncPeriod is how often the dataplane is compared with the kernel
+	// and repaired (weft only; upstream has no periodic vxlan resync).
+	ResyncPeriod time.Duration
+
+	Version   bool
+	Verbosity int
+}
+
+// EnvPrefix is prepended to a flag's upper-cased name (dashes become
+// underscores) to form the environment variable that sets it.
+const EnvPrefix = "FLANNELD_"
+
+type stringList struct{ v *[]string }
+
+func (s stringList) String() string {
+	if s.v == nil {
+		return ""
+	}
+	return strings.Join(*s.v, ",")
+}
+
+func (s stringList) Set(v string) error {
+	*s.v = append(*s.v, v)
+	return nil
+}
+
+type addrValue struct{ v *netip.Addr }
+
+func (a addrValue) String() string {
+	if a.v == nil || !a.v.IsValid() {
+		return ""
+	}
+	return a.v.String()
+}
+
+func (a addrValue) Set(s string) error {
+	if s == "" {
+		*a.v = netip.Addr{}
+		return nil
+	}
+	p, err := netip.ParseAddr(s)
+	if err != nil {
+		return fmt.Errorf("%q is not an IP address", s)
+	}
+	*a.v = p
+	return nil
+}
+
+// unitDuration is an integer flag counted in unit (minutes, seconds) as
+// upstream's flags are, stored as a time.Duration.
+type unitDuration struct {
+	v    *time.Duration
+	unit time.Duration
+}
+
+func (d unitDuration) String() string {
+	if d.v == nil {
+		return ""
+	}
+	return strconv.FormatInt(int64(*d.v/d.unit), 10)
+}
+
+func (d unitDuration) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q is not a non-negative whole number", s)
+	}
+	*d.v = time.Duration(n) * d.unit
+	return nil
+}
+
+// ParseOptions parses args (without the program name). Flags not given on
+// the command line are taken from FLANNELD_* variables looked up with
+// getenv. The error is flag.ErrHelp for -h/--help; usage goes to out.
+func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Options, error) {
+	var o Options
+	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
+	fs.SetOutput(out)
+
+	o.EtcdEndpoints = nil
+	etcdEndpoints := "http://127.0.0.1:4001,http://127.0.0.1:2379"
+	fs.StringVar(&etcdEndpoints, "etcd-endpoints", etcdEndpoints, "comma-separated list of etcd endpoints")
+	fs.StringVar(&o.EtcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
+	fs.StringVar(&o.EtcdKeyFile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
+	fs.StringVar(&o.EtcdCertFile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
+	fs.StringVar(&o.EtcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
+	fs.StringVar(&o.EtcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
+	fs.StringVar(&o.EtcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+
+	fs.BoolVar(&o.KubeSubnetMgr, "kube-subnet-mgr", false, "contact the Kubernetes API for subnet assignment instead of etcd")
+	fs.StringVar(&o.KubeAPIURL, "kube-api-url", "", "Kubernetes API server URL (only with --kube-subnet-mgr; default: in-cluster)")
+	fs.StringVar(&o.KubeconfigFile, "kubeconfig-file", "", "kubeconfig file location (only with --kube-subnet-mgr)")
+	fs.StringVar(&o.KubeAnnotationPrefix, "kube-annotation-prefix", "flannel.alpha.coreos.com", "Kubernetes annotation prefix")
+	fs.StringVar(&o.NetConfigPath, "net-config-path", "/etc/kube-flannel/net-conf.json", "path to the network configuration (only with --kube-subnet-mgr)")
+	fs.BoolVar(&o.SetNodeNetworkUnavailable, "set-node-network-unavailable", true, "set the node condition NetworkUnavailable=False when up (only with --kube-subnet-mgr)")
+
+	fs.Var(stringList{&o.Iface}, "iface", "interface to use (IP or name) for inter-host communication; repeatable")
+	fs.Var(stringList{&o.IfaceRegex}, "iface-regex", "regex of the interface to use (IP or name); repeatable")
+	fs.Var(addrValue{&o.IfaceCanReach}, "iface-can-reach", "use the interface that routes to this IP")
+	fs.Var(addrValue{&o.PublicIP}, "public-ip", "IP accessible by other nodes for inter-host communication")
+	fs.Var(addrValue{&o.PublicIPv6}, "public-ipv6", "IPv6 accessible by other nodes for inter-host communication")
+
+	fs.StringVar(&o.SubnetFile, "subnet-file", "/run/flannel/subnet.env", "filename where env variables (subnet, MTU, ...) will be written to")
+	o.SubnetLeaseRenewMargin = 60 * time.Minute
+	fs.Var(unitDuration{&o.SubnetLeaseRenewMargin, time.Minute}, "subnet-lease-renew-margin", "subnet lease renewal margin, in minutes")
+
+	fs.BoolVar(&o.IPMasq, "ip-masq", false, "set up IP masquerade rules for traffic destined outside the overlay network")
+	fs.BoolVar(&o.IPMasqFullyRandomDisable, "ip-masq-fully-random-disable", false, "disable the fully-random flag of the masquerade rules")
+	o.IPTablesResync = 5 * time.Second
+	fs.Var(unitDuration{&o.IPTablesResync, time.Second}, "iptables-resync", "resync period for iptables/nftables rules, in seconds")
+	fs.BoolVar(&o.IPTablesForwardRules, "iptables-forward-rules", true, "add default accept rules to the FORWARD chain")
+	fs.BoolVar(&o.IPBlackholeRoute, "ip-blackhole-route", false, "install a blackhole route for the own subnet")
+
+	fs.StringVar(&o.HealthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
+	fs.IntVar(&o.HealthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
+
+	o.ResyncPeriod = 10 * time.Second
+	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "how often the dataplane is checked against the kernel and repaired")
+
+	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
+	fs.IntVar(&o.Verbosity, "v", 0, "log verbosity: 0 info, 1 and above adds per-lease debug lines")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return o, err
+		}
+		return o, fmt.Errorf("flags: %w", err)
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("flags: unexpected argument %q", fs.Arg(0))
+	}
+
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] || envErr != nil {
+			return
+		}
+		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		v := getenv(name)
+		if v == "" {
+			return
+		}
+		// Repeatable flags take a comma-separated list from the environment.
+		if _, ok := f.Value.(stringList); ok {
+			for _, item := range strings.Split(v, ",") {
+				if item = strings.TrimSpace(item); item != "" {
+					_ = f.Value.Set(item)
+				}
+			}
+			return
+		}
+		if err := f.Value.Set(v); err != nil {
+			envErr = fmt.Errorf("environment %s: %w", name, err)
+		}
+	})
+	if envErr != nil {
+		return o, envErr
+	}
+
+	for _, e := range strings.Split(etcdEndpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			o.EtcdEndpoints = append(o.EtcdEndpoints, e)
+		}
+	}
+	if len(o.EtcdEndpoints) == 0 && !o.KubeSubnetMgr {
+		return o, errors.New("flags: --etcd-endpoints: empty")
+	}
+	if o.PublicIP.IsValid() && !o.PublicIP.Is4() {
+		return o, fmt.Errorf("flags: --public-ip: %s is not an IPv4 address", o.PublicIP)
+	}
+	if o.PublicIPv6.IsValid() && !o.PublicIPv6.Is6() {
+		return o, fmt.Errorf("flags: --public-ipv6: %s is not an IPv6 address", o.PublicIPv6)
+	}
+	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
+		return o, fmt.Errorf("flags: --healthz-port: %d is not a port number", o.HealthzPort)
+	}
+	if o.ResyncPeriod <= 0 {
+		return o, fmt.Errorf("flags: --resync-period: must be positive, got %s", o.ResyncPeriod)
+	}
+	return o, nil
+}

@@ -1,0 +1,83 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"net/netip"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestParseOptionsDefaults(t *testing.T) {
+	o, err := ParseOptions(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := len(o.EtcdEndpoints); got != 2 || o.EtcdEndpoints[1] != "http://127.0.0.1:2379" {
+		t.Errorf("EtcdEndpoints = %v", o.EtcdEndpoints)
+	}
+	if o.EtcdPrefix != "/coreos.com/network" || o.SubnetFile != "/run/flannel/subnet.env" ||
+		o.SubnetLeaseRenewMargin != time.Hour || o.IPTablesResync != 5*time.Second ||
+		!o.IPTablesForwardRules || !o.SetNodeNetworkUnavailable ||
+		o.KubeAnnotationPrefix != "flannel.alpha.coreos.com" || o.HealthzIP != "0.0.0.0" ||
+		o.ResyncPeriod != 10*time.Second {
+		t.Errorf("unexpected defaults: %+v", o)
+	}
+}
+
+func TestParseOptionsFlagsBeatEnv(t *testing.T) {
+	o, err := ParseOptions(
+		[]string{"--iface=eth1", "-iface", "10.0.0.9", "--ip-masq", "--public-ip", "192.0.2.1", "-v=2", "--subnet-lease-renew-margin=30"},
+		env(map[string]string{
+			"FLANNELD_IFACE":           "ignored",
+			"FLANNELD_ETCD_ENDPOINTS":  "http://a:2379, http://b:2379",
+			"FLANNELD_IPTABLES_RESYNC": "7",
+			"FLANNELD_IFACE_REGEX":     "^eth,^ens",
+			"FLANNELD_PUBLIC_IPV6":     "2001:db8::1",
+		}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Iface) != 2 || o.Iface[0] != "eth1" || o.Iface[1] != "10.0.0.9" {
+		t.Errorf("Iface = %v", o.Iface)
+	}
+	if len(o.IfaceRegex) != 2 || o.IfaceRegex[1] != "^ens" {
+		t.Errorf("IfaceRegex = %v", o.IfaceRegex)
+	}
+	if len(o.EtcdEndpoints) != 2 || o.EtcdEndpoints[1] != "http://b:2379" {
+		t.Errorf("EtcdEndpoints = %v", o.EtcdEndpoints)
+	}
+	if !o.IPMasq || o.Verbosity != 2 || o.IPTablesResync != 7*time.Second || o.SubnetLeaseRenewMargin != 30*time.Minute {
+		t.Errorf("options = %+v", o)
+	}
+	if o.PublicIP != netip.MustParseAddr("192.0.2.1") || o.PublicIPv6 != netip.MustParseAddr("2001:db8::1") {
+		t.Errorf("public IPs = %v %v", o.PublicIP, o.PublicIPv6)
+	}
+}
+
+func TestParseOptionsErrors(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+	}{
+		{args: []string{"--public-ip=2001:db8::1"}},
+		{args: []string{"--public-ip=nope"}},
+		{args: []string{"--healthz-port=70000"}},
+		{args: []string{"--no-such-flag"}},
+		{args: []string{"stray"}},
+		{env: map[string]string{"FLANNELD_IP_MASQ": "maybe"}},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "-3"}},
+	} {
+		if _, err := ParseOptions(tc.args, env(tc.env), io.Discard); err == nil {
+			t.Errorf("ParseOptions(%v, %v): want error", tc.args, tc.env)
+		}
+	}
+	if _, err := ParseOptions([]string{"-h"}, env(nil), io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h: err = %v, want flag.ErrHelp", err)
+	}
+}

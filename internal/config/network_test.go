@@ -1,0 +1,131 @@
+package config
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestParseNetworkDefaults(t *testing.T) {
+	tests := []struct {
+		name string
+		json string
+		want Network
+	}{
+		{
+			name: "v4 /16 gets /24 subnets, first subnet skipped",
+			json: `{"Network":"10.5.0.0/16"}`,
+			want: Network{EnableIPv4: true, Network: mp("10.5.0.0/16"), SubnetLen: 24,
+				SubnetMin: ma("10.5.1.0"), SubnetMax: ma("10.5.255.0"),
+				Backend: Backend{Type: "vxlan", VNI: 1}},
+		},
+		{
+			name: "small network gets prefix+2, lowercase keys accepted",
+			json: `{"network":"10.5.0.0/24","backend":{"type":"host-gw"}}`,
+			want: Network{EnableIPv4: true, Network: mp("10.5.0.0/24"), SubnetLen: 26,
+				SubnetMin: ma("10.5.0.64"), SubnetMax: ma("10.5.0.192"),
+				Backend: Backend{Type: "host-gw", VNI: 1}},
+		},
+		{
+			name: "non-canonical network is masked",
+			json: `{"Network":"10.5.3.7/16","SubnetLen":20,"Backend":{"Type":"vxlan","VNI":4,"Port":4789,"DirectRouting":true,"MTU":1400}}`,
+			want: Network{EnableIPv4: true, Network: mp("10.5.0.0/16"), SubnetLen: 20,
+				SubnetMin: ma("10.5.16.0"), SubnetMax: ma("10.5.240.0"),
+				Backend: Backend{Type: "vxlan", VNI: 4, Port: 4789, DirectRouting: true, MTU: 1400}},
+		},
+		{
+			name: "dual stack",
+			json: `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","EnableNFTables":true}`,
+			want: Network{EnableIPv4: true, EnableIPv6: true, EnableNFTables: ptr(true),
+				Network: mp("10.5.0.0/16"), SubnetLen: 24, SubnetMin: ma("10.5.1.0"), SubnetMax: ma("10.5.255.0"),
+				IPv6Network: mp("fc00::/48"), IPv6SubnetLen: 64, IPv6SubnetMin: ma("fc00:0:0:1::"), IPv6SubnetMax: ma("fc00:0:0:ffff::"),
+				Backend: Backend{Type: "vxlan", VNI: 1}},
+		},
+		{
+			name: "ipv6 only with explicit min/max",
+			json: `{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/56","IPv6SubnetMin":"fc00:0:0:10::","IPv6SubnetMax":"fc00:0:0:20::"}`,
+			want: Network{EnableIPv6: true,
+				IPv6Network: mp("fc00::/56"), IPv6SubnetLen: 64, IPv6SubnetMin: ma("fc00:0:0:10::"), IPv6SubnetMax: ma("fc00:0:0:20::"),
+				Backend: Backend{Type: "vxlan", VNI: 1}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ParseNetwork([]byte(tt.json))
+			if err != nil {
+				t.Fatalf("ParseNetwork: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, *got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+				cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseNetworkErrorsNameTheField(t *testing.T) {
+	tests := []struct{ json, field string }{
+		{`{}`, "Network"},
+		{`{"Network":"banana"}`, "Network"},
+		{`{"Network":"fc00::/48"}`, "Network"},
+		{`{"Network":"10.0.0.0/29"}`, "Network"},
+		{`{"Network":"10.0.0.0/16","SubnetLen":31}`, "SubnetLen"},
+		{`{"Network":"10.0.0.0/16","SubnetLen":17}`, "SubnetLen"},
+		{`{"Network":"10.0.0.0/16","SubnetMin":"10.1.0.0"}`, "SubnetMin"},
+		{`{"Network":"10.0.0.0/16","SubnetMax":"10.0.3.7"}`, "SubnetMax"},
+		{`{"Network":"10.0.0.0/16","SubnetMin":"10.0.9.0","SubnetMax":"10.0.3.0"}`, "SubnetMax"},
+		{`{"Network":"10.0.0.0/16","SubnetLen":"24"}`, "SubnetLen"},
+		{`{"Network":"10.0.0.0/16","EnableIPv6":true}`, "IPv6Network"},
+		{`{"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127}`, "IPv6SubnetLen"},
+		{`{"EnableIPv4":false}`, "EnableIPv4"},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"udp"}}`, "Backend.Type"},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}`, "Backend.VNI"},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","Port":70000}}`, "Backend.Port"},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":20}}`, "Backend.MTU"},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}`, "Backend.VNI"},
+		{`{"Network":`, "invalid JSON"},
+	}
+	for _, tt := range tests {
+		_, err := ParseNetwork([]byte(tt.json))
+		if err == nil {
+			t.Errorf("ParseNetwork(%s) = nil error, want one naming %s", tt.json, tt.field)
+			continue
+		}
+		msg := err.Error()
+		if !strings.Contains(msg, tt.field) || strings.Contains(msg, "\n") {
+			t.Errorf("ParseNetwork(%s) error %q: want one line naming %s", tt.json, msg, tt.field)
+		}
+	}
+}
+
+func FuzzParseNetwork(f *testing.F) {
+	f.Add([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`))
+	f.Add([]byte(`{"EnableIPv6":true,"IPv6Network":"fc00::/48","Network":"10.0.0.0/8","SubnetLen":30}`))
+	f.Add([]byte(`{"Network":"10.0.0.0/16","SubnetMin":"10.0.4.0","SubnetMax":"10.0.8.0"}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		n, err := ParseNetwork(data)
+		if err != nil {
+			return
+		}
+		// Whatever parses must be internally consistent.
+		if n.EnableIPv4 {
+			if !n.Network.Contains(n.SubnetMin) || !n.Network.Contains(n.SubnetMax) || n.SubnetMax.Less(n.SubnetMin) {
+				t.Fatalf("inconsistent v4 range: %+v", n)
+			}
+			if n.SubnetLen > 30 || n.SubnetLen < n.Network.Bits()+2 {
+				t.Fatalf("bad SubnetLen: %+v", n)
+			}
+		}
+		if n.EnableIPv6 {
+			if !n.IPv6Network.Contains(n.IPv6SubnetMin) || !n.IPv6Network.Contains(n.IPv6SubnetMax) {
+				t.Fatalf("inconsistent v6 range: %+v", n)
+			}
+		}
+	})
+}
+
+func mp(s string) netip.Prefix { return netip.MustParsePrefix(s) }
+func ma(s string) netip.Addr   { return netip.MustParseAddr(s) }
+func ptr[T any](v T) *T        { return &v }
