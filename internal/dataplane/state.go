@@ -1,0 +1,204 @@
+// Package dataplane is the only package that talks to the kernel (through
+// github.com/vishvananda/netlink). It takes a declared State — VXLAN
+// devices, routes, permanent neighbours and FDB entries — and reconciles
+// the kernel to it, writing only the difference and adding before it
+// deletes, so running the same State twice writes nothing and a restart
+// that finds the kernel already right disturbs no traffic.
+//
+// Every object is keyed by its identity (a route by destination, a
+// neighbour by device+IP, an FDB entry by device+MAC+destination), so the
+// diff is map lookups. Every object we install is recognisable as ours:
+// it lives on a device we own, or (routes on shared devices, as host-gw
+// installs) carries our route protocol number RouteProtocol. Garbage
+// collection never touches anything else.
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strings"
+)
+
+// RouteProtocol marks routes weft installs (rtm_protocol). Upstream
+// flannel uses the kernel's default (boot), so its routes cannot be told
+// apart from an administrator's; ours can, which makes garbage collection
+// of routes on shared devices safe.
+const RouteProtocol = 0x57 // 87, unassigned in /etc/iproute2/rt_protos
+
+// MAC is a comparable Ethernet address.
+type MAC [6]byte
+
+// ParseMAC parses "aa:bb:cc:dd:ee:ff".
+func ParseMAC(s string) (MAC, error) {
+	hw, err := net.ParseMAC(s)
+	if err != nil {
+		return MAC{}, err
+	}
+	if len(hw) != 6 {
+		return MAC{}, fmt.Errorf("%q is not a 6-byte Ethernet address", s)
+	}
+	return MAC(hw), nil
+}
+
+func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
+
+// IsZero reports whether m is all zeros.
+func (m MAC) IsZero() bool { return m == MAC{} }
+
+// VXLAN is a VXLAN device we own.
+type VXLAN struct {
+	Name string
+	VNI  uint32
+	// Port is the UDP destination port; 0 means the kernel default (8472).
+	Port     uint16
+	GBP      bool
+	Learning bool
+	MTU      int
+	MAC      MAC
+	// Local is the underlay source address (IPv4 or IPv6).
+	Local netip.Addr
+	// ParentIndex is the underlay device's ifindex (0: none).
+	ParentIndex int
+	// Addr is the address assigned to the device (the lease's network
+	// address as /32 or /128). Invalid means none.
+	Addr netip.Prefix
+}
+
+// Route is a unicast route in the main table.
+type Route struct {
+	Dst netip.Prefix
+	// Gw is the next hop; invalid for a device route.
+	Gw netip.Addr
+	// Dev is the output device's name.
+	Dev    string
+	OnLink bool
+}
+
+// RouteKey identifies a route: by destination in the main table.
+type RouteKey struct{ Dst netip.Prefix }
+
+// Key returns r's identity.
+func (r Route) Key() RouteKey { return RouteKey{r.Dst} }
+
+// Neigh is a permanent neighbour (ARP/NDP) entry.
+type Neigh struct {
+	Dev string
+	IP  netip.Addr
+	MAC MAC
+}
+
+// NeighKey identifies a neighbour entry.
+type NeighKey struct {
+	Dev string
+	IP  netip.Addr
+}
+
+// Key returns n's identity.
+func (n Neigh) Key() NeighKey { return NeighKey{n.Dev, n.IP} }
+
+// FDB is a permanent bridge forwarding entry on a VXLAN device: frames to
+// MAC are sent to the VTEP at Dst.
+type FDB struct {
+	Dev string
+	MAC MAC
+	Dst netip.Addr
+}
+
+// FDBKey identifies an FDB entry; it is the entry itself.
+type FDBKey = FDB
+
+// Key returns f's identity.
+func (f FDB) Key() FDBKey { return f }
+
+// State is a declared set of kernel objects.
+type State struct {
+	Links  map[string]VXLAN
+	Routes map[RouteKey]Route
+	Neighs map[NeighKey]Neigh
+	FDB    map[FDBKey]FDB
+}
+
+// NewState returns an empty State with its maps made.
+func NewState() *State {
+	return &State{
+		Links:  map[string]VXLAN{},
+		Routes: map[RouteKey]Route{},
+		Neighs: map[NeighKey]Neigh{},
+		FDB:    map[FDBKey]FDB{},
+	}
+}
+
+// AddRoute, AddNeigh and AddFDB insert objects keyed by their identity.
+func (s *State) AddRoute(r Route) { s.Routes[r.Key()] = r }
+
+// AddNeigh inserts n.
+func (s *State) AddNeigh(n Neigh) { s.Neighs[n.Key()] = n }
+
+// AddFDB inserts f.
+func (s *State) AddFDB(f FDB) { s.FDB[f.Key()] = f }
+
+// Lines renders s as sorted `ip`-style lines; tests compare text.
+func (s *State) Lines() []string {
+	var out []string
+	for _, l := range s.Links {
+		line := fmt.Sprintf("link %s vxlan id %d dstport %d local %s dev#%d mtu %d mac %s", l.Name, l.VNI, l.Port, l.Local, l.ParentIndex, l.MTU, l.MAC)
+		if l.GBP {
+			line += " gbp"
+		}
+		if l.Learning {
+			line += " learning"
+		}
+		if l.Addr.IsValid() {
+			line += " addr " + l.Addr.String()
+		}
+		out = append(out, line)
+	}
+	for _, r := range s.Routes {
+		line := "route " + r.Dst.String()
+		if r.Gw.IsValid() {
+			line += " via " + r.Gw.String()
+		}
+		line += " dev " + r.Dev
+		if r.OnLink {
+			line += " onlink"
+		}
+		out = append(out, line)
+	}
+	for _, n := range s.Neighs {
+		out = append(out, fmt.Sprintf("neigh %s lladdr %s dev %s permanent", n.IP, n.MAC, n.Dev))
+	}
+	for _, f := range s.FDB {
+		out = append(out, fmt.Sprintf("fdb %s dst %s dev %s self permanent", f.MAC, f.Dst, f.Dev))
+	}
+	sort.Strings(out)
+	return out
+}
+
+func (s *State) String() string { return strings.Join(s.Lines(), "\n") }
+
+// Changes counts what a Reconcile wrote, by kind.
+type Changes struct {
+	LinksAdded, LinksRemoved, LinksUpdated int
+	RoutesAdded, RoutesRemoved             int
+	NeighsAdded, NeighsRemoved             int
+	FDBAdded, FDBRemoved                   int
+}
+
+// Total is the number of kernel writes counted in c.
+func (c Changes) Total() int {
+	return c.LinksAdded + c.LinksRemoved + c.LinksUpdated + c.RoutesAdded + c.RoutesRemoved +
+		c.NeighsAdded + c.NeighsRemoved + c.FDBAdded + c.FDBRemoved
+}
+
+// Add returns the sum of c and d.
+func (c Changes) Add(d Changes) Changes {
+	return Changes{
+		LinksAdded: c.LinksAdded + d.LinksAdded, LinksRemoved: c.LinksRemoved + d.LinksRemoved,
+		LinksUpdated: c.LinksUpdated + d.LinksUpdated,
+		RoutesAdded:  c.RoutesAdded + d.RoutesAdded, RoutesRemoved: c.RoutesRemoved + d.RoutesRemoved,
+		NeighsAdded: c.NeighsAdded + d.NeighsAdded, NeighsRemoved: c.NeighsRemoved + d.NeighsRemoved,
+		FDBAdded: c.FDBAdded + d.FDBAdded, FDBRemoved: c.FDBRemoved + d.FDBRemoved,
+	}
+}
