@@ -1,0 +1,129 @@
+// Package backend holds what the backends (vxlan, host-gw) share: the
+// description of this host's underlay and the peer checks every backend
+// applies. A backend is a pure planner: from this host's lease and its
+// peers' leases it declares the kernel objects (a dataplane.State); it
+// never talks to the kernel itself, so its logic is table-tested without
+// root and the dataplane package is the one place that writes.
+package backend
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// Underlay is the host's interface to other hosts.
+type Underlay struct {
+	Index int
+	Name  string
+	MTU   int
+	// Prefixes are the interface's global addresses with their on-link
+	// prefixes; a peer whose public IP falls in one is on the same L2
+	// segment (DirectRouting, host-gw).
+	Prefixes []netip.Prefix
+	// LocalIP / LocalIPv6 are the interface addresses used as the
+	// encapsulation source; PublicIP / PublicIPv6 are what peers are
+	// told (they differ behind NAT or with --public-ip).
+	LocalIP, LocalIPv6   netip.Addr
+	PublicIP, PublicIPv6 netip.Addr
+}
+
+// OnLink reports whether ip is directly reachable on the underlay.
+func (u Underlay) OnLink(ip netip.Addr) bool {
+	for _, p := range u.Prefixes {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// Skip reasons, also the label values of the skipped-lease metric.
+const (
+	ReasonDecode       = "decode"
+	ReasonBackendType  = "backend_type"
+	ReasonBackendData  = "backend_data"
+	ReasonOutside      = "outside_network"
+	ReasonOverlapSelf  = "overlaps_own_subnet"
+	ReasonOverlapPeer  = "overlaps_peer"
+	ReasonNoPublicIP   = "no_public_ip"
+	ReasonFamilyAbsent = "no_enabled_family"
+	ReasonNotOnLink    = "not_on_link"
+)
+
+// SkipError says why a peer lease is not used; Reason is one of the
+// Reason* constants.
+type SkipError struct {
+	Reason string
+	Err    error
+}
+
+func (e *SkipError) Error() string { return e.Reason + ": " + e.Err.Error() }
+func (e *SkipError) Unwrap() error { return e.Err }
+
+// Skipf builds a SkipError.
+func Skipf(reason, format string, args ...any) error {
+	return &SkipError{Reason: reason, Err: fmt.Errorf(format, args...)}
+}
+
+// SkipReason returns err's reason, or ReasonDecode for other errors.
+func SkipReason(err error) string {
+	var se *SkipError
+	if errors.As(err, &se) {
+		return se.Reason
+	}
+	return ReasonDecode
+}
+
+// CheckPeerSubnets applies the checks every backend makes on a peer:
+// its subnets lie inside the network, do not overlap ours, and it offers
+// at least one enabled family with a public address.
+func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
+	usable := false
+	if n.EnableIPv4 && peer.Subnet.IsValid() {
+		if !n.Network.Contains(peer.Subnet.Addr()) || peer.Subnet.Bits() < n.Network.Bits() {
+			return Skipf(ReasonOutside, "subnet %s is outside the network %s", peer.Subnet, n.Network)
+		}
+		if self.Subnet.IsValid() && self.Subnet.Overlaps(peer.Subnet) {
+			return Skipf(ReasonOverlapSelf, "subnet %s overlaps our subnet %s", peer.Subnet, self.Subnet)
+		}
+		if !peer.Attrs.PublicIP.IsValid() {
+			return Skipf(ReasonNoPublicIP, "lease %s has no PublicIP", peer.Key())
+		}
+		usable = true
+	}
+	if n.EnableIPv6 && peer.IPv6Subnet.IsValid() {
+		if !n.IPv6Network.Contains(peer.IPv6Subnet.Addr()) || peer.IPv6Subnet.Bits() < n.IPv6Network.Bits() {
+			return Skipf(ReasonOutside, "subnet %s is outside the network %s", peer.IPv6Subnet, n.IPv6Network)
+		}
+		if self.IPv6Subnet.IsValid() && self.IPv6Subnet.Overlaps(peer.IPv6Subnet) {
+			return Skipf(ReasonOverlapSelf, "subnet %s overlaps our subnet %s", peer.IPv6Subnet, self.IPv6Subnet)
+		}
+		if !peer.Attrs.PublicIPv6.IsValid() {
+			return Skipf(ReasonNoPublicIP, "lease %s has no PublicIPv6", peer.Key())
+		}
+		usable = true
+	}
+	if !usable {
+		return Skipf(ReasonFamilyAbsent, "lease %s has no subnet of an enabled family", peer.Key())
+	}
+	return nil
+}
+
+// Backend plans the kernel objects for one backend type.
+type Backend interface {
+	// Type is the lease BackendType this backend writes and accepts.
+	Type() string
+	// CheckPeer validates a peer lease once, when it arrives; a peer that
+	// fails is skipped (and counted) instead of being planned.
+	CheckPeer(self, peer lease.Lease) error
+	// Plan declares the complete desired state for self and the peers
+	// (all of which passed CheckPeer). It is pure and deterministic.
+	Plan(self lease.Lease, peers []lease.Lease) *dataplane.State
+	// MTU is the MTU pods should use (FLANNEL_MTU).
+	MTU() int
+}

@@ -1,0 +1,210 @@
+package vxlan
+
+import (
+	"fmt"
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+var (
+	mac1 = dataplane.MAC{0x0a, 0, 0, 0, 0, 1}
+	mac2 = dataplane.MAC{0x0a, 0, 0, 0, 0, 2}
+	mac3 = dataplane.MAC{0x0a, 0, 0, 0, 0, 3}
+	mac6 = dataplane.MAC{0x0a, 0, 0, 0, 6, 6}
+)
+
+func network(t *testing.T, js string) *config.Network {
+	t.Helper()
+	n, err := config.ParseNetwork([]byte(js))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+var underlay = backend.Underlay{
+	Index: 7, Name: "eth0", MTU: 1500,
+	Prefixes: []netip.Prefix{netip.MustParsePrefix("192.168.1.10/24"), netip.MustParsePrefix("fd00:1::10/64")},
+	LocalIP:  netip.MustParseAddr("192.168.1.10"), PublicIP: netip.MustParseAddr("192.168.1.10"),
+	LocalIPv6: netip.MustParseAddr("fd00:1::10"), PublicIPv6: netip.MustParseAddr("fd00:1::10"),
+}
+
+func peer(v4, v6, pub4, pub6 string, m4, m6 dataplane.MAC) lease.Lease {
+	l := lease.Lease{Attrs: lease.Attrs{BackendType: "vxlan"}}
+	if v4 != "" {
+		l.Subnet = netip.MustParsePrefix(v4)
+		l.Attrs.PublicIP = netip.MustParseAddr(pub4)
+		l.Attrs.BackendData = EncodeData(1, m4)
+	}
+	if v6 != "" {
+		l.IPv6Subnet = netip.MustParsePrefix(v6)
+		l.Attrs.PublicIPv6 = netip.MustParseAddr(pub6)
+		l.Attrs.BackendV6Data = EncodeData(1, m6)
+	}
+	return l
+}
+
+func TestPlan(t *testing.T) {
+	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24"), IPv6Subnet: netip.MustParsePrefix("fc00:0:0:1::/64")}
+	tests := []struct {
+		name  string
+		net   string
+		peers []lease.Lease
+		want  []string
+	}{
+		{
+			name: "v4 two peers",
+			net:  `{"Network":"10.5.0.0/16"}`,
+			peers: []lease.Lease{
+				peer("10.5.2.0/24", "", "192.168.1.11", "", mac2, mac6),
+				peer("10.5.3.0/24", "", "172.16.0.3", "", mac3, mac6),
+			},
+			want: []string{
+				"fdb 0a:00:00:00:00:02 dst 192.168.1.11 dev flannel.1 self permanent",
+				"fdb 0a:00:00:00:00:03 dst 172.16.0.3 dev flannel.1 self permanent",
+				"link flannel.1 vxlan id 1 dstport 0 local 192.168.1.10 dev#7 mtu 1450 mac 0a:00:00:00:00:01 addr 10.5.1.0/32",
+				"neigh 10.5.2.0 lladdr 0a:00:00:00:00:02 dev flannel.1 permanent",
+				"neigh 10.5.3.0 lladdr 0a:00:00:00:00:03 dev flannel.1 permanent",
+				"route 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink",
+				"route 10.5.3.0/24 via 10.5.3.0 dev flannel.1 onlink",
+			},
+		},
+		{
+			name: "direct routing only for the on-link peer, options honoured",
+			net:  `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","VNI":4,"Port":4789,"GBP":true,"DirectRouting":true,"MTU":1400}}`,
+			peers: []lease.Lease{
+				peer("10.5.2.0/24", "", "192.168.1.11", "", mac2, mac6),
+				peer("10.5.3.0/24", "", "172.16.0.3", "", mac3, mac6),
+			},
+			want: []string{
+				"fdb 0a:00:00:00:00:03 dst 172.16.0.3 dev flannel.4 self permanent",
+				"link flannel.4 vxlan id 4 dstport 4789 local 192.168.1.10 dev#7 mtu 1400 mac 0a:00:00:00:00:01 gbp addr 10.5.1.0/32",
+				"neigh 10.5.3.0 lladdr 0a:00:00:00:00:03 dev flannel.4 permanent",
+				"route 10.5.2.0/24 via 192.168.1.11 dev eth0",
+				"route 10.5.3.0/24 via 10.5.3.0 dev flannel.4 onlink",
+			},
+		},
+		{
+			name: "dual stack: v6 device with 70 bytes of overhead",
+			net:  `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`,
+			peers: []lease.Lease{
+				peer("10.5.2.0/24", "fc00:0:0:2::/64", "192.168.1.11", "fd00:1::11", mac2, mac3),
+			},
+			want: []string{
+				"fdb 0a:00:00:00:00:02 dst 192.168.1.11 dev flannel.1 self permanent",
+				"fdb 0a:00:00:00:00:03 dst fd00:1::11 dev flannel-v6.1 self permanent",
+				"link flannel-v6.1 vxlan id 1 dstport 0 local fd00:1::10 dev#7 mtu 1430 mac 0a:00:00:00:06:06 addr fc00:0:0:1::/128",
+				"link flannel.1 vxlan id 1 dstport 0 local 192.168.1.10 dev#7 mtu 1450 mac 0a:00:00:00:00:01 addr 10.5.1.0/32",
+				"neigh 10.5.2.0 lladdr 0a:00:00:00:00:02 dev flannel.1 permanent",
+				"neigh fc00:0:0:2:: lladdr 0a:00:00:00:00:03 dev flannel-v6.1 permanent",
+				"route 10.5.2.0/24 via 10.5.2.0 dev flannel.1 onlink",
+				"route fc00:0:0:2::/64 via fc00:0:0:2:: dev flannel-v6.1 onlink",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n := network(t, tt.net)
+			b := New(n, underlay, mac1, mac6)
+			s := self
+			if !n.EnableIPv6 {
+				s.IPv6Subnet = netip.Prefix{}
+			}
+			for _, p := range tt.peers {
+				if err := b.CheckPeer(s, p); err != nil {
+					t.Fatalf("CheckPeer(%s): %v", p.Key(), err)
+				}
+			}
+			got := b.Plan(s, tt.peers).Lines()
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got)\n%s", diff)
+			}
+			// Planning is deterministic: the same input gives the same state.
+			if again := b.Plan(s, tt.peers).Lines(); !cmp.Equal(got, again) {
+				t.Error("Plan is not deterministic")
+			}
+		})
+	}
+}
+
+func TestMTU(t *testing.T) {
+	for _, tc := range []struct {
+		net  string
+		want int
+	}{
+		{`{"Network":"10.5.0.0/16"}`, 1450},
+		{`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, 1430},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, 1430},
+		{`{"Network":"10.5.0.0/16","Backend":{"MTU":1300}}`, 1300},
+	} {
+		if got := New(network(t, tc.net), underlay, mac1, mac6).MTU(); got != tc.want {
+			t.Errorf("%s: MTU = %d, want %d", tc.net, got, tc.want)
+		}
+	}
+}
+
+func TestCheckPeerRejects(t *testing.T) {
+	n := network(t, `{"Network":"10.5.0.0/16"}`)
+	b := New(n, underlay, mac1, mac6)
+	self := lease.Lease{Subnet: netip.MustParsePrefix("10.5.1.0/24")}
+	good := peer("10.5.2.0/24", "", "192.168.1.11", "", mac2, mac6)
+	mod := func(f func(*lease.Lease)) lease.Lease { l := good; f(&l); return l }
+	for _, tc := range []struct {
+		reason string
+		l      lease.Lease
+	}{
+		{backend.ReasonBackendType, mod(func(l *lease.Lease) { l.Attrs.BackendType = "udp" })},
+		{backend.ReasonBackendData, mod(func(l *lease.Lease) { l.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"zz"}`) })},
+		{backend.ReasonBackendData, mod(func(l *lease.Lease) { l.Attrs.BackendData = []byte(`{"VNI":1,"VtepMAC":"01:00:5e:00:00:01"}`) })},
+		{backend.ReasonBackendData, mod(func(l *lease.Lease) { l.Attrs.BackendData = nil })},
+		{backend.ReasonBackendData, mod(func(l *lease.Lease) { l.Attrs.BackendData = []byte(`[1,2]`) })},
+		{backend.ReasonOutside, mod(func(l *lease.Lease) { l.Subnet = netip.MustParsePrefix("10.6.2.0/24") })},
+		{backend.ReasonOutside, mod(func(l *lease.Lease) { l.Subnet = netip.MustParsePrefix("10.0.0.0/8") })},
+		{backend.ReasonOverlapSelf, mod(func(l *lease.Lease) { l.Subnet = netip.MustParsePrefix("10.5.1.0/24") })},
+		{backend.ReasonOverlapSelf, mod(func(l *lease.Lease) { l.Subnet = netip.MustParsePrefix("10.5.0.0/20") })},
+		{backend.ReasonNoPublicIP, mod(func(l *lease.Lease) { l.Attrs.PublicIP = netip.Addr{} })},
+		{backend.ReasonFamilyAbsent, mod(func(l *lease.Lease) { l.Subnet = netip.Prefix{}; l.IPv6Subnet = netip.MustParsePrefix("fc00::/64") })},
+	} {
+		err := b.CheckPeer(self, tc.l)
+		if got := backend.SkipReason(err); err == nil || got != tc.reason {
+			t.Errorf("CheckPeer(%+v) = %v (reason %q), want reason %q", tc.l, err, got, tc.reason)
+		}
+	}
+	if err := b.CheckPeer(self, good); err != nil {
+		t.Errorf("CheckPeer(good) = %v", err)
+	}
+}
+
+func TestAttrsRoundTrip(t *testing.T) {
+	n := network(t, `{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`)
+	a := New(n, underlay, mac1, mac6).Attrs()
+	got := fmt.Sprintf("%s %s %s %s %s", a.PublicIP, a.PublicIPv6, a.BackendType, a.BackendData, a.BackendV6Data)
+	want := `192.168.1.10 fd00:1::10 vxlan {"VNI":1,"VtepMAC":"0a:00:00:00:00:01"} {"VNI":1,"VtepMAC":"0a:00:00:00:06:06"}`
+	if got != want {
+		t.Errorf("Attrs = %s, want %s", got, want)
+	}
+	if _, m, err := DecodeData(a.BackendData); err != nil || m != mac1 {
+		t.Errorf("DecodeData = %v %v", m, err)
+	}
+}
+
+func BenchmarkPlan5000(b *testing.B) {
+	n, _ := config.ParseNetwork([]byte(`{"Network":"10.0.0.0/9"}`))
+	be := New(n, underlay, mac1, mac6)
+	self := lease.Lease{Subnet: netip.MustParsePrefix("10.0.0.0/24")}
+	peers := make([]lease.Lease, 5000)
+	for i := range peers {
+		peers[i] = peer(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256), "",
+			fmt.Sprintf("172.16.%d.%d", i/256, i%256+1), "", dataplane.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}, mac6)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		be.Plan(self, peers)
+	}
+}

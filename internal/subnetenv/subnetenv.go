@@ -1,0 +1,165 @@
+// Package subnetenv writes and reads subnet.env, the file through which
+// flanneld tells the CNI plugin (and an operator's scripts) which subnet
+// this host leased. The keys are upstream's, so upstream's CNI plugin can
+// read our file and ours can read upstream's.
+package subnetenv
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// Env is the content of subnet.env.
+type Env struct {
+	Network netip.Prefix // FLANNEL_NETWORK
+	// Subnet is FLANNEL_SUBNET: the first usable address of the lease with
+	// the lease's prefix length (10.5.52.1/24), the gateway address the
+	// bridge takes.
+	Subnet      netip.Prefix
+	IPv6Network netip.Prefix // FLANNEL_IPV6_NETWORK
+	IPv6Subnet  netip.Prefix // FLANNEL_IPV6_SUBNET
+	MTU         int          // FLANNEL_MTU
+	IPMasq      bool         // FLANNEL_IPMASQ
+}
+
+// GatewayOf returns the FLANNEL_SUBNET form of a leased subnet: its first
+// usable address with the subnet's length.
+func GatewayOf(subnet netip.Prefix) netip.Prefix {
+	if !subnet.IsValid() {
+		return netip.Prefix{}
+	}
+	return netip.PrefixFrom(subnet.Masked().Addr().Next(), subnet.Bits())
+}
+
+// LeasedSubnet turns a FLANNEL_SUBNET value back into the leased subnet.
+func LeasedSubnet(p netip.Prefix) netip.Prefix {
+	if !p.IsValid() {
+		return p
+	}
+	return p.Masked()
+}
+
+// Marshal renders e in upstream's key order.
+func (e Env) Marshal() []byte {
+	var b bytes.Buffer
+	if e.Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\n", e.Network, e.Subnet)
+	}
+	if e.IPv6Network.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s\n", e.IPv6Network, e.IPv6Subnet)
+	}
+	fmt.Fprintf(&b, "FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", e.MTU, e.IPMasq)
+	return b.Bytes()
+}
+
+// Write writes e to path atomically: a reader (the CNI plugin, racing a
+// pod start) sees either the old file or the new one, never a torn one.
+// It is a no-op when the file already holds exactly this content.
+func Write(path string, e Env) error {
+	data := e.Marshal()
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return fmt.Errorf("write subnet file %s: %w", tmp, err)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return fmt.Errorf("write subnet file %s: %w", tmp, err)
+	}
+	// fsync so a crash right after the rename cannot leave an empty file.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("write subnet file %s: %w", tmp, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write subnet file %s: %w", tmp, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("write subnet file: %w", err)
+	}
+	return nil
+}
+
+// Parse reads subnet.env content. Unknown keys, comments and blank lines
+// are ignored; a known key with a bad value is an error naming it.
+func Parse(data []byte) (Env, error) {
+	var e Env
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return e, fmt.Errorf("line %d: no '=' in %q", n, line)
+		}
+		k, v = strings.TrimSpace(k), strings.Trim(strings.TrimSpace(v), `"'`)
+		var err error
+		switch k {
+		case "FLANNEL_NETWORK":
+			e.Network, err = parsePrefix(v, true)
+		case "FLANNEL_SUBNET":
+			e.Subnet, err = parsePrefix(v, true)
+		case "FLANNEL_IPV6_NETWORK":
+			e.IPv6Network, err = parsePrefix(v, false)
+		case "FLANNEL_IPV6_SUBNET":
+			e.IPv6Subnet, err = parsePrefix(v, false)
+		case "FLANNEL_MTU":
+			e.MTU, err = strconv.Atoi(v)
+			if err == nil && (e.MTU < 0 || e.MTU > 65535) {
+				err = fmt.Errorf("%d out of range", e.MTU)
+			}
+		case "FLANNEL_IPMASQ":
+			e.IPMasq, err = strconv.ParseBool(v)
+		default:
+			continue
+		}
+		if err != nil {
+			return e, fmt.Errorf("%s: %q: %w", k, v, err)
+		}
+	}
+	return e, sc.Err()
+}
+
+func parsePrefix(s string, v4 bool) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return p, err
+	}
+	if p.Addr().Is4() != v4 {
+		return netip.Prefix{}, fmt.Errorf("wrong address family")
+	}
+	return p, nil
+}
+
+// Read reads and parses the file at path.
+func Read(path string) (Env, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Env{}, err
+	}
+	e, err := Parse(data)
+	if err != nil {
+		return e, fmt.Errorf("subnet file %s: %w", path, err)
+	}
+	return e, nil
+}
