@@ -202,3 +202,21 @@ func (c Changes) Add(d Changes) Changes {
 		FDBAdded: c.FDBAdded + d.FDBAdded, FDBRemoved: c.FDBRemoved + d.FDBRemoved,
 	}
 }
+
+// Clone returns a deep copy of s.
+func (s *State) Clone() *State {
+	c := NewState()
+	for k, v := range s.Links {
+		c.Links[k] = v
+	}
+	for k, v := range s.Routes {
+		c.Routes[k] = v
+	}
+	for k, v := range s.Neighs {
+		c.Neighs[k] = v
+	}
+	for k, v := range s.FDB {
+		c.FDB[k] = v
+	}
+	return c
+}

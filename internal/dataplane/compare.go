@@ -1,0 +1,130 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// ErrNoDevice reports that an object names a device that does not exist
+// (yet). It fails that object only; the rest of the State is still written.
+var ErrNoDevice = errors.New("no such device")
+
+// defaultVXLANPort is what the kernel uses when IFLA_VXLAN_PORT is not
+// given: 8472, the port Linux picked before IANA assigned 4789. It is also
+// flannel's default, so Port 0 and 8472 describe the same device.
+const defaultVXLANPort = 8472
+
+// normPort maps the kernel default to 0 so values read back from the
+// kernel compare equal to declared ones.
+func normPort(p uint16) uint16 {
+	if p == defaultVXLANPort {
+		return 0
+	}
+	return p
+}
+
+// sameIdentity reports whether an existing device configured as have can
+// serve as want. These attributes are fixed when the kernel creates the
+// device (changelink refuses most of them while it is up), so a difference
+// means delete and recreate.
+func sameIdentity(want, have VXLAN) bool {
+	return want.VNI == have.VNI &&
+		normPort(want.Port) == normPort(have.Port) &&
+		want.Local == have.Local &&
+		want.ParentIndex == have.ParentIndex &&
+		want.GBP == have.GBP &&
+		want.Learning == have.Learning
+}
+
+// linkSatisfied reports whether a device with identity have, admin state
+// up and global addresses addrs needs no write to become want. A zero MTU
+// or MAC in want means "whatever the kernel chose".
+func linkSatisfied(want, have VXLAN, up bool, addrs []netip.Prefix) bool {
+	return sameIdentity(want, have) && up &&
+		(want.MTU == 0 || want.MTU == have.MTU) &&
+		(want.MAC.IsZero() || want.MAC == have.MAC) &&
+		len(staleAddrs(want.Addr, addrs)) == 0 &&
+		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr))
+}
+
+// staleAddrs returns the addresses of want's family on the device other
+// than want: the device is ours, and a leftover address from an earlier
+// lease would make the kernel pick the wrong source for overlay traffic.
+func staleAddrs(want netip.Prefix, addrs []netip.Prefix) []netip.Prefix {
+	if !want.IsValid() {
+		return nil
+	}
+	var out []netip.Prefix
+	for _, a := range addrs {
+		if a != want && a.Addr().Is4() == want.Addr().Is4() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// isGlobal reports whether p is an address Reconcile manages: IPv6
+// link-local addresses belong to the kernel (it generates one per device).
+func isGlobal(p netip.Prefix) bool {
+	return p.IsValid() && !p.Addr().IsLinkLocalUnicast() && !p.Addr().IsLoopback()
+}
+
+// firstAddr is what a State shows as a device's Addr: the first global
+// address in address order (one per device is all Reconcile installs).
+func firstAddr(addrs []netip.Prefix) netip.Prefix {
+	if len(addrs) == 0 {
+		return netip.Prefix{}
+	}
+	s := slices.Clone(addrs)
+	slices.SortFunc(s, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	return s[0]
+}
+
+// checkLink, checkRoute, checkNeigh and checkFDB reject declared objects
+// the kernel would refuse or store under another identity, so a bad entry
+// fails alone instead of being rewritten on every pass.
+func checkLink(name string, l VXLAN) error {
+	switch {
+	case name == "" || l.Name != name:
+		return fmt.Errorf("link keyed %q is named %q", name, l.Name)
+	case l.VNI >= 1<<24:
+		return fmt.Errorf("link %s: VNI %d does not fit in 24 bits", name, l.VNI)
+	}
+	return nil
+}
+
+func checkRoute(k RouteKey, r Route) error {
+	switch {
+	case k != r.Key():
+		return fmt.Errorf("route keyed %s has destination %s", k.Dst, r.Dst)
+	case !r.Dst.IsValid():
+		return errors.New("route without a destination")
+	case r.Dst != r.Dst.Masked():
+		return fmt.Errorf("route %s: destination has host bits set (the kernel would store %s)", r.Dst, r.Dst.Masked())
+	case r.Dev == "":
+		return fmt.Errorf("route %s: no device", r.Dst)
+	}
+	return nil
+}
+
+func checkNeigh(k NeighKey, n Neigh) error {
+	switch {
+	case k != n.Key():
+		return fmt.Errorf("neighbour keyed %s dev %s is %s dev %s", k.IP, k.Dev, n.IP, n.Dev)
+	case !n.IP.IsValid() || n.Dev == "":
+		return fmt.Errorf("neighbour %s dev %q: address and device required", n.IP, n.Dev)
+	}
+	return nil
+}
+
+func checkFDB(k FDBKey, f FDB) error {
+	switch {
+	case k != f.Key():
+		return fmt.Errorf("fdb entry keyed %s is %s", k.MAC, f.MAC)
+	case !f.Dst.IsValid() || f.Dev == "":
+		return fmt.Errorf("fdb %s dst %s dev %q: destination and device required", f.MAC, f.Dst, f.Dev)
+	}
+	return nil
+}

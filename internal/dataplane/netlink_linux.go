@@ -1,0 +1,598 @@
+package dataplane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Netlink reconciles one network namespace through a netlink handle bound
+// to it, so no OS thread ever switches namespace for a write.
+//
+// The index (what we installed) is shared by Reconcile and the Subscribe
+// goroutine. Reconcile updates an entry before the write that makes it
+// true and restores it if the write fails, so the notification our own
+// write causes finds the index already agreeing and is ignored.
+type Netlink struct {
+	log *slog.Logger
+	ns  netns.NsHandle
+	h   *netlink.Handle
+
+	pass sync.Mutex // serialises Reconcile calls
+
+	mu  sync.Mutex // guards idx
+	idx *nlIndex
+
+	// resync is set when a notification may have been lost; the next
+	// Reconcile then re-reads the kernel even if not asked to.
+	resync atomic.Bool
+}
+
+var _ Reconciler = (*Netlink)(nil)
+
+// NewNetlink returns a Netlink for namespace ns (netns.None(): the
+// caller's). ns must stay open until Close.
+func NewNetlink(log *slog.Logger, ns netns.NsHandle) (*Netlink, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	var (
+		h   *netlink.Handle
+		err error
+	)
+	if ns.IsOpen() {
+		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	} else {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open netlink handle: %w", err)
+	}
+	return &Netlink{log: log, ns: ns, h: h, idx: newIndex()}, nil
+}
+
+// Close releases the netlink sockets.
+func (n *Netlink) Close() { n.h.Close() }
+
+// Dump reads from the kernel what Reconcile would consider its own given
+// links: those VXLAN devices (a device's Addr is its first global
+// address), the routes not made by the kernel itself, permanent neighbours
+// and FDB entries on them, and main-table routes carrying RouteProtocol on
+// any device. It does not change the index.
+func (n *Netlink) Dump(links ...string) (*State, error) {
+	names := map[string]bool{}
+	for _, l := range links {
+		names[l] = true
+	}
+	x, _, _, err := n.read(names)
+	if err != nil {
+		return nil, err
+	}
+	return x.state(), nil
+}
+
+// Reconcile implements Reconciler.
+func (n *Netlink) Reconcile(ctx context.Context, desired *State, full bool) (Changes, error) {
+	if desired == nil {
+		return Changes{}, errors.New("reconcile: nil desired state")
+	}
+	n.pass.Lock()
+	defer n.pass.Unlock()
+	p := &pass{n: n, ctx: ctx, ifindex: map[string]int{}}
+	if n.resync.Swap(false) {
+		full = true
+	}
+	var strays []nlRoute
+	if full {
+		names := map[string]bool{}
+		n.mu.Lock()
+		for name := range n.idx.links {
+			names[name] = true
+		}
+		n.mu.Unlock()
+		for name := range desired.Links {
+			names[name] = true
+		}
+		x, s, byName, err := n.read(names)
+		if err != nil {
+			n.resync.Store(true)
+			return Changes{}, fmt.Errorf("reconcile: %w", err)
+		}
+		n.mu.Lock()
+		n.idx = x
+		n.mu.Unlock()
+		strays, p.ifindex = s, byName
+	}
+
+	for _, name := range slices.Sorted(maps.Keys(desired.Links)) {
+		if p.stopped() {
+			break
+		}
+		if err := checkLink(name, desired.Links[name]); err != nil {
+			p.fail(err)
+			continue
+		}
+		p.ensureLink(desired.Links[name])
+	}
+	// Adds run FDB → neighbour → route, so a new route never points at a
+	// next hop the VXLAN driver cannot resolve yet; deletions run the
+	// other way round.
+	p.addFDB(desired)
+	p.addNeighs(desired)
+	p.addRoutes(desired)
+	// Deletions are not interrupted once started: each takes its batch
+	// out of the index first, and stopping halfway would lose track of
+	// objects still in the kernel.
+	if p.stopped() {
+		return p.changes, errors.Join(p.errs...)
+	}
+	gone := p.goneLinks(desired)
+	p.delRoutes(desired, gone, strays)
+	p.delNeighs(desired, gone)
+	p.delFDB(desired, gone)
+	p.delLinks(gone)
+	return p.changes, errors.Join(p.errs...)
+}
+
+// pass is one Reconcile call's working state.
+type pass struct {
+	n       *Netlink
+	ctx     context.Context
+	changes Changes
+	errs    []error
+	// ifindex caches name → ifindex for devices that are not ours
+	// (0: does not exist), so each is looked up once per pass.
+	ifindex map[string]int
+}
+
+func (p *pass) fail(err error) { p.errs = append(p.errs, err) }
+
+// stopped reports (once, as an error) that ctx ended; netlink writes are
+// not cancellable, so the pass stops between objects.
+func (p *pass) stopped() bool {
+	err := p.ctx.Err()
+	if err != nil && !slices.ContainsFunc(p.errs, func(e error) bool { return e == err }) {
+		p.fail(err)
+	}
+	return err != nil
+}
+
+// resolve returns dev's ifindex, preferring our own links' (which may have
+// just been recreated).
+func (p *pass) resolve(dev string) (int, error) {
+	p.n.mu.Lock()
+	l, ok := p.n.idx.links[dev]
+	p.n.mu.Unlock()
+	if ok {
+		return l.index, nil
+	}
+	i, ok := p.ifindex[dev]
+	if !ok {
+		link, err := p.n.h.LinkByName(dev)
+		switch {
+		case errors.As(err, &netlink.LinkNotFoundError{}):
+		case err != nil:
+			return 0, fmt.Errorf("look up device %s: %w", dev, err)
+		default:
+			i = link.Attrs().Index
+		}
+		p.ifindex[dev] = i
+	}
+	if i == 0 {
+		return 0, fmt.Errorf("device %s: %w", dev, ErrNoDevice)
+	}
+	return i, nil
+}
+
+func (p *pass) ensureLink(want VXLAN) {
+	n, name := p.n, want.Name
+	n.mu.Lock()
+	have, ok := n.idx.links[name]
+	n.mu.Unlock()
+	if ok && linkSatisfied(want, have.VXLAN, have.up, have.addrs) {
+		return
+	}
+	isVXLAN := ok
+	if !ok {
+		l, found, vx, err := n.readLink(name)
+		if err != nil {
+			p.fail(err)
+			return
+		}
+		have, ok, isVXLAN = l, found, vx
+	}
+	if ok && !(isVXLAN && sameIdentity(want, have.VXLAN)) {
+		// The kernel takes the device's routes, neighbours and FDB entries
+		// with it; forget them first so their deletion notifications are
+		// not mistaken for drift.
+		n.forgetLink(name)
+		switch err := n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: have.index, Name: name}}); {
+		case err == nil:
+			p.changes.LinksRemoved++
+			n.log.Info("deleted link with another identity", "link", name, "vni", have.VNI, "local", have.Local)
+		case !errors.Is(err, unix.ENODEV):
+			p.fail(fmt.Errorf("delete link %s to recreate it: %w", name, err))
+			return
+		}
+		ok = false
+	}
+	created := false
+	if !ok {
+		if err := n.h.LinkAdd(newVxlan(want)); err != nil {
+			p.fail(fmt.Errorf("create link %s: %w", name, err))
+			return
+		}
+		p.changes.LinksAdded++
+		n.log.Info("created link", "link", name, "vni", want.VNI, "local", want.Local)
+		l, found, _, err := n.readLink(name)
+		if err != nil || !found {
+			p.fail(fmt.Errorf("read back link %s: %w", name, errors.Join(err, ErrNoDevice)))
+			return
+		}
+		have, created = l, true
+	}
+	if p.fixLink(want, &have) && !created {
+		p.changes.LinksUpdated++
+	}
+	n.mu.Lock()
+	n.idx.links[name] = have
+	n.mu.Unlock()
+}
+
+func newVxlan(want VXLAN) *netlink.Vxlan {
+	v := &netlink.Vxlan{
+		LinkAttrs:    netlink.LinkAttrs{Name: want.Name, MTU: want.MTU},
+		VxlanId:      int(want.VNI),
+		VtepDevIndex: want.ParentIndex,
+		Port:         int(want.Port), // 0: not sent, the kernel default applies
+		Learning:     want.Learning,
+		GBP:          want.GBP,
+	}
+	if !want.MAC.IsZero() {
+		v.HardwareAddr = net.HardwareAddr(want.MAC[:])
+	}
+	if want.Local.IsValid() {
+		v.SrcAddr = want.Local.AsSlice()
+	}
+	return v
+}
+
+// fixLink makes have's mutable attributes match want, updating have to
+// what the kernel accepted; it reports whether it wrote anything.
+func (p *pass) fixLink(want VXLAN, have *nlLink) (wrote bool) {
+	h, name := p.n.h, want.Name
+	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: have.index, Name: name}}
+	have.addrs = slices.Clone(have.addrs) // may share its array with the index entry
+	if want.MTU != 0 && want.MTU != have.MTU {
+		if err := h.LinkSetMTU(link, want.MTU); err != nil {
+			p.fail(fmt.Errorf("set mtu %d on %s: %w", want.MTU, name, err))
+		} else {
+			have.MTU, wrote = want.MTU, true
+		}
+	}
+	if !want.MAC.IsZero() && want.MAC != have.MAC {
+		// A new device address makes the kernel flush the device's ARP and
+		// ND entries, permanent ones included (neigh_changeaddr). Forget
+		// ours first, so the add phase rewrites them and the flush's
+		// notifications are not taken for drift.
+		p.n.mu.Lock()
+		maps.DeleteFunc(p.n.idx.neighs, func(_ NeighKey, nb nlNeigh) bool { return nb.Dev == name })
+		p.n.mu.Unlock()
+		if err := h.LinkSetHardwareAddr(link, net.HardwareAddr(want.MAC[:])); err != nil {
+			p.fail(fmt.Errorf("set address %s on %s: %w", want.MAC, name, err))
+		} else {
+			have.MAC, wrote = want.MAC, true
+		}
+	}
+	for _, a := range staleAddrs(want.Addr, have.addrs) {
+		if err := h.AddrDel(link, &netlink.Addr{IPNet: ipNet(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			p.fail(fmt.Errorf("remove address %s from %s: %w", a, name, err))
+			continue
+		}
+		have.addrs, wrote = slices.DeleteFunc(have.addrs, func(b netip.Prefix) bool { return b == a }), true
+	}
+	if want.Addr.IsValid() && !slices.Contains(have.addrs, want.Addr) {
+		addr := &netlink.Addr{IPNet: ipNet(want.Addr)}
+		if want.Addr.Addr().Is6() {
+			// The address is unique by lease construction, and duplicate
+			// address detection on an overlay without a default FDB
+			// destination reaches no one: it would only keep the address
+			// tentative (unusable as a source) for a second.
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			p.fail(fmt.Errorf("add address %s to %s: %w", want.Addr, name, err))
+		} else {
+			have.addrs, wrote = append(have.addrs, want.Addr), true
+		}
+	}
+	if !have.up {
+		if err := h.LinkSetUp(link); err != nil {
+			p.fail(fmt.Errorf("set %s up: %w", name, err))
+		} else {
+			have.up, wrote = true, true
+		}
+	}
+	return wrote
+}
+
+// forgetLink drops a link and everything on it from the index.
+func (n *Netlink) forgetLink(name string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	delete(n.idx.links, name)
+	n.idx.dropDev(name)
+}
+
+func (p *pass) addFDB(desired *State) {
+	n := p.n
+	for k, f := range desired.FDB {
+		if p.stopped() {
+			return
+		}
+		if err := checkFDB(k, f); err != nil {
+			p.fail(err)
+			continue
+		}
+		old, had := lookup(n, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }, k)
+		if had && old.FDB == f {
+			continue
+		}
+		ifi, err := p.resolve(f.Dev)
+		if err != nil {
+			p.fail(fmt.Errorf("add fdb %s dst %s: %w", f.MAC, f.Dst, err))
+			continue
+		}
+		want := nlFDB{f, ifi}
+		n.withIndex(func(x *nlIndex) { x.fdb[k] = want })
+		if err := n.h.NeighAppend(want.netlink()); err != nil {
+			n.withIndex(func(x *nlIndex) { restoreEntry(x.fdb, k, want, old, had) })
+			p.fail(fmt.Errorf("add fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
+			continue
+		}
+		p.changes.FDBAdded++
+	}
+}
+
+func (p *pass) addNeighs(desired *State) {
+	n := p.n
+	for k, nb := range desired.Neighs {
+		if p.stopped() {
+			return
+		}
+		if err := checkNeigh(k, nb); err != nil {
+			p.fail(err)
+			continue
+		}
+		old, had := lookup(n, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }, k)
+		if had && old.Neigh == nb {
+			continue
+		}
+		ifi, err := p.resolve(nb.Dev)
+		if err != nil {
+			p.fail(fmt.Errorf("add neighbour %s: %w", nb.IP, err))
+			continue
+		}
+		want := nlNeigh{nb, ifi}
+		n.withIndex(func(x *nlIndex) { x.neighs[k] = want })
+		// NeighSet is `ip neigh replace`: it overwrites a learnt or stale
+		// entry for the same address in one write.
+		if err := n.h.NeighSet(want.netlink()); err != nil {
+			n.withIndex(func(x *nlIndex) { restoreEntry(x.neighs, k, want, old, had) })
+			p.fail(fmt.Errorf("set neighbour %s lladdr %s dev %s: %w", nb.IP, nb.MAC, nb.Dev, err))
+			continue
+		}
+		p.changes.NeighsAdded++
+	}
+}
+
+func (p *pass) addRoutes(desired *State) {
+	n := p.n
+	for k, r := range desired.Routes {
+		if p.stopped() {
+			return
+		}
+		if err := checkRoute(k, r); err != nil {
+			p.fail(err)
+			continue
+		}
+		prio := defaultPriority(r.Dst)
+		old, had := lookup(n, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, k)
+		if had && old.Route == r && old.proto == RouteProtocol && old.prio == prio {
+			continue
+		}
+		ifi, err := p.resolve(r.Dev)
+		if err != nil {
+			p.fail(fmt.Errorf("add route %s: %w", r.Dst, err))
+			continue
+		}
+		want := nlRoute{Route: r, ifindex: ifi, proto: RouteProtocol, prio: prio}
+		n.withIndex(func(x *nlIndex) { x.routes[k] = want })
+		if err := n.h.RouteReplace(want.netlink()); err != nil {
+			n.withIndex(func(x *nlIndex) { restoreEntry(x.routes, k, want, old, had) })
+			p.fail(fmt.Errorf("replace route %s dev %s: %w", r.Dst, r.Dev, err))
+			continue
+		}
+		p.changes.RoutesAdded++
+		if had && old.prio != want.prio {
+			// Replace matches on metric; a route of ours with another
+			// metric is a separate kernel object and still there.
+			if err := n.h.RouteDel(old.netlink()); err == nil {
+				p.changes.RoutesRemoved++
+			} else if !alreadyGone(err) {
+				p.fail(fmt.Errorf("delete route %s metric %d: %w", r.Dst, old.prio, err))
+			}
+		}
+	}
+}
+
+// lookup reads one index entry. The add phase checks the index before
+// resolving the device, so an unchanged object costs no kernel round trip.
+func lookup[K comparable, V any](n *Netlink, m func(*nlIndex) map[K]V, k K) (V, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v, ok := m(n.idx)[k]
+	return v, ok
+}
+
+// restoreEntry undoes an optimistic index update after a failed write,
+// unless the entry changed meanwhile.
+func restoreEntry[K comparable, V comparable](m map[K]V, k K, want, old V, had bool) {
+	if cur, ok := m[k]; !ok || cur != want {
+		return
+	}
+	if had {
+		m[k] = old
+	} else {
+		delete(m, k)
+	}
+}
+
+// withIndex runs f on the index under its lock.
+func (n *Netlink) withIndex(f func(*nlIndex)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	f(n.idx)
+}
+
+// alreadyGone reports a deletion that failed because the object (ESRCH
+// for routes, ENOENT for neighbours) or its device (ENODEV) no longer
+// exists: the state we wanted is reached.
+func alreadyGone(err error) bool {
+	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV)
+}
+
+// goneLinks are our links that desired no longer has. Objects on them are
+// not deleted one by one: deleting the device takes them along.
+func (p *pass) goneLinks(desired *State) map[string]bool {
+	gone := map[string]bool{}
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	for name := range p.n.idx.links {
+		if _, ok := desired.Links[name]; !ok {
+			gone[name] = true
+		}
+	}
+	return gone
+}
+
+// takeStale removes from m, under the index lock, the entries desired
+// lacks and that are not on a device about to be deleted, and returns them.
+func takeStale[K comparable, V any](n *Netlink, m func(*nlIndex) map[K]V, want func(K) bool, dev func(V) string, gone map[string]bool) map[K]V {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := map[K]V{}
+	for k, v := range m(n.idx) {
+		if !want(k) && !gone[dev(v)] {
+			out[k] = v
+			delete(m(n.idx), k)
+		}
+	}
+	return out
+}
+
+func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute) {
+	n := p.n
+	stale := takeStale(n, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes },
+		func(k RouteKey) bool { _, ok := desired.Routes[k]; return ok },
+		func(r nlRoute) string { return r.Dev }, gone)
+	del := func(r nlRoute) bool {
+		err := n.h.RouteDel(r.netlink())
+		switch {
+		case err == nil:
+			p.changes.RoutesRemoved++
+		case !alreadyGone(err):
+			p.fail(fmt.Errorf("delete route %s dev %s: %w", r.Dst, r.Dev, err))
+			return false
+		}
+		return true
+	}
+	for k, r := range stale {
+		if !del(r) {
+			n.withIndex(func(x *nlIndex) {
+				if _, ok := x.routes[k]; !ok {
+					x.routes[k] = r
+				}
+			})
+		}
+	}
+	for _, r := range strays {
+		if !gone[r.Dev] {
+			del(r)
+		}
+	}
+}
+
+func (p *pass) delNeighs(desired *State, gone map[string]bool) {
+	n := p.n
+	stale := takeStale(n, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs },
+		func(k NeighKey) bool { _, ok := desired.Neighs[k]; return ok },
+		func(v nlNeigh) string { return v.Dev }, gone)
+	for k, nb := range stale {
+		if err := n.h.NeighDel(nb.netlink()); err != nil && !alreadyGone(err) {
+			n.withIndex(func(x *nlIndex) {
+				if _, ok := x.neighs[k]; !ok {
+					x.neighs[k] = nb
+				}
+			})
+			p.fail(fmt.Errorf("delete neighbour %s dev %s: %w", nb.IP, nb.Dev, err))
+		} else if err == nil {
+			p.changes.NeighsRemoved++
+		}
+	}
+}
+
+func (p *pass) delFDB(desired *State, gone map[string]bool) {
+	n := p.n
+	stale := takeStale(n, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb },
+		func(k FDBKey) bool { _, ok := desired.FDB[k]; return ok },
+		func(v nlFDB) string { return v.Dev }, gone)
+	for k, f := range stale {
+		if err := n.h.NeighDel(f.netlink()); err != nil && !alreadyGone(err) {
+			n.withIndex(func(x *nlIndex) {
+				if _, ok := x.fdb[k]; !ok {
+					x.fdb[k] = f
+				}
+			})
+			p.fail(fmt.Errorf("delete fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
+		} else if err == nil {
+			p.changes.FDBRemoved++
+		}
+	}
+}
+
+func (p *pass) delLinks(gone map[string]bool) {
+	n := p.n
+	for _, name := range slices.Sorted(maps.Keys(gone)) {
+		n.mu.Lock()
+		l, ok := n.idx.links[name]
+		n.mu.Unlock()
+		if !ok {
+			continue
+		}
+		n.forgetLink(name)
+		if err := n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.index, Name: name}}); err != nil {
+			if errors.Is(err, unix.ENODEV) {
+				continue
+			}
+			// Still there: keep the link itself, so the next pass retries;
+			// its objects are re-read by the next full pass.
+			n.withIndex(func(x *nlIndex) { x.links[name] = l })
+			p.fail(fmt.Errorf("delete link %s: %w", name, err))
+			continue
+		}
+		p.changes.LinksRemoved++
+		n.log.Info("deleted link", "link", name)
+	}
+}

@@ -1,0 +1,401 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// The index is what Netlink believes it has installed, with the kernel
+// detail needed to recognise (and delete) exactly that object again: the
+// ifindex it lives on, and for routes the protocol and metric. Keys are the
+// State keys, so the diff against a desired State is map lookups.
+type (
+	nlLink struct {
+		VXLAN // as the kernel reports it; Addr is unused (see addrs)
+		index int
+		up    bool
+		addrs []netip.Prefix // global-scope addresses on the device
+	}
+	nlRoute struct {
+		Route
+		ifindex int
+		proto   netlink.RouteProtocol
+		prio    int
+	}
+	nlNeigh struct {
+		Neigh
+		ifindex int
+	}
+	nlFDB struct {
+		FDB
+		ifindex int
+	}
+	nlIndex struct {
+		links  map[string]nlLink
+		routes map[RouteKey]nlRoute
+		neighs map[NeighKey]nlNeigh
+		fdb    map[FDBKey]nlFDB
+	}
+)
+
+func newIndex() *nlIndex {
+	return &nlIndex{
+		links:  map[string]nlLink{},
+		routes: map[RouteKey]nlRoute{},
+		neighs: map[NeighKey]nlNeigh{},
+		fdb:    map[FDBKey]nlFDB{},
+	}
+}
+
+// dropDev forgets every object on dev: the kernel removes routes,
+// neighbours and FDB entries together with their device.
+func (x *nlIndex) dropDev(dev string) {
+	for k, r := range x.routes {
+		if r.Dev == dev {
+			delete(x.routes, k)
+		}
+	}
+	for k, n := range x.neighs {
+		if n.Dev == dev {
+			delete(x.neighs, k)
+		}
+	}
+	for k, f := range x.fdb {
+		if f.Dev == dev {
+			delete(x.fdb, k)
+		}
+	}
+}
+
+// devName returns the name of our link with the given ifindex, or "".
+func (x *nlIndex) devName(ifindex int) string {
+	for name, l := range x.links {
+		if l.index == ifindex {
+			return name
+		}
+	}
+	return ""
+}
+
+func (x *nlIndex) state() *State {
+	s := NewState()
+	for name, l := range x.links {
+		v := l.VXLAN
+		v.Addr = firstAddr(l.addrs)
+		s.Links[name] = v
+	}
+	for k, r := range x.routes {
+		s.Routes[k] = r.Route
+	}
+	for k, n := range x.neighs {
+		s.Neighs[k] = n.Neigh
+	}
+	for k, f := range x.fdb {
+		s.FDB[k] = f.FDB
+	}
+	return s
+}
+
+// defaultPriority is the metric the kernel gives a route added without
+// one: 0 for IPv4, IP6_RT_PRIO_USER (1024) for IPv6. Recording it lets the
+// index match what a dump reports.
+func defaultPriority(dst netip.Prefix) int {
+	if dst.Addr().Is4() {
+		return 0
+	}
+	return 1024
+}
+
+// maxDumpAttempts bounds retries of a dump the kernel flagged as
+// interrupted (NLM_F_DUMP_INTR: the table changed while it was being read,
+// so the result may be inconsistent). Under constant churn we give up
+// rather than spin.
+const maxDumpAttempts = 10
+
+func dump[T any](what string, f func() (T, error)) (T, error) {
+	var (
+		v   T
+		err error
+	)
+	for range maxDumpAttempts {
+		v, err = f()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			break
+		}
+	}
+	if err != nil {
+		return v, fmt.Errorf("dump %s: %w", what, err)
+	}
+	return v, nil
+}
+
+// read builds an index from the kernel: the VXLAN devices among names,
+// and on them main-table routes not installed by the kernel itself,
+// permanent neighbours and FDB entries; plus main-table routes carrying
+// RouteProtocol on any device. strays are duplicates of an indexed route
+// key (same destination, another metric) that a full pass deletes.
+// byName maps every device name to its ifindex.
+func (n *Netlink) read(names map[string]bool) (x *nlIndex, strays []nlRoute, byName map[string]int, err error) {
+	links, err := dump("links", n.h.LinkList)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	x = newIndex()
+	byName = make(map[string]int, len(links))
+	byIndex := make(map[int]string, len(links))
+	ours := map[int]string{}
+	for _, l := range links {
+		a := l.Attrs()
+		byName[a.Name], byIndex[a.Index] = a.Index, a.Name
+		if v, ok := l.(*netlink.Vxlan); ok && names[a.Name] {
+			x.links[a.Name] = fromVxlan(v)
+			ours[a.Index] = a.Name
+		}
+	}
+	if len(ours) > 0 {
+		addrs, err := dump("addresses", func() ([]netlink.Addr, error) { return n.h.AddrList(nil, netlink.FAMILY_ALL) })
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		for _, a := range addrs {
+			name, ok := ours[a.LinkIndex]
+			if p, valid := prefixFromIPNet(a.IPNet); ok && valid && isGlobal(p) {
+				l := x.links[name]
+				l.addrs = append(l.addrs, p)
+				x.links[name] = l
+			}
+		}
+	}
+
+	// Without a filter the library keeps only the main table, which is the
+	// only one we write.
+	routes, err := dump("routes", func() ([]netlink.Route, error) { return n.h.RouteList(nil, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	for _, r := range routes {
+		rec, ok := routeFromKernel(r, byIndex)
+		if !ok {
+			continue
+		}
+		_, onOurs := ours[r.LinkIndex]
+		// Routes the kernel derives from addresses (proto kernel), and the
+		// fe80::/64 it adds to every IPv6 device, are not ours to collect.
+		if r.Protocol != RouteProtocol && (!onOurs || r.Protocol == unix.RTPROT_KERNEL || rec.Dst.Addr().IsLinkLocalUnicast()) {
+			continue
+		}
+		k := rec.Key()
+		if old, dup := x.routes[k]; dup {
+			if old.proto == RouteProtocol && old.prio == defaultPriority(k.Dst) {
+				strays = append(strays, rec)
+				continue
+			}
+			strays = append(strays, old)
+		}
+		x.routes[k] = rec
+	}
+	if len(ours) == 0 {
+		return x, strays, byName, nil
+	}
+
+	// Each family is one dump of the whole table: the kernel ignores the
+	// ifindex in a neighbour dump request unless strict checking is on, so
+	// per-device requests would read everything once per device.
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6, unix.AF_BRIDGE} {
+		neighs, err := dump("neighbours", func() ([]netlink.Neigh, error) { return n.h.NeighList(0, fam) })
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		for _, nb := range neighs {
+			dev, ok := ours[nb.LinkIndex]
+			ip, okIP := addrFromIP(nb.IP)
+			mac, okMAC := macFrom(nb.HardwareAddr)
+			if !ok || !okIP || !okMAC || nb.State&unix.NUD_PERMANENT == 0 {
+				continue
+			}
+			if nb.Family == unix.AF_BRIDGE {
+				f := FDB{Dev: dev, MAC: mac, Dst: ip}
+				x.fdb[f] = nlFDB{f, nb.LinkIndex}
+			} else {
+				nn := Neigh{Dev: dev, IP: ip, MAC: mac}
+				x.neighs[nn.Key()] = nlNeigh{nn, nb.LinkIndex}
+			}
+		}
+	}
+	return x, strays, byName, nil
+}
+
+// readLink reads one device by name. found is false when it does not
+// exist; vxlan is false when it exists but is of another type.
+func (n *Netlink) readLink(name string) (l nlLink, found, vxlan bool, err error) {
+	link, err := n.h.LinkByName(name)
+	if errors.As(err, &netlink.LinkNotFoundError{}) {
+		return nlLink{}, false, false, nil
+	}
+	if err != nil {
+		return nlLink{}, false, false, fmt.Errorf("look up link %s: %w", name, err)
+	}
+	v, ok := link.(*netlink.Vxlan)
+	if !ok {
+		return nlLink{VXLAN: VXLAN{Name: name}, index: link.Attrs().Index}, true, false, nil
+	}
+	l = fromVxlan(v)
+	addrs, err := dump("addresses of "+name, func() ([]netlink.Addr, error) { return n.h.AddrList(link, netlink.FAMILY_ALL) })
+	if err != nil {
+		return nlLink{}, false, false, err
+	}
+	for _, a := range addrs {
+		if p, ok := prefixFromIPNet(a.IPNet); ok && isGlobal(p) {
+			l.addrs = append(l.addrs, p)
+		}
+	}
+	return l, true, true, nil
+}
+
+func fromVxlan(v *netlink.Vxlan) nlLink {
+	a := v.Attrs()
+	local, _ := addrFromIP(v.SrcAddr)
+	mac, _ := macFrom(a.HardwareAddr)
+	return nlLink{
+		VXLAN: VXLAN{
+			Name:        a.Name,
+			VNI:         uint32(v.VxlanId),
+			Port:        normPort(uint16(v.Port)),
+			GBP:         v.GBP,
+			Learning:    v.Learning,
+			MTU:         a.MTU,
+			MAC:         mac,
+			Local:       local,
+			ParentIndex: v.VtepDevIndex,
+		},
+		index: a.Index,
+		up:    a.Flags&net.FlagUp != 0,
+	}
+}
+
+// routeFromKernel converts a dumped or notified route. ok is false for
+// what a State cannot express and Reconcile never installs: non-unicast
+// types, multipath routes, other tables, devices we cannot name.
+func routeFromKernel(r netlink.Route, byIndex map[int]string) (nlRoute, bool) {
+	if r.Type != unix.RTN_UNICAST || r.LinkIndex == 0 || len(r.MultiPath) > 0 ||
+		(r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) {
+		return nlRoute{}, false
+	}
+	dev, ok := byIndex[r.LinkIndex]
+	if !ok {
+		return nlRoute{}, false
+	}
+	dst, ok := routeDst(r)
+	if !ok {
+		return nlRoute{}, false
+	}
+	gw, _ := addrFromIP(r.Gw)
+	return nlRoute{
+		Route:   Route{Dst: dst, Gw: gw, Dev: dev, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0},
+		ifindex: r.LinkIndex,
+		proto:   r.Protocol,
+		prio:    r.Priority,
+	}, true
+}
+
+// routeDst returns r's destination; the kernel omits RTA_DST for a
+// default route, which the library reports as a nil Dst.
+func routeDst(r netlink.Route) (netip.Prefix, bool) {
+	if r.Dst != nil {
+		return prefixFromIPNet(r.Dst)
+	}
+	switch r.Family {
+	case unix.AF_INET:
+		return netip.PrefixFrom(netip.IPv4Unspecified(), 0), true
+	case unix.AF_INET6:
+		return netip.PrefixFrom(netip.IPv6Unspecified(), 0), true
+	}
+	return netip.Prefix{}, false
+}
+
+func (r nlRoute) netlink() *netlink.Route {
+	nr := &netlink.Route{
+		LinkIndex: r.ifindex,
+		Dst:       ipNet(r.Dst),
+		Table:     unix.RT_TABLE_MAIN,
+		Protocol:  r.proto,
+		Priority:  r.prio,
+		Type:      unix.RTN_UNICAST,
+	}
+	if r.Gw.IsValid() {
+		nr.Gw = r.Gw.AsSlice()
+	} else {
+		// What `ip route add … dev X` does for a device route: the
+		// destination is directly reachable on the link.
+		nr.Scope = netlink.SCOPE_LINK
+	}
+	if r.OnLink {
+		nr.Flags = int(netlink.FLAG_ONLINK)
+	}
+	return nr
+}
+
+func (nb nlNeigh) netlink() *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    nb.ifindex,
+		Family:       family(nb.IP),
+		State:        unix.NUD_PERMANENT,
+		IP:           nb.IP.AsSlice(),
+		HardwareAddr: net.HardwareAddr(nb.MAC[:]),
+	}
+}
+
+// netlink returns the FDB entry as `bridge fdb append MAC dev D dst IP self
+// permanent` sends it: NTF_SELF addresses the VXLAN driver's own table
+// rather than a bridge master, and append (not replace) lets one MAC have
+// several remotes without one write undoing another.
+func (f nlFDB) netlink() *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    f.ifindex,
+		Family:       unix.AF_BRIDGE,
+		Flags:        netlink.NTF_SELF,
+		State:        unix.NUD_PERMANENT,
+		IP:           f.Dst.AsSlice(),
+		HardwareAddr: net.HardwareAddr(f.MAC[:]),
+	}
+}
+
+func family(a netip.Addr) int {
+	if a.Is4() {
+		return unix.AF_INET
+	}
+	return unix.AF_INET6
+}
+
+func addrFromIP(ip net.IP) (netip.Addr, bool) {
+	a, ok := netip.AddrFromSlice(ip)
+	return a.Unmap(), ok
+}
+
+func prefixFromIPNet(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	a, ok := addrFromIP(n.IP)
+	ones, bits := n.Mask.Size()
+	if !ok || bits != a.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(a, ones), true
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func macFrom(hw net.HardwareAddr) (MAC, bool) {
+	if len(hw) != len(MAC{}) {
+		return MAC{}, false
+	}
+	return MAC(hw), true
+}
