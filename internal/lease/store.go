@@ -61,6 +61,10 @@ type Request struct {
 	PreviousV4, PreviousV6 netip.Prefix
 	// TTL of a new or renewed lease; 0 means DefaultTTL.
 	TTL time.Duration
+	// Reuse, if set, is called when Acquire finds an existing lease of
+	// ours; it returns the attributes to write instead of Attrs. The
+	// vxlan backend uses it to keep its VTEP MAC across reboots.
+	Reuse func(existing Lease) Attrs
 }
 
 // DefaultTTL is upstream's lease lifetime.
