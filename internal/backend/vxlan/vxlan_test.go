@@ -208,3 +208,20 @@ func BenchmarkPlan5000(b *testing.B) {
 		be.Plan(self, peers)
 	}
 }
+
+func FuzzDecodeData(f *testing.F) {
+	f.Add([]byte(`{"VNI":1,"VtepMAC":"0a:00:00:00:00:01"}`))
+	f.Add([]byte(`{"VNI":-1,"VtepMAC":""}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		d, mac, err := DecodeData(raw)
+		if err != nil {
+			return
+		}
+		// Accepted data re-encodes to something that decodes the same.
+		d2, mac2, err := DecodeData(EncodeData(d.VNI, mac))
+		if err != nil || d2.VNI != d.VNI || mac2 != mac {
+			t.Fatalf("round trip of %q: %+v %v %v", raw, d2, mac2, err)
+		}
+	})
+}

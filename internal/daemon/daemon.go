@@ -1,0 +1,501 @@
+// Package daemon is flanneld's control loop. One goroutine owns all state:
+// this host's lease and the map of peer leases. It wakes on lease batches
+// from the store, on the periodic resync, on kernel notifications that one
+// of our objects was deleted, and on the renewal timer; for each wake-up it
+// plans the desired kernel state through the backend and hands it to the
+// dataplane, which writes only the difference. A burst of lease events is
+// drained and applied as one pass, so convergence at thousands of peers
+// costs one plan and one diff, not one per event.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/underlay"
+)
+
+// Dataplane is what the daemon needs from the kernel side.
+type Dataplane interface {
+	dataplane.Reconciler
+	// Subscribe calls kick whenever one of our objects is deleted behind
+	// our back, until ctx ends.
+	Subscribe(ctx context.Context, kick func()) error
+	// LinkByName returns an existing VXLAN device, to reuse its MAC.
+	LinkByName(name string) (dataplane.VXLAN, bool, error)
+}
+
+// Config wires a daemon.
+type Config struct {
+	Options   config.Options
+	Log       *slog.Logger
+	Store     lease.Store
+	Dataplane Dataplane
+	System    underlay.System
+	// LeaseTTL overrides lease.DefaultTTL (tests).
+	LeaseTTL time.Duration
+	// Observer, if set, is told about each reconcile pass (tests, metrics).
+	Observer func(Pass)
+}
+
+// Pass describes one reconcile pass.
+type Pass struct {
+	Full    bool
+	Peers   int
+	Changes dataplane.Changes
+	Err     error
+	Took    time.Duration
+}
+
+// ErrOwnLeaseLost is returned when this host's lease disappears or is taken
+// over; the subnet may now belong to someone else, so the daemon must stop.
+var ErrOwnLeaseLost = errors.New("own subnet lease lost")
+
+// Run runs the daemon until ctx ends (then it returns nil and leaves the
+// kernel state in place, so a restart does not disturb traffic) or a
+// fatal error occurs.
+func Run(ctx context.Context, cfg Config) error {
+	d := &daemon{cfg: cfg, log: cfg.Log, opts: cfg.Options}
+	return d.run(ctx)
+}
+
+type daemon struct {
+	cfg  Config
+	log  *slog.Logger
+	opts config.Options
+
+	net     *config.Network
+	backend backend.Backend
+	self    lease.Lease
+	peers   map[lease.ID]lease.Lease
+	skipped map[lease.ID]string // reason of peers skipped, to warn once
+	wrote   bool                // subnet.env written
+}
+
+func (d *daemon) run(ctx context.Context) error {
+	net, err := d.networkConfig(ctx)
+	if err != nil {
+		return err
+	}
+	d.net = net
+	u, err := underlay.Select(d.cfg.System, underlay.Options{
+		Ifaces: d.opts.Iface, Regexes: d.opts.IfaceRegex, CanReach: d.opts.IfaceCanReach,
+		PublicIP: d.opts.PublicIP, PublicIPv6: d.opts.PublicIPv6,
+		IPv4: net.EnableIPv4, IPv6: net.EnableIPv6,
+	})
+	if err != nil {
+		return err
+	}
+	d.log.Info("using interface", "name", u.Name, "public_ip", u.PublicIP, "public_ipv6", u.PublicIPv6, "mtu", u.MTU)
+
+	prev, _ := subnetenv.Read(d.opts.SubnetFile) // absent on first start
+
+	attrs, reuse, err := d.makeBackend(u)
+	if err != nil {
+		return err
+	}
+	if err := d.acquire(ctx, attrs, reuse, prev); err != nil {
+		return err
+	}
+	d.log.Info("lease acquired", "subnet", d.self.Subnet, "ipv6_subnet", d.self.IPv6Subnet,
+		"backend", d.backend.Type(), "expires", d.self.Expiration.Format(time.RFC3339))
+	return d.loop(ctx)
+}
+
+// networkConfig waits for the network config to exist, as upstream does,
+// so hosts can start before an operator writes it.
+func (d *daemon) networkConfig(ctx context.Context) (*config.Network, error) {
+	warned := false
+	for {
+		raw, err := d.cfg.Store.NetworkConfig(ctx)
+		if err == nil {
+			return config.ParseNetwork(raw)
+		}
+		if !errors.Is(err, lease.ErrNoNetworkConfig) || !warned {
+			d.log.Warn("network config not available, retrying", "err", err)
+			warned = true
+		}
+		if err := sleep(ctx, time.Second); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// makeBackend builds the backend and returns the attributes to publish,
+// plus a function that derives them from an existing lease of ours.
+func (d *daemon) makeBackend(u backend.Underlay) (lease.Attrs, func(lease.Lease) lease.Attrs, error) {
+	switch d.net.Backend.Type {
+	case config.BackendHostGW:
+		b := hostgw.New(d.net, u)
+		d.backend = b
+		a := lease.Attrs{PublicIP: ipIf(d.net.EnableIPv4, u.PublicIP), PublicIPv6: ipIf(d.net.EnableIPv6, u.PublicIPv6),
+			BackendType: config.BackendHostGW}
+		return a, nil, nil
+	case config.BackendVXLAN:
+		mac4, kept4, err := d.vtepMAC(vxlan.DeviceName(d.net.Backend.VNI, false), d.net.EnableIPv4)
+		if err != nil {
+			return lease.Attrs{}, nil, err
+		}
+		mac6, kept6, err := d.vtepMAC(vxlan.DeviceName(d.net.Backend.VNI, true), d.net.EnableIPv6)
+		if err != nil {
+			return lease.Attrs{}, nil, err
+		}
+		b := vxlan.New(d.net, u, mac4, mac6)
+		d.backend = b
+		// The device is gone (a reboot) but our lease survived: take the MAC
+		// back from the lease, so peers' tables stay right.
+		reuse := func(existing lease.Lease) lease.Attrs {
+			m4, m6 := mac4, mac6
+			if _, m, err := vxlan.DecodeData(existing.Attrs.BackendData); err == nil && !kept4 && d.net.EnableIPv4 {
+				m4 = m
+			}
+			if _, m, err := vxlan.DecodeData(existing.Attrs.BackendV6Data); err == nil && !kept6 && d.net.EnableIPv6 {
+				m6 = m
+			}
+			nb := vxlan.New(d.net, u, m4, m6)
+			d.backend = nb
+			return nb.Attrs()
+		}
+		return b.Attrs(), reuse, nil
+	default:
+		return lease.Attrs{}, nil, fmt.Errorf("backend type %q is not supported", d.net.Backend.Type)
+	}
+}
+
+// vtepMAC keeps the device MAC stable across restarts: peers have it in
+// their neighbour and FDB tables, and a new one would black-hole traffic
+// to us until every peer saw our updated lease. kept reports that it came
+// from an existing device.
+func (d *daemon) vtepMAC(dev string, enabled bool) (mac dataplane.MAC, kept bool, err error) {
+	if !enabled {
+		return dataplane.MAC{}, false, nil
+	}
+	if l, ok, err := d.cfg.Dataplane.LinkByName(dev); err != nil {
+		return dataplane.MAC{}, false, fmt.Errorf("look up %s: %w", dev, err)
+	} else if ok && !l.MAC.IsZero() {
+		return l.MAC, true, nil
+	}
+	mac, err = randomMAC()
+	return mac, false, err
+}
+
+// randomMAC returns a locally administered unicast MAC.
+func randomMAC() (dataplane.MAC, error) {
+	var m dataplane.MAC
+	if _, err := rand.Read(m[:]); err != nil {
+		return m, fmt.Errorf("random MAC: %w", err)
+	}
+	m[0] = m[0]&^1 | 2
+	return m, nil
+}
+
+func ipIf[T any](ok bool, v T) T {
+	if ok {
+		return v
+	}
+	var zero T
+	return zero
+}
+
+func (d *daemon) ttl() time.Duration {
+	if d.cfg.LeaseTTL > 0 {
+		return d.cfg.LeaseTTL
+	}
+	return lease.DefaultTTL
+}
+
+func (d *daemon) acquire(ctx context.Context, attrs lease.Attrs, reuse func(lease.Lease) lease.Attrs, prev subnetenv.Env) error {
+	req := lease.Request{
+		Reuse:      reuse,
+		Network:    d.net,
+		Attrs:      attrs,
+		PreviousV4: subnetenv.LeasedSubnet(prev.Subnet),
+		PreviousV6: subnetenv.LeasedSubnet(prev.IPv6Subnet),
+		TTL:        d.ttl(),
+	}
+	backoff := time.Second
+	for {
+		l, err := d.cfg.Store.Acquire(ctx, req)
+		if err == nil {
+			d.self = l
+			return nil
+		}
+		if errors.Is(err, lease.ErrNoFreeSubnet) {
+			return err
+		}
+		d.log.Warn("acquire lease failed, retrying", "err", err, "in", backoff)
+		if err := sleep(ctx, backoff); err != nil {
+			return err
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+func (d *daemon) loop(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	batches := make(chan lease.Batch, 64)
+	kicks := make(chan struct{}, 1)
+	g.Go(func() error { return d.cfg.Store.Watch(gctx, batches) })
+	g.Go(func() error {
+		return d.cfg.Dataplane.Subscribe(gctx, func() {
+			select {
+			case kicks <- struct{}{}:
+			default:
+			}
+		})
+	})
+	g.Go(func() error {
+		err := d.control(gctx, batches, kicks)
+		cancel() // stop the watchers when the control loop ends
+		return err
+	})
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}) error {
+	d.peers = map[lease.ID]lease.Lease{}
+	d.skipped = map[lease.ID]string{}
+
+	resync := time.NewTicker(d.opts.ResyncPeriod)
+	defer resync.Stop()
+	renew := time.NewTimer(d.renewIn())
+	defer renew.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+
+	// The first pass is full: it reads the kernel, adopts what a previous
+	// run left (writing nothing if it is right) and removes entries of
+	// leases that went away while we were down (flannel#2554).
+	full, dirty := true, true
+	synced := false // first snapshot received
+	for {
+		if dirty && synced {
+			if err := d.reconcile(ctx, full); err != nil {
+				retry.Reset(time.Second)
+			} else {
+				full = false
+			}
+			dirty = false
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case b := <-batches:
+			if err := d.apply(b); err != nil {
+				return err
+			}
+			// Coalesce a burst: take whatever else is already queued.
+		drain:
+			for {
+				select {
+				case b := <-batches:
+					if err := d.apply(b); err != nil {
+						return err
+					}
+				default:
+					break drain
+				}
+			}
+			synced, dirty = true, true
+		case <-kicks:
+			dirty = true
+		case <-resync.C:
+			full, dirty = true, true
+		case <-retry.C:
+			dirty = true
+		case <-renew.C:
+			if err := d.renew(ctx); err != nil {
+				return err
+			}
+			renew.Reset(d.renewIn())
+		}
+	}
+}
+
+func (d *daemon) renewIn() time.Duration {
+	if d.self.Reservation || d.self.Expiration.IsZero() {
+		return 24 * time.Hour * 365
+	}
+	margin := d.opts.SubnetLeaseRenewMargin
+	if ttl := d.ttl(); margin >= ttl {
+		margin = ttl / 2
+	}
+	return max(time.Until(d.self.Expiration.Add(-margin)), time.Second)
+}
+
+func (d *daemon) renew(ctx context.Context) error {
+	for attempt := 0; ; attempt++ {
+		l, err := d.cfg.Store.Renew(ctx, d.self, d.ttl())
+		if err == nil {
+			d.self = l
+			d.log.Info("lease renewed", "subnet", d.self.Subnet, "ipv6_subnet", d.self.IPv6Subnet, "expires", l.Expiration.Format(time.RFC3339))
+			return nil
+		}
+		if errors.Is(err, lease.ErrLeaseLost) {
+			return fmt.Errorf("%w: %v", ErrOwnLeaseLost, err)
+		}
+		if time.Now().After(d.self.Expiration) {
+			return fmt.Errorf("%w: expired while renewal kept failing: %v", ErrOwnLeaseLost, err)
+		}
+		d.log.Warn("lease renewal failed, retrying", "err", err)
+		if err := sleep(ctx, min(time.Duration(attempt+1)*time.Second, 10*time.Second)); err != nil {
+			return err
+		}
+	}
+}
+
+// apply folds a batch of lease events into the peer map.
+func (d *daemon) apply(b lease.Batch) error {
+	if b.Snapshot {
+		// A snapshot replaces everything: peers not in it are gone.
+		seen := make(map[lease.ID]bool, len(b.Events))
+		for _, ev := range b.Events {
+			seen[ev.Lease.ID()] = true
+		}
+		removed := 0
+		for id := range d.peers {
+			if !seen[id] {
+				delete(d.peers, id)
+				removed++
+			}
+		}
+		for id := range d.skipped {
+			if !seen[id] {
+				delete(d.skipped, id)
+			}
+		}
+		if _, ok := seen[d.self.ID()]; !ok {
+			return fmt.Errorf("%w: %s is not in the store", ErrOwnLeaseLost, d.self.Key())
+		}
+		d.log.Debug("lease snapshot", "leases", len(b.Events), "removed", removed, "revision", b.Revision)
+	}
+	for _, ev := range b.Events {
+		if err := d.applyEvent(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *daemon) applyEvent(ev lease.Event) error {
+	id := ev.Lease.ID()
+	if id == d.self.ID() {
+		switch {
+		case ev.Type == lease.Removed:
+			return fmt.Errorf("%w: %s was deleted from the store", ErrOwnLeaseLost, d.self.Key())
+		case ev.Err == nil && !sameOwner(ev.Lease.Attrs, d.self.Attrs):
+			return fmt.Errorf("%w: %s now belongs to %s", ErrOwnLeaseLost, d.self.Key(), ev.Lease.Attrs.PublicIP)
+		}
+		return nil
+	}
+	if ev.Type == lease.Removed {
+		if _, ok := d.peers[id]; ok {
+			d.log.Debug("peer removed", "lease", id)
+		}
+		delete(d.peers, id)
+		delete(d.skipped, id)
+		return nil
+	}
+	err := ev.Err
+	if err == nil {
+		err = d.backend.CheckPeer(d.self, ev.Lease)
+	}
+	if err != nil {
+		delete(d.peers, id)
+		reason := backend.SkipReason(err)
+		if d.skipped[id] != reason {
+			d.log.Warn("skipping peer lease", "key", ev.Key, "reason", reason, "err", err)
+		}
+		d.skipped[id] = reason
+		return nil
+	}
+	delete(d.skipped, id)
+	d.log.Debug("peer added", "lease", id, "public_ip", ev.Lease.Attrs.PublicIP)
+	d.peers[id] = ev.Lease
+	return nil
+}
+
+func sameOwner(a, b lease.Attrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6
+}
+
+func (d *daemon) reconcile(ctx context.Context, full bool) error {
+	start := time.Now()
+	peers := make([]lease.Lease, 0, len(d.peers))
+	for _, p := range d.peers {
+		peers = append(peers, p)
+	}
+	// Sorted, so that two peers claiming one route resolve the same way on
+	// every pass.
+	sort.Slice(peers, func(i, j int) bool { return peers[i].Key() < peers[j].Key() })
+	desired := d.backend.Plan(d.self, peers)
+	ch, err := d.cfg.Dataplane.Reconcile(ctx, desired, full)
+	p := Pass{Full: full, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
+	level := slog.LevelDebug
+	if ch.Total() > 0 || err != nil {
+		level = slog.LevelInfo
+	}
+	d.log.Log(ctx, level, "reconciled", "full", full, "peers", len(peers), "writes", ch.Total(),
+		"routes_added", ch.RoutesAdded, "routes_removed", ch.RoutesRemoved, "took", p.Took.Round(time.Microsecond), "err", err)
+	if d.cfg.Observer != nil {
+		d.cfg.Observer(p)
+	}
+	if err != nil {
+		return err
+	}
+	if !d.wrote {
+		if err := d.writeSubnetEnv(); err != nil {
+			d.log.Error("write subnet file", "err", err)
+			return err
+		}
+		d.wrote = true
+	}
+	return nil
+}
+
+func (d *daemon) writeSubnetEnv() error {
+	e := subnetenv.Env{MTU: d.backend.MTU(), IPMasq: d.opts.IPMasq}
+	if d.net.EnableIPv4 {
+		e.Network, e.Subnet = d.net.Network, subnetenv.GatewayOf(d.self.Subnet)
+	}
+	if d.net.EnableIPv6 {
+		e.IPv6Network, e.IPv6Subnet = d.net.IPv6Network, subnetenv.GatewayOf(d.self.IPv6Subnet)
+	}
+	if err := subnetenv.Write(d.opts.SubnetFile, e); err != nil {
+		return err
+	}
+	d.log.Info("wrote subnet file", "path", d.opts.SubnetFile)
+	return nil
+}

@@ -1,0 +1,371 @@
+// Package lab builds a cluster of "hosts" out of network namespaces on this
+// machine: a hub namespace with a bridge (the underlay switch) and the
+// cluster's etcd endpoint, and one namespace per host, cabled to the bridge
+// with a veth pair, each running a real flanneld process. The end-to-end
+// tests, `weft demo` and `weft bench` all stand on it.
+//
+// It shells out to ip(8) for the one-off plumbing (the dataplane package is
+// the only one that speaks netlink) and never touches the root namespace:
+// etcd listens on 127.0.0.1, and the hub reaches it through a small TCP
+// relay whose listening socket is opened inside the hub namespace.
+package lab
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netns"
+)
+
+// Options describe a cluster.
+type Options struct {
+	// Name prefixes every namespace and link; keep it short (≤ 6 chars)
+	// and unique per concurrent cluster, e.g. "wtvx".
+	Name string
+	// Hosts is the number of host namespaces.
+	Hosts int
+	// Underlay is the hub's IPv4 subnet (a /24); the hub is .1, hosts are
+	// .11, .12, …
+	Underlay netip.Prefix
+	// UnderlayV6 optionally adds an IPv6 underlay (a /64), same numbering.
+	UnderlayV6 netip.Prefix
+	// Dir holds logs, subnet files and etcd data.
+	Dir string
+	// Flanneld is the daemon binary to run on each host.
+	Flanneld string
+	Log      *slog.Logger
+}
+
+// Host is one host namespace.
+type Host struct {
+	Index      int
+	NS         string
+	IP         netip.Addr
+	IPv6       netip.Addr
+	SubnetFile string
+	LogFile    string
+
+	mu   sync.Mutex
+	proc *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// Cluster is a running lab cluster.
+type Cluster struct {
+	opts  Options
+	Hub   string
+	Hosts []*Host
+	Etcd  *Etcd
+	// EtcdEndpoint is what hosts pass as --etcd-endpoints.
+	EtcdEndpoint string
+	relay        net.Listener
+	log          *slog.Logger
+}
+
+func ip(ctx context.Context, args ...string) error {
+	out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ip %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+func nthAddr(p netip.Prefix, n int) netip.Addr {
+	a := p.Masked().Addr()
+	for i := 0; i < n; i++ {
+		a = a.Next()
+	}
+	return a
+}
+
+// New builds the namespaces and starts etcd and the relay. On error
+// everything built so far is removed.
+func New(ctx context.Context, o Options) (_ *Cluster, err error) {
+	if o.Log == nil {
+		o.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c := &Cluster{opts: o, Hub: o.Name + "-hub", log: o.Log}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	if err := os.MkdirAll(o.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	removeStale(o.Name)
+	hubIP := nthAddr(o.Underlay, 1)
+	bits := o.Underlay.Bits()
+	steps := [][]string{
+		{"netns", "add", c.Hub},
+		{"-n", c.Hub, "link", "set", "lo", "up"},
+		{"-n", c.Hub, "link", "add", "name", "br0", "type", "bridge"},
+		{"-n", c.Hub, "addr", "add", fmt.Sprintf("%s/%d", hubIP, bits), "dev", "br0"},
+		{"-n", c.Hub, "link", "set", "br0", "up"},
+	}
+	if o.UnderlayV6.IsValid() {
+		steps = append(steps, []string{"-n", c.Hub, "addr", "add", fmt.Sprintf("%s/%d", nthAddr(o.UnderlayV6, 1), o.UnderlayV6.Bits()), "dev", "br0", "nodad"})
+	}
+	for _, s := range steps {
+		if err := ip(ctx, s...); err != nil {
+			return nil, err
+		}
+	}
+	for i := 0; i < o.Hosts; i++ {
+		h := &Host{
+			Index:      i,
+			NS:         fmt.Sprintf("%s-h%d", o.Name, i+1),
+			IP:         nthAddr(o.Underlay, 11+i),
+			SubnetFile: filepath.Join(o.Dir, fmt.Sprintf("h%d", i+1), "subnet.env"),
+			LogFile:    filepath.Join(o.Dir, fmt.Sprintf("h%d.log", i+1)),
+		}
+		veth := fmt.Sprintf("%s-v%d", o.Name, i+1)
+		steps := [][]string{
+			{"netns", "add", h.NS},
+			{"-n", h.NS, "link", "set", "lo", "up"},
+			{"-n", c.Hub, "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", h.NS},
+			{"-n", c.Hub, "link", "set", veth, "master", "br0", "up"},
+			{"-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.IP, bits), "dev", "eth0"},
+			{"-n", h.NS, "link", "set", "eth0", "up"},
+			{"-n", h.NS, "route", "add", "default", "via", hubIP.String()},
+		}
+		if o.UnderlayV6.IsValid() {
+			h.IPv6 = nthAddr(o.UnderlayV6, 11+i)
+			steps = append(steps,
+				[]string{"-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.IPv6, o.UnderlayV6.Bits()), "dev", "eth0", "nodad"},
+				[]string{"-n", h.NS, "-6", "route", "add", "default", "via", nthAddr(o.UnderlayV6, 1).String()},
+			)
+		}
+		// Registered before the steps run, so a half-built host is removed.
+		c.Hosts = append(c.Hosts, h)
+		for _, s := range steps {
+			if err := ip(ctx, s...); err != nil {
+				return nil, err
+			}
+		}
+		// Forwarding lets pods behind this host reach others.
+		if err := sysctl(h.NS, "net.ipv4.ip_forward", "1"); err != nil {
+			return nil, err
+		}
+		if o.UnderlayV6.IsValid() {
+			if err := sysctl(h.NS, "net.ipv6.conf.all.forwarding", "1"); err != nil {
+				return nil, err
+			}
+		}
+	}
+	c.Etcd, err = StartEtcd(filepath.Join(o.Dir, "etcd"))
+	if err != nil {
+		return nil, err
+	}
+	const etcdPort = 2379
+	c.relay, err = listenIn(c.Hub, fmt.Sprintf("%s:%d", hubIP, etcdPort))
+	if err != nil {
+		return nil, err
+	}
+	go relay(c.relay, strings.TrimPrefix(c.Etcd.ClientURL, "http://"))
+	c.EtcdEndpoint = fmt.Sprintf("http://%s:%d", hubIP, etcdPort)
+	return c, nil
+}
+
+// removeStale deletes namespaces left by an earlier run with the same name
+// that was killed before it could clean up.
+func removeStale(name string) {
+	ents, err := os.ReadDir("/run/netns")
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), name+"-") {
+			_ = ip(context.Background(), "netns", "del", e.Name())
+		}
+	}
+}
+
+func sysctl(ns, key, val string) error {
+	out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-qw", key+"="+val).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("sysctl %s in %s: %w: %s", key, ns, err, out)
+	}
+	return nil
+}
+
+// listenIn opens a TCP listener inside the named namespace. A socket keeps
+// the namespace it was created in, so only the listen call runs on a
+// thread switched into the namespace. The thread is locked for the switch
+// and, should switching back fail, left locked so the runtime discards it
+// rather than reuse a thread in the wrong namespace.
+func listenIn(ns, addr string) (net.Listener, error) {
+	type result struct {
+		l   net.Listener
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		defer orig.Close()
+		target, err := netns.GetFromName(ns)
+		if err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: fmt.Errorf("namespace %s: %w", ns, err)}
+			return
+		}
+		defer target.Close()
+		if err := netns.Set(target); err != nil {
+			runtime.UnlockOSThread()
+			ch <- result{err: err}
+			return
+		}
+		l, lerr := net.Listen("tcp", addr)
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked: it dies with this goroutine.
+			ch <- result{l: l, err: lerr}
+			return
+		}
+		runtime.UnlockOSThread()
+		ch <- result{l: l, err: lerr}
+	}()
+	r := <-ch
+	return r.l, r.err
+}
+
+// relay copies each connection accepted on l to target until l closes.
+func relay(l net.Listener, target string) {
+	for {
+		in, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer in.Close()
+			out, err := net.DialTimeout("tcp", target, 5*time.Second)
+			if err != nil {
+				return
+			}
+			defer out.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(out, in); out.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			go func() { io.Copy(in, out); in.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			<-done
+			<-done
+		}()
+	}
+}
+
+// Start runs flanneld on h with the cluster's etcd and extra flags.
+func (c *Cluster) Start(h *Host, extra ...string) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.proc != nil {
+		return fmt.Errorf("%s: flanneld already running", h.NS)
+	}
+	if err := os.MkdirAll(filepath.Dir(h.SubnetFile), 0o755); err != nil {
+		return err
+	}
+	logf, err := os.OpenFile(h.LogFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	args := append([]string{"netns", "exec", h.NS, c.opts.Flanneld,
+		"--etcd-endpoints=" + c.EtcdEndpoint,
+		"--iface=eth0",
+		"--subnet-file=" + h.SubnetFile,
+	}, extra...)
+	cmd := exec.Command("ip", args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	// Own process group, so a Ctrl-C to the test does not hit it first.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return err
+	}
+	h.proc, h.done, h.err = cmd, make(chan struct{}), nil
+	go func(done chan struct{}) {
+		err := cmd.Wait()
+		logf.Close()
+		h.mu.Lock()
+		h.err = err
+		h.mu.Unlock()
+		close(done)
+	}(h.done)
+	return nil
+}
+
+// Stop sends sig to h's flanneld and waits for it to exit, returning its
+// exit error (nil for a clean exit).
+func (c *Cluster) Stop(h *Host, sig syscall.Signal) error {
+	h.mu.Lock()
+	cmd, done := h.proc, h.done
+	h.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	_ = cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.proc = nil
+	return h.err
+}
+
+// Exited reports whether h's flanneld has exited on its own, and how.
+func (h *Host) Exited() (bool, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.done == nil {
+		return false, nil
+	}
+	select {
+	case <-h.done:
+		return true, h.err
+	default:
+		return false, nil
+	}
+}
+
+// Exec runs a command inside h's namespace and returns its combined output.
+func (c *Cluster) Exec(ctx context.Context, h *Host, name string, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// Close stops every flanneld, etcd and the relay, and deletes the
+// namespaces (which takes their links with them).
+func (c *Cluster) Close() {
+	for _, h := range c.Hosts {
+		_ = c.Stop(h, syscall.SIGKILL)
+	}
+	if c.relay != nil {
+		c.relay.Close()
+	}
+	if c.Etcd != nil {
+		c.Etcd.Close()
+	}
+	for _, h := range c.Hosts {
+		_ = ip(context.Background(), "netns", "del", h.NS)
+	}
+	_ = ip(context.Background(), "netns", "del", c.Hub)
+}
