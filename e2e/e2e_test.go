@@ -375,3 +375,66 @@ func TestIPv6OnlyHostGW(t *testing.T) {
 	c.addBridges()
 	c.matrix(15 * time.Second)
 }
+
+func (c *cluster) curl(h *lab.Host, url string) (int, string) {
+	c.t.Helper()
+	out, err := c.Exec(context.Background(), h, "curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "5", url)
+	if err != nil {
+		return 0, out
+	}
+	i := strings.LastIndexByte(strings.TrimRight(out, "\n"), '\n')
+	code, _ := strconv.Atoi(strings.TrimSpace(out[i+1:]))
+	return code, out[:i+1]
+}
+
+func metricValue(body, name string) float64 {
+	var sum float64
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, name) && (len(line) > len(name) && (line[len(name)] == ' ' || line[len(name)] == '{')) {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	return sum
+}
+
+func TestHealthAndMetrics(t *testing.T) {
+	c := newCluster(t, "wthm", 2, "198.18.16.0/24", `{"Network":"10.16.0.0/16"}`)
+	c.startAll("--healthz-ip=127.0.0.1", "--healthz-port=9101", "--resync-period=1s")
+	h := c.Hosts[0]
+	base := "http://127.0.0.1:9101"
+	waitFor(t, "readyz 200", 10*time.Second, func() bool { code, _ := c.curl(h, base+"/readyz"); return code == 200 })
+	if code, body := c.curl(h, base+"/healthz"); code != 200 {
+		t.Errorf("healthz = %d %q", code, body)
+	}
+	_, body := c.curl(h, base+"/metrics")
+	if v := metricValue(body, "flannel_peers"); v != 1 {
+		t.Errorf("flannel_peers = %v, want 1\n%s", v, body)
+	}
+	for _, name := range []string{"flannel_reconcile_passes_total", "flannel_lease_expiry_timestamp_seconds", "flannel_kernel_objects_changed_total"} {
+		if metricValue(body, name) <= 0 {
+			t.Errorf("%s not positive", name)
+		}
+	}
+
+	// Drift shows up as repairs.
+	c.sh(h, "ip", "route", "del", c.subnets[1].String())
+	waitFor(t, "repair counted", 10*time.Second, func() bool {
+		_, body := c.curl(h, base+"/metrics")
+		return metricValue(body, "flannel_kernel_objects_repaired_total") >= 1
+	})
+
+	// etcd goes away: the node stays ready, and the watch restarts are counted.
+	c.Etcd.Close()
+	waitFor(t, "watch restarts counted", 30*time.Second, func() bool {
+		_, body := c.curl(h, base+"/metrics")
+		return metricValue(body, "flannel_store_watch_restarts_total") >= 1
+	})
+	if code, body := c.curl(h, base+"/readyz"); code != 200 {
+		t.Errorf("readyz with etcd down = %d %q, want 200", code, body)
+	}
+	if err := c.pingUntil(h, netip.Addr{}, c.subnets[1].Addr(), 5*time.Second); err != nil {
+		t.Errorf("overlay with etcd down: %v", err)
+	}
+}

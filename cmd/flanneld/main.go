@@ -12,12 +12,8 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/vishvananda/netns"
-
+	"github.com/weft-net/weft/internal/app"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/daemon"
-	"github.com/weft-net/weft/internal/dataplane"
-	"github.com/weft-net/weft/internal/lease/etcdstore"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
@@ -46,41 +42,15 @@ func run() error {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	if opts.KubeSubnetMgr {
-		return errors.New("--kube-subnet-mgr: Kubernetes mode is not implemented yet; use the etcd store")
-	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-
-	store, err := etcdstore.New(ctx, log.With("component", "etcd"), etcdstore.Config{
-		Endpoints: opts.EtcdEndpoints, Prefix: opts.EtcdPrefix,
-		KeyFile: opts.EtcdKeyFile, CertFile: opts.EtcdCertFile, CAFile: opts.EtcdCAFile,
-		Username: opts.EtcdUsername, Password: opts.EtcdPassword,
-	})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-
-	dp, err := dataplane.NewNetlink(log.With("component", "dataplane"), netns.None())
-	if err != nil {
-		return err
-	}
-	defer dp.Close()
-
 	log.Info("starting", "version", version)
-	err = daemon.Run(ctx, daemon.Config{
-		Options:   opts,
-		Log:       log,
-		Store:     store,
-		Dataplane: dp,
-		System:    dp,
-	})
-	if err == nil {
-		// SIGTERM/SIGINT: leave the kernel state in place so that traffic
-		// keeps flowing while we restart.
-		log.Info("stopped; kernel state left in place")
+	if err := app.Run(ctx, log, opts, version); err != nil {
+		return err
 	}
-	return err
+	// SIGTERM/SIGINT: the kernel state stays in place so that traffic
+	// keeps flowing while we restart.
+	log.Info("stopped; kernel state left in place")
+	return nil
 }

@@ -24,7 +24,9 @@ import (
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/metrics"
 	"github.com/weft-net/weft/internal/subnetenv"
 	"github.com/weft-net/weft/internal/underlay"
 )
@@ -48,13 +50,19 @@ type Config struct {
 	System    underlay.System
 	// LeaseTTL overrides lease.DefaultTTL (tests).
 	LeaseTTL time.Duration
-	// Observer, if set, is told about each reconcile pass (tests, metrics).
+	// Observer, if set, is told about each reconcile pass (tests).
 	Observer func(Pass)
+	// Metrics and Health may be nil.
+	Metrics *metrics.Metrics
+	Health  *httpapi.Health
 }
 
 // Pass describes one reconcile pass.
 type Pass struct {
-	Full    bool
+	Full bool
+	// Repair is true when the pass ran because of drift (resync, kernel
+	// notification), not a lease change: its writes undid drift.
+	Repair  bool
 	Peers   int
 	Changes dataplane.Changes
 	Err     error
@@ -113,6 +121,8 @@ func (d *daemon) run(ctx context.Context) error {
 	}
 	d.log.Info("lease acquired", "subnet", d.self.Subnet, "ipv6_subnet", d.self.IPv6Subnet,
 		"backend", d.backend.Type(), "expires", d.self.Expiration.Format(time.RFC3339))
+	d.cfg.Metrics.SetLeaseExpiry(d.self.Expiration)
+	d.cfg.Health.LeaseHeld(true)
 	return d.loop(ctx)
 }
 
@@ -300,14 +310,16 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 	// leases that went away while we were down (flannel#2554).
 	full, dirty := true, true
 	synced := false // first snapshot received
+	first := true   // the first pass adopts; its writes are not repairs
+	repair := false // the pending pass is for drift, not lease changes
 	for {
 		if dirty && synced {
-			if err := d.reconcile(ctx, full); err != nil {
+			if err := d.reconcile(ctx, full, repair && !first); err != nil {
 				retry.Reset(time.Second)
 			} else {
-				full = false
+				full, first = false, false
 			}
-			dirty = false
+			dirty, repair = false, false
 		}
 		select {
 		case <-ctx.Done():
@@ -330,9 +342,9 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 			}
 			synced, dirty = true, true
 		case <-kicks:
-			dirty = true
+			dirty, repair = true, !dirty || repair
 		case <-resync.C:
-			full, dirty = true, true
+			full, repair, dirty = true, !dirty || repair, true
 		case <-retry.C:
 			dirty = true
 		case <-renew.C:
@@ -358,8 +370,10 @@ func (d *daemon) renewIn() time.Duration {
 func (d *daemon) renew(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
 		l, err := d.cfg.Store.Renew(ctx, d.self, d.ttl())
+		d.cfg.Metrics.Renewal(err == nil)
 		if err == nil {
 			d.self = l
+			d.cfg.Metrics.SetLeaseExpiry(l.Expiration)
 			d.log.Info("lease renewed", "subnet", d.self.Subnet, "ipv6_subnet", d.self.IPv6Subnet, "expires", l.Expiration.Format(time.RFC3339))
 			return nil
 		}
@@ -435,6 +449,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	if err != nil {
 		delete(d.peers, id)
 		reason := backend.SkipReason(err)
+		d.cfg.Metrics.Skipped(reason)
 		if d.skipped[id] != reason {
 			d.log.Warn("skipping peer lease", "key", ev.Key, "reason", reason, "err", err)
 		}
@@ -451,7 +466,7 @@ func sameOwner(a, b lease.Attrs) bool {
 	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6
 }
 
-func (d *daemon) reconcile(ctx context.Context, full bool) error {
+func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 	start := time.Now()
 	peers := make([]lease.Lease, 0, len(d.peers))
 	for _, p := range d.peers {
@@ -462,7 +477,10 @@ func (d *daemon) reconcile(ctx context.Context, full bool) error {
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Key() < peers[j].Key() })
 	desired := d.backend.Plan(d.self, peers)
 	ch, err := d.cfg.Dataplane.Reconcile(ctx, desired, full)
-	p := Pass{Full: full, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
+	p := Pass{Full: full, Repair: repair, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
+	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
+	d.cfg.Metrics.SetPeers(d.backend.Type(), len(peers))
+	d.cfg.Health.PassDone(err == nil)
 	level := slog.LevelDebug
 	if ch.Total() > 0 || err != nil {
 		level = slog.LevelInfo
@@ -497,5 +515,7 @@ func (d *daemon) writeSubnetEnv() error {
 		return err
 	}
 	d.log.Info("wrote subnet file", "path", d.opts.SubnetFile)
+	d.cfg.Metrics.SubnetFileWritten(time.Now())
+	d.cfg.Health.SubnetFileWritten()
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -13,7 +14,8 @@ import (
 
 // Etcd is an embedded single-member etcd on 127.0.0.1.
 type Etcd struct {
-	e *embed.Etcd
+	e    *embed.Etcd
+	once sync.Once
 	// ClientURL is the client endpoint (http://127.0.0.1:port).
 	ClientURL string
 }
@@ -75,5 +77,5 @@ func StartEtcd(dir string) (*Etcd, error) {
 	return nil, fmt.Errorf("start embedded etcd: %w", lastErr)
 }
 
-// Close stops etcd.
-func (e *Etcd) Close() { e.e.Close() }
+// Close stops etcd; closing twice is harmless.
+func (e *Etcd) Close() { e.once.Do(e.e.Close) }

@@ -41,6 +41,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -67,7 +68,17 @@ type Config struct {
 	// the first keepalive; 0 means DefaultDialTimeout. Connections are
 	// made lazily and retried for as long as each call's context allows.
 	DialTimeout time.Duration
+	// OnWatchRestart, if set, is called each time the lease watch has to be
+	// re-established; reason is "list_failed", "interrupted", "compacted"
+	// or "revision_backwards". For metrics.
+	OnWatchRestart func(reason string)
+	// ProbeInterval is how often a quiet watch is probed for liveness;
+	// 0 means DefaultProbeInterval.
+	ProbeInterval time.Duration
 }
+
+// DefaultProbeInterval is Config.ProbeInterval's default.
+const DefaultProbeInterval = 5 * time.Second
 
 // DefaultDialTimeout is used when Config.DialTimeout is 0.
 const DefaultDialTimeout = 5 * time.Second
@@ -79,6 +90,9 @@ const maxAttempts = 10
 
 // Store is a lease.Store on etcd. It is safe for concurrent use.
 type Store struct {
+	probeEvery time.Duration
+	onRestart  func(string)
+	downSince  atomic.Int64 // unix nanoseconds the watch has been down since; 0 when up
 	log        *slog.Logger
 	cli        *clientv3.Client
 	configKey  string
@@ -157,7 +171,13 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 	if r.err != nil {
 		return nil, fmt.Errorf("etcd store: connect to %s: %w", strings.Join(cfg.Endpoints, ","), r.err)
 	}
+	probe := cfg.ProbeInterval
+	if probe <= 0 {
+		probe = DefaultProbeInterval
+	}
 	return &Store{
+		probeEvery: probe,
+		onRestart:  cfg.OnWatchRestart,
 		log:        log,
 		cli:        r.cli,
 		configKey:  prefix + "/config",
@@ -450,6 +470,7 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 				}
 				rev, needList = b.Revision, false
 				bo.reset()
+				s.watchUp()
 				continue
 			}
 			if ctx.Err() != nil {
@@ -461,11 +482,13 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 			if fatal(err) {
 				return fmt.Errorf("watch leases: %w", err)
 			}
+			s.watchDown("list_failed")
 			s.log.Warn("cannot list leases, retrying", "prefix", s.subnetsDir, "err", err)
 		} else {
 			progressed, err := s.follow(ctx, &rev, out)
 			if progressed {
 				bo.reset()
+				s.watchUp()
 			}
 			switch {
 			case ctx.Err() != nil:
@@ -474,12 +497,14 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 				// The history since rev is gone: only a fresh list can say
 				// what changed. The consumer diffs the Snapshot.
 				s.log.Info("lease history compacted, listing again", "revision", rev)
+				s.restarted("compacted")
 				needList = true
 				continue
 			case errors.Is(err, rpctypes.ErrFutureRev):
 				// etcd is behind what we saw: restored from a backup. Waiting
 				// for it to catch up could take forever; list what it has.
 				s.log.Warn("etcd revision went backwards (restored from a backup?), listing again", "revision", rev)
+				s.restarted("revision_backwards")
 				needList = true
 				continue
 			case s.cli.Ctx().Err() != nil:
@@ -487,12 +512,36 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 			case fatal(err):
 				return fmt.Errorf("watch leases from revision %d: %w", rev+1, err)
 			}
+			s.watchDown("interrupted")
 			s.log.Warn("lease watch interrupted, resuming", "revision", rev+1, "err", err)
 		}
 		if err := bo.wait(ctx); err != nil {
 			return err
 		}
 	}
+}
+
+func (s *Store) restarted(reason string) {
+	if s.onRestart != nil {
+		s.onRestart(reason)
+	}
+}
+
+// watchDown records that the watch broke (and counts the restart).
+func (s *Store) watchDown(reason string) {
+	s.downSince.CompareAndSwap(0, time.Now().UnixNano())
+	s.restarted(reason)
+}
+
+func (s *Store) watchUp() { s.downSince.Store(0) }
+
+// WatchDownSince returns when the lease watch broke, or the zero time
+// while it is healthy. Health checks use it.
+func (s *Store) WatchDownSince() time.Time {
+	if n := s.downSince.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // snapshot lists all leases as one Snapshot batch.
@@ -520,10 +569,37 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 	defer cancel()
 	wch := s.cli.Watch(wctx, s.subnetsDir,
 		clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(*rev+1),
+		// The created notification tells us the watch is really up.
+		clientv3.WithCreatedNotify(),
 		// Progress notifications advance rev in a quiet cluster, so a resume
 		// after a disconnect seldom starts from compacted history.
 		clientv3.WithProgressNotify())
-	for wr := range wch {
+	// The client retries a lost connection forever without ending the
+	// watch, so a dead etcd looks like a quiet one. We ask for a progress
+	// notification every probe interval; when two intervals pass without
+	// any response the watch is declared stalled and restarted, which is
+	// what health checks and the restart counter see.
+	probe := time.NewTicker(s.probeEvery)
+	defer probe.Stop()
+	lastSeen := time.Now()
+	for {
+		var wr clientv3.WatchResponse
+		var ok bool
+		select {
+		case wr, ok = <-wch:
+		case <-probe.C:
+			if time.Since(lastSeen) > 2*s.probeEvery {
+				return progressed, fmt.Errorf("watch stalled: no response from etcd for %s", time.Since(lastSeen).Round(time.Second))
+			}
+			pctx, pcancel := context.WithTimeout(wctx, s.probeEvery)
+			_ = s.cli.RequestProgress(pctx) // the answer arrives on wch
+			pcancel()
+			continue
+		}
+		if !ok {
+			break
+		}
+		lastSeen = time.Now()
 		if wr.CompactRevision != 0 {
 			return progressed, fmt.Errorf("compacted at revision %d: %w", wr.CompactRevision, rpctypes.ErrCompacted)
 		}

@@ -1,0 +1,69 @@
+// Package app wires flanneld together: the lease store, the kernel
+// dataplane, metrics, the health listener and the control loop. It keeps
+// cmd/flanneld's main down to parsing flags and handling signals.
+package app
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
+	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/metrics"
+)
+
+// watchDeadline is how long the lease watch may stay broken before
+// /healthz fails. Long, because a restart does not bring etcd back; it
+// catches a watch that is wedged rather than one waiting for etcd.
+const watchDeadline = 5 * time.Minute
+
+// Run runs flanneld until ctx ends or a fatal error occurs.
+func Run(ctx context.Context, log *slog.Logger, opts config.Options, version string) error {
+	if opts.KubeSubnetMgr {
+		return errors.New("--kube-subnet-mgr: Kubernetes mode is not implemented yet; use the etcd store")
+	}
+	m := metrics.New(version)
+	store, err := etcdstore.New(ctx, log.With("component", "etcd"), etcdstore.Config{
+		Endpoints: opts.EtcdEndpoints, Prefix: opts.EtcdPrefix,
+		KeyFile: opts.EtcdKeyFile, CertFile: opts.EtcdCertFile, CAFile: opts.EtcdCAFile,
+		Username: opts.EtcdUsername, Password: opts.EtcdPassword,
+		OnWatchRestart: m.WatchRestart,
+	})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	dp, err := dataplane.NewNetlink(log.With("component", "dataplane"), netns.None())
+	if err != nil {
+		return err
+	}
+	defer dp.Close()
+
+	health := httpapi.NewHealth(opts.ResyncPeriod, watchDeadline, store.WatchDownSince)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	if opts.HealthzPort > 0 {
+		addr := net.JoinHostPort(opts.HealthzIP, strconv.Itoa(opts.HealthzPort))
+		g.Go(func() error { return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry)) })
+	}
+	g.Go(func() error {
+		defer cancel() // the daemon ending stops the listener too
+		return daemon.Run(ctx, daemon.Config{
+			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp,
+			Metrics: m, Health: health,
+		})
+	})
+	return g.Wait()
+}

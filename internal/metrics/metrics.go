@@ -1,0 +1,189 @@
+// Package metrics defines weft's Prometheus metrics, all named flannel_*
+// and registered on a private registry (never the global default one, so
+// tests and embedders get a clean set). Upstream flanneld exports none.
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/weft-net/weft/internal/dataplane"
+)
+
+// Metrics holds every collector. Its methods are safe on a nil receiver,
+// so code paths without metrics need no checks.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	peers             *prometheus.GaugeVec
+	leaseExpiry       prometheus.Gauge
+	renewals          *prometheus.CounterVec
+	watchRestarts     *prometheus.CounterVec
+	passes            *prometheus.CounterVec
+	passDuration      *prometheus.HistogramVec
+	objects           *prometheus.CounterVec
+	repaired          *prometheus.CounterVec
+	skipped           *prometheus.CounterVec
+	masqRepairs       prometheus.Counter
+	masqSyncs         *prometheus.CounterVec
+	buildInfo         *prometheus.GaugeVec
+	subnetFileWritten prometheus.Gauge
+}
+
+// New creates and registers the metrics; version labels flannel_build_info.
+func New(version string) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		peers: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flannel_peers", Help: "Peer leases currently programmed, by backend type.",
+		}, []string{"backend"}),
+		leaseExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flannel_lease_expiry_timestamp_seconds", Help: "When this host's subnet lease expires (Unix time; 0 for a reservation).",
+		}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_lease_renewals_total", Help: "Lease renewal attempts, by result (ok, failed).",
+		}, []string{"result"}),
+		watchRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_store_watch_restarts_total", Help: "Times the lease watch had to be re-established, by reason.",
+		}, []string{"reason"}),
+		passes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_reconcile_passes_total", Help: "Reconcile passes, by kind (full, incremental) and result (ok, error).",
+		}, []string{"kind", "result"}),
+		passDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flannel_reconcile_duration_seconds",
+			Help:    "Duration of reconcile passes (plan, diff and kernel writes), by kind.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs … 26s
+		}, []string{"kind"}),
+		objects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_kernel_objects_changed_total", Help: "Kernel objects written, by kind (link, route, neigh, fdb) and operation (added, removed, updated).",
+		}, []string{"kind", "op"}),
+		repaired: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_kernel_objects_repaired_total", Help: "Kernel objects restored or removed to undo drift (changed behind the daemon's back), by kind.",
+		}, []string{"kind"}),
+		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_peer_leases_skipped_total", Help: "Peer leases skipped as malformed or unusable, by reason.",
+		}, []string{"reason"}),
+		masqRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flannel_masquerade_repairs_total", Help: "Masquerade/forward rules restored by a resync.",
+		}),
+		masqSyncs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_masquerade_syncs_total", Help: "Masquerade/forward rule syncs, by result (ok, error).",
+		}, []string{"result"}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flannel_build_info", Help: "Always 1; labelled with the daemon's implementation and version.",
+		}, []string{"implementation", "version"}),
+		subnetFileWritten: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flannel_subnet_file_written_timestamp_seconds", Help: "When subnet.env was last written (Unix time).",
+		}),
+	}
+	m.Registry.MustRegister(
+		m.peers, m.leaseExpiry, m.renewals, m.watchRestarts, m.passes, m.passDuration,
+		m.objects, m.repaired, m.skipped, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	m.buildInfo.WithLabelValues("weft", version).Set(1)
+	// Pre-create label values so dashboards see zeros, not gaps.
+	for _, r := range []string{"ok", "failed"} {
+		m.renewals.WithLabelValues(r)
+	}
+	for _, k := range []string{"full", "incremental"} {
+		for _, r := range []string{"ok", "error"} {
+			m.passes.WithLabelValues(k, r)
+		}
+	}
+	return m
+}
+
+// SetPeers records the number of programmed peers.
+func (m *Metrics) SetPeers(backend string, n int) {
+	if m != nil {
+		m.peers.WithLabelValues(backend).Set(float64(n))
+	}
+}
+
+// SetLeaseExpiry records our lease's expiry (zero: never).
+func (m *Metrics) SetLeaseExpiry(t time.Time) {
+	if m == nil {
+		return
+	}
+	if t.IsZero() {
+		m.leaseExpiry.Set(0)
+		return
+	}
+	m.leaseExpiry.Set(float64(t.UnixNano()) / 1e9)
+}
+
+// Renewal counts a renewal attempt.
+func (m *Metrics) Renewal(ok bool) {
+	if m != nil {
+		m.renewals.WithLabelValues(result(ok, "ok", "failed")).Inc()
+	}
+}
+
+// WatchRestart counts a watch restart.
+func (m *Metrics) WatchRestart(reason string) {
+	if m != nil {
+		m.watchRestarts.WithLabelValues(reason).Inc()
+	}
+}
+
+// Skipped counts a skipped peer lease.
+func (m *Metrics) Skipped(reason string) {
+	if m != nil {
+		m.skipped.WithLabelValues(reason).Inc()
+	}
+}
+
+// Pass records a reconcile pass; repair says its writes undid drift
+// rather than followed lease changes.
+func (m *Metrics) Pass(full bool, took time.Duration, ch dataplane.Changes, err error, repair bool) {
+	if m == nil {
+		return
+	}
+	kind := result(full, "full", "incremental")
+	m.passes.WithLabelValues(kind, result(err == nil, "ok", "error")).Inc()
+	m.passDuration.WithLabelValues(kind).Observe(took.Seconds())
+	add := func(k, op string, n int) {
+		if n > 0 {
+			m.objects.WithLabelValues(k, op).Add(float64(n))
+			if repair {
+				m.repaired.WithLabelValues(k).Add(float64(n))
+			}
+		}
+	}
+	add("link", "added", ch.LinksAdded)
+	add("link", "removed", ch.LinksRemoved)
+	add("link", "updated", ch.LinksUpdated)
+	add("route", "added", ch.RoutesAdded)
+	add("route", "removed", ch.RoutesRemoved)
+	add("neigh", "added", ch.NeighsAdded)
+	add("neigh", "removed", ch.NeighsRemoved)
+	add("fdb", "added", ch.FDBAdded)
+	add("fdb", "removed", ch.FDBRemoved)
+}
+
+// MasqSync records a masquerade rule sync and the rules it repaired.
+func (m *Metrics) MasqSync(repaired int, err error) {
+	if m == nil {
+		return
+	}
+	m.masqSyncs.WithLabelValues(result(err == nil, "ok", "error")).Inc()
+	m.masqRepairs.Add(float64(repaired))
+}
+
+// SubnetFileWritten records a write of subnet.env.
+func (m *Metrics) SubnetFileWritten(t time.Time) {
+	if m != nil {
+		m.subnetFileWritten.Set(float64(t.UnixNano()) / 1e9)
+	}
+}
+
+func result(ok bool, yes, no string) string {
+	if ok {
+		return yes
+	}
+	return no
+}

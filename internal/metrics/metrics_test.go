@@ -1,0 +1,73 @@
+package metrics
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/weft-net/weft/internal/dataplane"
+)
+
+func TestLintAndValues(t *testing.T) {
+	m := New("test")
+	m.SetPeers("vxlan", 3)
+	m.SetLeaseExpiry(time.Unix(1700000000, 0))
+	m.Renewal(true)
+	m.WatchRestart("interrupted")
+	m.Skipped("decode")
+	m.Pass(true, time.Millisecond, dataplane.Changes{RoutesAdded: 2, FDBAdded: 1}, nil, true)
+	m.Pass(false, time.Millisecond, dataplane.Changes{RoutesRemoved: 1}, errors.New("x"), false)
+	m.MasqSync(2, nil)
+	m.SubnetFileWritten(time.Now())
+
+	problems, err := testutil.GatherAndLint(m.Registry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		if strings.HasPrefix(p.Metric, "flannel_") {
+			t.Errorf("lint: %s: %s", p.Metric, p.Text)
+		}
+	}
+	if got := testutil.ToFloat64(m.repaired.WithLabelValues("route")); got != 2 {
+		t.Errorf("repaired routes = %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.objects.WithLabelValues("route", "removed")); got != 1 {
+		t.Errorf("removed routes = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.passes.WithLabelValues("incremental", "error")); got != 1 {
+		t.Errorf("failed incremental passes = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.masqRepairs); got != 2 {
+		t.Errorf("masq repairs = %v", got)
+	}
+	// Every metric we define is named flannel_*.
+	mfs, err := m.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, mf := range mfs {
+		if strings.HasPrefix(mf.GetName(), "flannel_") {
+			n++
+		}
+	}
+	if n < 12 {
+		t.Errorf("only %d flannel_* metric families gathered", n)
+	}
+}
+
+func TestNilIsSafe(t *testing.T) {
+	var m *Metrics
+	m.SetPeers("vxlan", 1)
+	m.Pass(true, 0, dataplane.Changes{}, nil, false)
+	m.Renewal(false)
+	m.WatchRestart("x")
+	m.Skipped("x")
+	m.MasqSync(1, nil)
+	m.SetLeaseExpiry(time.Time{})
+	m.SubnetFileWritten(time.Now())
+}
