@@ -12,6 +12,8 @@ package lab
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,7 +47,11 @@ type Options struct {
 	Dir string
 	// Flanneld is the daemon binary to run on each host.
 	Flanneld string
-	Log      *slog.Logger
+	// EtcdCommand, if set, runs etcd out of process (so the cluster can
+	// outlive this one): the command gets --dir, --hub-ns, --hub-addr and
+	// --url-file flags and must call ServeEtcd. Otherwise etcd is embedded.
+	EtcdCommand []string
+	Log         *slog.Logger
 }
 
 // Host is one host namespace.
@@ -68,11 +74,16 @@ type Cluster struct {
 	opts  Options
 	Hub   string
 	Hosts []*Host
-	Etcd  *Etcd
+	// Etcd is the embedded etcd (nil when it runs out of process).
+	Etcd *Etcd
+	// EtcdClientURL reaches etcd from this (the root) namespace.
+	EtcdClientURL string
 	// EtcdEndpoint is what hosts pass as --etcd-endpoints.
 	EtcdEndpoint string
 	relay        net.Listener
+	etcdProc     *exec.Cmd
 	log          *slog.Logger
+	detached     bool
 }
 
 func ip(ctx context.Context, args ...string) error {
@@ -166,32 +177,104 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 			}
 		}
 	}
+	const etcdPort = 2379
+	hubAddr := fmt.Sprintf("%s:%d", hubIP, etcdPort)
+	c.EtcdEndpoint = "http://" + hubAddr
+	if len(o.EtcdCommand) > 0 {
+		if err := c.startEtcdProcess(ctx, hubAddr); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
 	c.Etcd, err = StartEtcd(filepath.Join(o.Dir, "etcd"))
 	if err != nil {
 		return nil, err
 	}
-	const etcdPort = 2379
-	c.relay, err = listenIn(c.Hub, fmt.Sprintf("%s:%d", hubIP, etcdPort))
+	c.EtcdClientURL = c.Etcd.ClientURL
+	c.relay, err = listenIn(c.Hub, hubAddr)
 	if err != nil {
 		return nil, err
 	}
 	go relay(c.relay, strings.TrimPrefix(c.Etcd.ClientURL, "http://"))
-	c.EtcdEndpoint = fmt.Sprintf("http://%s:%d", hubIP, etcdPort)
 	return c, nil
+}
+
+func (c *Cluster) startEtcdProcess(ctx context.Context, hubAddr string) error {
+	urlFile := filepath.Join(c.opts.Dir, "etcd.url")
+	_ = os.Remove(urlFile)
+	logf, err := os.Create(filepath.Join(c.opts.Dir, "etcd-process.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := append(append([]string(nil), c.opts.EtcdCommand[1:]...),
+		"--dir", filepath.Join(c.opts.Dir, "etcd"), "--hub-ns", c.Hub, "--hub-addr", hubAddr, "--url-file", urlFile)
+	cmd := exec.Command(c.opts.EtcdCommand[0], args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start etcd process: %w", err)
+	}
+	c.etcdProc = cmd
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		if b, err := os.ReadFile(urlFile); err == nil && len(b) > 0 {
+			c.EtcdClientURL = strings.TrimSpace(string(b))
+			return nil
+		}
+		select {
+		case err := <-exited:
+			out, _ := os.ReadFile(logf.Name())
+			return fmt.Errorf("etcd process exited: %v: %s", err, out)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// ServeEtcd runs an embedded etcd in dir, reachable from namespace hubNS
+// at hubAddr through a relay, writes its client URL to urlFile, and runs
+// until ctx ends. It is the body of the EtcdCommand process.
+func ServeEtcd(ctx context.Context, dir, hubNS, hubAddr, urlFile string) error {
+	e, err := StartEtcd(dir)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	l, err := listenIn(hubNS, hubAddr)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	go relay(l, strings.TrimPrefix(e.ClientURL, "http://"))
+	if err := os.WriteFile(urlFile+".tmp", []byte(e.ClientURL+"\n"), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(urlFile+".tmp", urlFile); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
 }
 
 // removeStale deletes namespaces left by an earlier run with the same name
 // that was killed before it could clean up.
-func removeStale(name string) {
+func removeStale(name string) int {
 	ents, err := os.ReadDir("/run/netns")
 	if err != nil {
-		return
+		return 0
 	}
+	n := 0
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), name+"-") {
-			_ = ip(context.Background(), "netns", "del", e.Name())
+			if ip(context.Background(), "netns", "del", e.Name()) == nil {
+				n++
+			}
 		}
 	}
+	return n
 }
 
 func sysctl(ns, key, val string) error {
@@ -352,9 +435,74 @@ func (c *Cluster) Exec(ctx context.Context, h *Host, name string, args ...string
 	return string(out), err
 }
 
+// Detach leaves the cluster running after this process exits: it records
+// the processes in Dir/lab.json for Teardown, and makes Close a no-op.
+// Only a cluster whose etcd runs out of process can be detached.
+func (c *Cluster) Detach() error {
+	if c.etcdProc == nil {
+		return errors.New("detach: etcd runs inside this process")
+	}
+	st := state{Name: c.opts.Name, Pids: []int{c.etcdProc.Process.Pid}}
+	for _, h := range c.Hosts {
+		h.mu.Lock()
+		if h.proc != nil {
+			st.Pids = append(st.Pids, h.proc.Process.Pid)
+		}
+		h.mu.Unlock()
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(c.opts.Dir, "lab.json"), b, 0o644); err != nil {
+		return err
+	}
+	c.detached = true
+	return nil
+}
+
+type state struct {
+	Name string `json:"name"`
+	Pids []int  `json:"pids"`
+}
+
+// Teardown removes a detached cluster whose state is in dir: it kills its
+// processes and deletes its namespaces. It is harmless when nothing is
+// left. It reports whether there was anything to remove.
+func Teardown(dir, name string) (bool, error) {
+	found := false
+	b, err := os.ReadFile(filepath.Join(dir, "lab.json"))
+	if err == nil {
+		var st state
+		if err := json.Unmarshal(b, &st); err != nil {
+			return false, fmt.Errorf("%s: %w", filepath.Join(dir, "lab.json"), err)
+		}
+		for _, pid := range st.Pids {
+			if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.SIGKILL) == nil {
+				found = true
+			}
+		}
+		if st.Name != "" {
+			name = st.Name
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return false, err
+	}
+	if removeStale(name) > 0 {
+		found = true
+	}
+	return found, os.RemoveAll(dir)
+}
+
 // Close stops every flanneld, etcd and the relay, and deletes the
 // namespaces (which takes their links with them).
 func (c *Cluster) Close() {
+	if c.detached {
+		return
+	}
+	if c.etcdProc != nil {
+		_ = c.etcdProc.Process.Kill()
+	}
 	for _, h := range c.Hosts {
 		_ = c.Stop(h, syscall.SIGKILL)
 	}
@@ -368,4 +516,6 @@ func (c *Cluster) Close() {
 		_ = ip(context.Background(), "netns", "del", h.NS)
 	}
 	_ = ip(context.Background(), "netns", "del", c.Hub)
+	// Whatever else was made under our prefix (pods, say).
+	removeStale(c.opts.Name)
 }

@@ -1,0 +1,94 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// buildAll builds weft, flanneld, the flannel CNI plugin and the reference
+// plugins into one directory, as `make build` does.
+func buildAll(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	args := []string{"build", "-o", dir + "/", "github.com/weft-net/weft/cmd/...",
+		"github.com/containernetworking/plugins/plugins/main/bridge",
+		"github.com/containernetworking/plugins/plugins/ipam/host-local",
+		"github.com/containernetworking/plugins/plugins/main/loopback",
+		"github.com/containernetworking/plugins/plugins/meta/portmap"}
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return dir
+}
+
+type demoResult struct {
+	OK     bool `json:"ok"`
+	Failed int  `json:"failedPings"`
+	Pings  []struct {
+		From, To, Family string
+		OK               bool
+	} `json:"pings"`
+	Pods []struct {
+		Name, IPv4, IPv6 string
+	} `json:"pods"`
+	Leases     []struct{ Host, Subnet, VtepMAC string } `json:"leases"`
+	Throughput *struct {
+		PodToPodMbps, HostToHostMbps float64
+		Error                        string
+	} `json:"throughput"`
+}
+
+// TestDemo runs `weft demo --json` the way the README tells a newcomer to,
+// for each backend, and checks that the whole ping matrix passes and that
+// nothing is left behind.
+func TestDemo(t *testing.T) {
+	bin := buildAll(t)
+	for _, tc := range []struct {
+		name string
+		args []string
+		fams []string
+	}{
+		{"vxlan", []string{"--backend", "vxlan"}, []string{"ipv4"}},
+		{"host-gw", []string{"--backend", "host-gw"}, []string{"ipv4"}},
+		{"vxlan-dual-stack", []string{"--backend", "vxlan", "--dual-stack"}, []string{"ipv4", "ipv6"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			state := filepath.Join(t.TempDir(), "state")
+			args := append([]string{"demo", "--nodes", "3", "--pods", "2", "--json", "--name", "wtdmo", "--state-dir", state}, tc.args...)
+			cmd := exec.Command(filepath.Join(bin, "weft"), args...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			var res demoResult
+			if jerr := json.Unmarshal(out, &res); jerr != nil {
+				t.Fatalf("weft demo: %v / %v\nstdout: %s\nstderr: %s", err, jerr, out, stderr.String())
+			}
+			if err != nil || !res.OK || res.Failed != 0 {
+				t.Errorf("weft demo: err %v, ok %v, %d failed pings\nstderr: %s\nstdout: %s", err, res.OK, res.Failed, stderr.String(), out)
+			}
+			if len(res.Pods) != 6 || len(res.Leases) != 3 {
+				t.Errorf("got %d pods and %d leases, want 6 and 3", len(res.Pods), len(res.Leases))
+			}
+			if want := 6 * 5 * len(tc.fams); len(res.Pings) != want {
+				t.Errorf("got %d pings, want %d", len(res.Pings), want)
+			}
+			if res.Throughput == nil || res.Throughput.Error != "" || res.Throughput.PodToPodMbps <= 0 {
+				t.Errorf("throughput: %+v", res.Throughput)
+			}
+			// Nothing left behind: no namespaces, no state.
+			ents, _ := os.ReadDir("/run/netns")
+			for _, e := range ents {
+				if strings.HasPrefix(e.Name(), "wtdmo-") {
+					t.Errorf("namespace %s left behind", e.Name())
+				}
+			}
+			if _, err := os.Stat(state); !os.IsNotExist(err) {
+				t.Errorf("state dir %s left behind (%v)", state, err)
+			}
+		})
+	}
+}

@@ -1,0 +1,269 @@
+// Package cli implements the weft command's subcommands (demo, leases, and
+// the hidden helpers the demo re-executes), so cmd/weft stays a one-liner.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/demo"
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/podrt"
+)
+
+const usage = `usage: weft <command> [flags]
+
+commands:
+  demo        build a cluster of hosts and pods in network namespaces and test it
+  demo down   remove a demo left running with --keep
+  leases      list the cluster's subnet leases from etcd
+`
+
+// Main runs the weft command and returns its exit code.
+func Main(args []string, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "demo":
+		if len(args) > 1 && args[1] == "down" {
+			err = demoDown(args[2:], stdout, stderr)
+		} else if len(args) > 1 && args[1] == "etcd" {
+			err = demoEtcd(ctx, args[2:])
+		} else {
+			return demoCmd(ctx, args[1:], stdout, stderr)
+		}
+	case "pod-runtime":
+		err = podrt.Serve(ctx, os.Stdin, stdout)
+	case "leases":
+		err = leasesCmd(ctx, args[1:], stdout, stderr)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		fmt.Fprintf(stderr, "weft: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	if err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "weft:", err)
+		}
+		return 1
+	}
+	return 0
+}
+
+func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("weft demo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var o demo.Options
+	var asJSON bool
+	fs.IntVar(&o.Nodes, "nodes", 3, "number of hosts")
+	fs.IntVar(&o.Pods, "pods", 2, "pods per host")
+	fs.StringVar(&o.Backend, "backend", "vxlan", "vxlan or host-gw")
+	fs.BoolVar(&o.DirectRouting, "direct-routing", false, "vxlan with DirectRouting")
+	fs.BoolVar(&o.IPv6Only, "ipv6", false, "IPv6-only cluster")
+	fs.BoolVar(&o.DualStack, "dual-stack", false, "dual-stack cluster")
+	fs.BoolVar(&o.Keep, "keep", false, "leave the cluster running (remove it with `weft demo down`)")
+	fs.BoolVar(&asJSON, "json", false, "print the result as JSON on stdout")
+	fs.StringVar(&o.BinDir, "bin-dir", "", "directory with flanneld, flannel and the CNI plugins (default: this binary's)")
+	fs.StringVar(&o.StateDir, "state-dir", demo.DefaultStateDir, "where logs and state go")
+	fs.StringVar(&o.Name, "name", demo.Name, "prefix of the demo's namespaces (at most 6 characters)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	self, err := os.Executable()
+	if err != nil {
+		fmt.Fprintln(stderr, "weft:", err)
+		return 1
+	}
+	o.Self = self
+	if o.BinDir == "" {
+		o.BinDir = filepath.Dir(self)
+	}
+	o.Progress = stdout
+	if asJSON {
+		o.Progress = stderr
+	} else {
+		fmt.Fprintf(stdout, "weft demo: %d hosts × %d pods, backend %s%s\n", o.Nodes, o.Pods, o.Backend, familyNote(o))
+	}
+	res, err := demo.Run(ctx, o)
+	if res != nil {
+		if asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(res)
+		} else {
+			res.Print(stdout)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "weft demo:", err)
+		return 1
+	}
+	if !res.OK {
+		return 1
+	}
+	return 0
+}
+
+func familyNote(o demo.Options) string {
+	switch {
+	case o.IPv6Only:
+		return ", IPv6 only"
+	case o.DualStack:
+		return ", dual-stack"
+	case o.DirectRouting:
+		return ", DirectRouting"
+	}
+	return ""
+}
+
+func demoDown(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("weft demo down", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	stateDir := fs.String("state-dir", demo.DefaultStateDir, "the demo's state directory")
+	name := fs.String("name", demo.Name, "the demo's namespace prefix")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	found, err := demo.Down(*stateDir, *name)
+	if err != nil {
+		return err
+	}
+	if found {
+		fmt.Fprintln(stdout, "demo removed")
+	} else {
+		fmt.Fprintln(stdout, "no demo running")
+	}
+	return nil
+}
+
+// demoEtcd is the out-of-process etcd of a demo (so --keep can outlive
+// the demo command).
+func demoEtcd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("weft demo etcd", flag.ContinueOnError)
+	dir := fs.String("dir", "", "data dir")
+	hubNS := fs.String("hub-ns", "", "namespace to serve in")
+	hubAddr := fs.String("hub-addr", "", "address to serve on in that namespace")
+	urlFile := fs.String("url-file", "", "where to write the client URL")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	return lab.ServeEtcd(ctx, *dir, *hubNS, *hubAddr, *urlFile)
+}
+
+func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("weft leases", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	endpoints := fs.String("etcd-endpoints", envOr("FLANNELD_ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints")
+	prefix := fs.String("etcd-prefix", envOr("FLANNELD_ETCD_PREFIX", "/coreos.com/network"), "etcd prefix")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: splitComma(*endpoints), DialTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, *prefix+"/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	type row struct {
+		Key         string `json:"key"`
+		Subnet      string `json:"subnet,omitempty"`
+		IPv6Subnet  string `json:"ipv6Subnet,omitempty"`
+		PublicIP    string `json:"publicIP,omitempty"`
+		PublicIPv6  string `json:"publicIPv6,omitempty"`
+		Backend     string `json:"backend,omitempty"`
+		VtepMAC     string `json:"vtepMAC,omitempty"`
+		Reservation bool   `json:"reservation"`
+		Error       string `json:"error,omitempty"`
+	}
+	var rows []row
+	for _, kv := range resp.Kvs {
+		l, err := lease.Decode(string(kv.Key), kv.Value)
+		r := row{Key: string(kv.Key), Backend: l.Attrs.BackendType, Reservation: kv.Lease == 0}
+		if err != nil {
+			r.Error = err.Error()
+		}
+		if l.Subnet.IsValid() {
+			r.Subnet = l.Subnet.String()
+		}
+		if l.IPv6Subnet.IsValid() {
+			r.IPv6Subnet = l.IPv6Subnet.String()
+		}
+		if l.Attrs.PublicIP.IsValid() {
+			r.PublicIP = l.Attrs.PublicIP.String()
+		}
+		if l.Attrs.PublicIPv6.IsValid() {
+			r.PublicIPv6 = l.Attrs.PublicIPv6.String()
+		}
+		if _, mac, err := vxlan.DecodeData(l.Attrs.BackendData); err == nil {
+			r.VtepMAC = mac.String()
+		}
+		rows = append(rows, r)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tNOTE")
+	for _, r := range rows {
+		note := ""
+		if r.Reservation {
+			note = "reservation"
+		}
+		if r.Error != "" {
+			note = "malformed: " + r.Error
+		}
+		pub := r.PublicIP
+		if pub == "" {
+			pub = r.PublicIPv6
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(pub), dash(r.Backend), dash(r.VtepMAC), note)
+	}
+	return tw.Flush()
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func splitComma(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' })
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,599 @@
+// Package demo implements `weft demo`: a whole cluster on one machine — an
+// embedded etcd, N host namespaces on a bridge underlay, a real flanneld per
+// host, and P pods per host attached through the flannel CNI plugin exactly
+// as a container runtime would (libcni, a kube-flannel style conflist) —
+// then prints the lease table, a pod-to-pod ping matrix and pod-to-pod vs
+// host-to-host iperf3 throughput.
+package demo
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// Name prefixes every namespace the demo creates (Options.Name overrides).
+const Name = "wtdemo"
+
+// DefaultStateDir holds logs and state of a running demo.
+const DefaultStateDir = "/run/weft-demo"
+
+// Options configure a demo run.
+type Options struct {
+	Nodes, Pods   int
+	Backend       string // vxlan or host-gw
+	DirectRouting bool
+	IPv6Only      bool
+	DualStack     bool
+	Keep          bool
+	// Name prefixes the demo's namespaces (default Name); tests use their
+	// own so they never meet a developer's demo.
+	Name string
+	// BinDir holds flanneld, flannel and the reference CNI plugins.
+	BinDir string
+	// Self is the weft binary (re-executed for etcd and the pod runtime).
+	Self     string
+	StateDir string
+	// Progress receives one line per step; nil discards.
+	Progress io.Writer
+}
+
+// Result is what the demo measured; `--json` prints it.
+type Result struct {
+	Nodes      int          `json:"nodes"`
+	Pods       int          `json:"podsPerNode"`
+	Backend    string       `json:"backend"`
+	Leases     []LeaseRow   `json:"leases"`
+	PodList    []Pod        `json:"pods"`
+	Pings      []Ping       `json:"pings"`
+	Throughput *Throughput  `json:"throughput,omitempty"`
+	Failed     int          `json:"failedPings"`
+	OK         bool         `json:"ok"`
+	Elapsed    JSONDuration `json:"elapsed"`
+	Kept       bool         `json:"kept"`
+}
+
+// LeaseRow is one host's lease.
+type LeaseRow struct {
+	Host       string `json:"host"`
+	Subnet     string `json:"subnet,omitempty"`
+	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
+	PublicIP   string `json:"publicIP,omitempty"`
+	PublicIPv6 string `json:"publicIPv6,omitempty"`
+	VtepMAC    string `json:"vtepMAC,omitempty"`
+}
+
+// Pod is one pod namespace and its addresses.
+type Pod struct {
+	Name string `json:"name"`
+	Host string `json:"host"`
+	IPv4 string `json:"ipv4,omitempty"`
+	IPv6 string `json:"ipv6,omitempty"`
+	host *lab.Host
+	ns   string
+}
+
+// Ping is one cell of the matrix.
+type Ping struct {
+	From   string  `json:"from"`
+	To     string  `json:"to"`
+	Family string  `json:"family"`
+	OK     bool    `json:"ok"`
+	RTTms  float64 `json:"rttMs,omitempty"`
+	Error  string  `json:"error,omitempty"`
+}
+
+// Throughput compares pod-to-pod with host-to-host TCP throughput.
+type Throughput struct {
+	PodToPodMbps   float64 `json:"podToPodMbps"`
+	HostToHostMbps float64 `json:"hostToHostMbps"`
+	Ratio          float64 `json:"ratio"`
+	Error          string  `json:"error,omitempty"`
+}
+
+// JSONDuration prints as seconds.
+type JSONDuration time.Duration
+
+// MarshalJSON implements json.Marshaler.
+func (d JSONDuration) MarshalJSON() ([]byte, error) {
+	return []byte(strconv.FormatFloat(time.Duration(d).Seconds(), 'f', 2, 64)), nil
+}
+
+type run struct {
+	o     Options
+	c     *lab.Cluster
+	res   *Result
+	step  int
+	steps int
+	start time.Time
+}
+
+// Run runs the demo. It returns the result (also when some pings failed)
+// and an error when the cluster could not be built or ctx ended; on return
+// everything is removed unless Keep is set and the run got that far.
+func Run(ctx context.Context, o Options) (*Result, error) {
+	if o.Progress == nil {
+		o.Progress = io.Discard
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
+	}
+	if o.Name == "" {
+		o.Name = Name
+	}
+	if o.Backend == "" {
+		o.Backend = "vxlan"
+	}
+	if o.Backend != "vxlan" && o.Backend != "host-gw" {
+		return nil, fmt.Errorf("--backend: %q is not vxlan or host-gw", o.Backend)
+	}
+	if o.Nodes < 1 || o.Nodes > 50 || o.Pods < 1 || o.Pods > 20 {
+		return nil, errors.New("--nodes must be 1..50 and --pods 1..20")
+	}
+	for _, b := range []string{"flanneld", "flannel", "bridge", "host-local", "loopback", "portmap"} {
+		if _, err := os.Stat(filepath.Join(o.BinDir, b)); err != nil {
+			return nil, fmt.Errorf("%s not found in %s: run `make build` first", b, o.BinDir)
+		}
+	}
+	for _, t := range []string{"ip", "ping", "iperf3"} {
+		if _, err := exec.LookPath(t); err != nil {
+			return nil, fmt.Errorf("%s not found: install iproute2, iputils-ping and iperf3", t)
+		}
+	}
+	if _, err := lab.Teardown(o.StateDir, o.Name); err != nil {
+		return nil, fmt.Errorf("remove an earlier demo: %w", err)
+	}
+	r := &run{o: o, steps: 6, start: time.Now(), res: &Result{Nodes: o.Nodes, Pods: o.Pods, Backend: o.Backend}}
+	err := r.run(ctx)
+	r.res.Elapsed = JSONDuration(time.Since(r.start))
+	if r.c != nil {
+		if o.Keep && err == nil {
+			if derr := r.c.Detach(); derr != nil {
+				err = derr
+			} else {
+				r.res.Kept = true
+			}
+		}
+		if !r.res.Kept {
+			r.delPods()
+			r.c.Close()
+			_ = os.RemoveAll(o.StateDir)
+		}
+	}
+	return r.res, err
+}
+
+func (r *run) progress(format string, args ...any) func(error) {
+	r.step++
+	msg := fmt.Sprintf(format, args...)
+	fmt.Fprintf(r.o.Progress, "[%d/%d] %s ...", r.step, r.steps, msg)
+	t := time.Now()
+	return func(err error) {
+		if err != nil {
+			fmt.Fprintf(r.o.Progress, " failed: %v\n", err)
+			return
+		}
+		fmt.Fprintf(r.o.Progress, " ok (%.1fs)\n", time.Since(t).Seconds())
+	}
+}
+
+func (r *run) netConf() string {
+	be := fmt.Sprintf(`{"Type":%q}`, r.o.Backend)
+	if r.o.Backend == "vxlan" && r.o.DirectRouting {
+		be = `{"Type":"vxlan","DirectRouting":true}`
+	}
+	switch {
+	case r.o.IPv6Only:
+		return fmt.Sprintf(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":%s}`, be)
+	case r.o.DualStack:
+		return fmt.Sprintf(`{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:10:244::/56","Backend":%s}`, be)
+	default:
+		return fmt.Sprintf(`{"Network":"10.244.0.0/16","Backend":%s}`, be)
+	}
+}
+
+func (r *run) v6() bool { return r.o.IPv6Only || r.o.DualStack }
+
+func (r *run) run(ctx context.Context) error {
+	done := r.progress("etcd and %d host namespaces on a bridge underlay", r.o.Nodes)
+	opts := lab.Options{
+		Name: r.o.Name, Hosts: r.o.Nodes, Underlay: netip.MustParsePrefix("198.18.200.0/24"),
+		Dir: r.o.StateDir, Flanneld: filepath.Join(r.o.BinDir, "flanneld"),
+		EtcdCommand: []string{r.o.Self, "demo", "etcd"},
+	}
+	if r.v6() {
+		opts.UnderlayV6 = netip.MustParsePrefix("fd00:198:18:200::/64")
+	}
+	c, err := lab.New(ctx, opts)
+	done(err)
+	if err != nil {
+		return err
+	}
+	r.c = c
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{c.EtcdClientURL}, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	if _, err := cli.Put(ctx, "/coreos.com/network/config", r.netConf()); err != nil {
+		return fmt.Errorf("write network config: %w", err)
+	}
+
+	done = r.progress("flanneld on every host")
+	err = r.startFlanneld(ctx)
+	done(err)
+	if err != nil {
+		return err
+	}
+	if err := r.readLeases(ctx, cli); err != nil {
+		return err
+	}
+
+	done = r.progress("%d pods per host through the flannel CNI plugin", r.o.Pods)
+	err = r.addPods(ctx)
+	done(err)
+	if err != nil {
+		return err
+	}
+
+	done = r.progress("pod-to-pod ping matrix (%d pods)", len(r.res.PodList))
+	r.pingMatrix(ctx)
+	if r.res.Failed > 0 {
+		done(fmt.Errorf("%d of %d pings failed", r.res.Failed, len(r.res.Pings)))
+	} else {
+		done(nil)
+	}
+
+	done = r.progress("iperf3: pod-to-pod vs host-to-host")
+	tp := r.throughput(ctx)
+	r.res.Throughput = tp
+	if tp.Error != "" {
+		done(errors.New(tp.Error))
+	} else {
+		done(nil)
+	}
+
+	done = r.progress("checking every pod's CNI attachment")
+	err = r.checkPods(ctx)
+	done(err)
+	r.res.OK = r.res.Failed == 0 && err == nil
+	return ctx.Err()
+}
+
+func (r *run) startFlanneld(ctx context.Context) error {
+	for _, h := range r.c.Hosts {
+		if err := r.c.Start(h); err != nil {
+			return err
+		}
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, h := range r.c.Hosts {
+		for {
+			if e, err := subnetenv.Read(h.SubnetFile); err == nil && (e.Subnet.IsValid() || e.IPv6Subnet.IsValid()) {
+				break
+			}
+			if exited, err := h.Exited(); exited {
+				log, _ := os.ReadFile(h.LogFile)
+				return fmt.Errorf("%s: flanneld exited (%v):\n%s", h.NS, err, log)
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s: no subnet.env after 30s (log: %s)", h.NS, h.LogFile)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	}
+	return nil
+}
+
+func (r *run) readLeases(ctx context.Context, cli *clientv3.Client) error {
+	resp, err := cli.Get(ctx, "/coreos.com/network/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list leases: %w", err)
+	}
+	byIP := map[netip.Addr]string{}
+	for _, h := range r.c.Hosts {
+		byIP[h.IP] = h.NS
+		if h.IPv6.IsValid() {
+			byIP[h.IPv6] = h.NS
+		}
+	}
+	for _, kv := range resp.Kvs {
+		l, err := lease.Decode(string(kv.Key), kv.Value)
+		if err != nil {
+			continue
+		}
+		row := LeaseRow{Host: byIP[l.Attrs.PublicIP]}
+		if row.Host == "" {
+			row.Host = byIP[l.Attrs.PublicIPv6]
+		}
+		if l.Subnet.IsValid() {
+			row.Subnet, row.PublicIP = l.Subnet.String(), l.Attrs.PublicIP.String()
+		}
+		if l.IPv6Subnet.IsValid() {
+			row.IPv6Subnet, row.PublicIPv6 = l.IPv6Subnet.String(), l.Attrs.PublicIPv6.String()
+		}
+		raw := l.Attrs.BackendData
+		if len(raw) == 0 {
+			raw = l.Attrs.BackendV6Data
+		}
+		if _, mac, err := vxlan.DecodeData(raw); err == nil {
+			row.VtepMAC = mac.String()
+		}
+		r.res.Leases = append(r.res.Leases, row)
+	}
+	return nil
+}
+
+// conflist is kube-flannel's cni-conf.json, with paths of this demo.
+func (r *run) conflist(h *lab.Host) []byte {
+	return []byte(fmt.Sprintf(`{
+  "name": "cbr0",
+  "cniVersion": "1.0.0",
+  "plugins": [
+    {"type": "flannel", "subnetFile": %q, "dataDir": %q,
+     "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
+    {"type": "portmap", "capabilities": {"portMappings": true}}
+  ]
+}`, h.SubnetFile, filepath.Join(filepath.Dir(h.SubnetFile), "cni")))
+}
+
+func (r *run) addPods(ctx context.Context) error {
+	client := podrt.Client{Self: r.o.Self, Subcommand: "pod-runtime"}
+	var mu sync.Mutex
+	errs := make([]error, len(r.c.Hosts))
+	var wg sync.WaitGroup
+	for i, h := range r.c.Hosts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := 1; p <= r.o.Pods; p++ {
+				pod, err := r.addPod(ctx, client, h, p)
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				mu.Lock()
+				r.res.PodList = append(r.res.PodList, pod)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	sortPods(r.res.PodList)
+	return errors.Join(errs...)
+}
+
+func (r *run) addPod(ctx context.Context, client podrt.Client, h *lab.Host, p int) (Pod, error) {
+	name := fmt.Sprintf("%s-p%d", strings.TrimPrefix(h.NS, r.o.Name+"-"), p)
+	ns := fmt.Sprintf("%s-%s", r.o.Name, name)
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		return Pod{}, fmt.Errorf("ip netns add %s: %w: %s", ns, err, out)
+	}
+	_ = exec.CommandContext(ctx, "ip", "-n", ns, "link", "set", "lo", "up").Run()
+	res, err := client.Do(ctx, h.NS, podrt.Request{
+		Op: "add", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(h.SubnetFile), "cache"),
+		Conflist: r.conflist(h), ContainerID: ns, NetNS: "/run/netns/" + ns, IfName: "eth0",
+	})
+	if err != nil {
+		return Pod{}, fmt.Errorf("%s: CNI ADD: %w", name, err)
+	}
+	pod := Pod{Name: name, Host: h.NS, host: h, ns: ns}
+	for _, ipc := range res.IPs {
+		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
+			if a.Unmap().Is4() {
+				pod.IPv4 = a.Unmap().String()
+			} else {
+				pod.IPv6 = a.String()
+			}
+		}
+	}
+	return pod, nil
+}
+
+// delPods detaches every pod through CNI DEL, as a runtime does when a
+// pod stops (releasing its address), and removes its namespace.
+func (r *run) delPods() {
+	client := podrt.Client{Self: r.o.Self, Subcommand: "pod-runtime"}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, p := range r.res.PodList {
+		_, _ = client.Do(ctx, p.host.NS, podrt.Request{
+			Op: "del", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(p.host.SubnetFile), "cache"),
+			Conflist: r.conflist(p.host), ContainerID: p.ns, NetNS: "/run/netns/" + p.ns, IfName: "eth0",
+		})
+		_ = exec.Command("ip", "netns", "del", p.ns).Run()
+	}
+}
+
+func (r *run) checkPods(ctx context.Context) error {
+	client := podrt.Client{Self: r.o.Self, Subcommand: "pod-runtime"}
+	for _, p := range r.res.PodList {
+		if _, err := client.Do(ctx, p.host.NS, podrt.Request{
+			Op: "check", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(p.host.SubnetFile), "cache"),
+			Conflist: r.conflist(p.host), ContainerID: p.ns, NetNS: "/run/netns/" + p.ns, IfName: "eth0",
+		}); err != nil {
+			return fmt.Errorf("%s: CNI CHECK: %w", p.Name, err)
+		}
+	}
+	return nil
+}
+
+var rttRE = regexp.MustCompile(`time=([0-9.]+) ms`)
+
+func (r *run) pingMatrix(ctx context.Context) {
+	type job struct {
+		from, to Pod
+		fam, dst string
+	}
+	var jobs []job
+	for _, a := range r.res.PodList {
+		for _, b := range r.res.PodList {
+			if a.Name == b.Name {
+				continue
+			}
+			if b.IPv4 != "" {
+				jobs = append(jobs, job{a, b, "ipv4", b.IPv4})
+			}
+			if b.IPv6 != "" {
+				jobs = append(jobs, job{a, b, "ipv6", b.IPv6})
+			}
+		}
+	}
+	out := make([]Ping, len(jobs))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 8)
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			out[i] = ping(ctx, j.from, j.to, j.fam, j.dst)
+		}()
+	}
+	wg.Wait()
+	r.res.Pings = out
+	for _, p := range out {
+		if !p.OK {
+			r.res.Failed++
+		}
+	}
+}
+
+func ping(ctx context.Context, from, to Pod, fam, dst string) Ping {
+	p := Ping{From: from.Name, To: to.Name, Family: fam}
+	var last string
+	// A few tries: the first packet to a new neighbour can race its setup.
+	for try := 0; try < 3; try++ {
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", from.ns, "ping", "-c", "1", "-W", "2", dst).CombinedOutput()
+		if err == nil {
+			p.OK = true
+			if m := rttRE.FindSubmatch(out); m != nil {
+				p.RTTms, _ = strconv.ParseFloat(string(m[1]), 64)
+			}
+			return p
+		}
+		last = strings.TrimSpace(string(out))
+	}
+	p.Error = lastLine(last)
+	return p
+}
+
+func lastLine(s string) string {
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// throughput measures TCP throughput with iperf3, pod-to-pod across two
+// hosts and host-to-host over the underlay, for the ratio.
+func (r *run) throughput(ctx context.Context) *Throughput {
+	tp := &Throughput{}
+	var a, b *Pod
+	for i := range r.res.PodList {
+		p := &r.res.PodList[i]
+		if a == nil {
+			a = p
+		} else if p.Host != a.Host {
+			b = p
+			break
+		}
+	}
+	if b == nil {
+		tp.Error = "needs pods on two hosts"
+		return tp
+	}
+	dst := b.IPv4
+	if dst == "" {
+		dst = b.IPv6
+	}
+	var err error
+	if tp.PodToPodMbps, err = iperf(ctx, a.ns, b.ns, dst); err != nil {
+		tp.Error = "pod-to-pod: " + err.Error()
+		return tp
+	}
+	hostDst := b.host.IP.String()
+	if r.o.IPv6Only {
+		hostDst = b.host.IPv6.String()
+	}
+	if tp.HostToHostMbps, err = iperf(ctx, a.host.NS, b.host.NS, hostDst); err != nil {
+		tp.Error = "host-to-host: " + err.Error()
+		return tp
+	}
+	if tp.HostToHostMbps > 0 {
+		tp.Ratio = tp.PodToPodMbps / tp.HostToHostMbps
+	}
+	return tp
+}
+
+func iperf(ctx context.Context, clientNS, serverNS, dst string) (float64, error) {
+	// A persistent server (not -1): a client attempt that races the
+	// server's start must not use up its one session.
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", serverNS, "iperf3", "-s", "-p", "5201")
+	if err := srv.Start(); err != nil {
+		return 0, err
+	}
+	defer func() { _ = srv.Process.Kill(); _ = srv.Wait() }()
+	var lastErr error
+	for try := 0; try < 20; try++ {
+		if try > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", clientNS, "iperf3", "-c", dst, "-p", "5201", "-t", "2", "-J").Output()
+		var res struct {
+			Error string `json:"error"`
+			End   struct {
+				SumReceived struct {
+					BitsPerSecond float64 `json:"bits_per_second"`
+				} `json:"sum_received"`
+			} `json:"end"`
+		}
+		if jerr := json.Unmarshal(out, &res); jerr != nil && err == nil {
+			err = jerr
+		}
+		switch {
+		case err != nil:
+			lastErr = fmt.Errorf("iperf3 -c %s: %w %s", dst, err, res.Error)
+		case res.End.SumReceived.BitsPerSecond == 0:
+			lastErr = fmt.Errorf("iperf3 -c %s: no data received %s", dst, res.Error)
+		default:
+			return res.End.SumReceived.BitsPerSecond / 1e6, nil
+		}
+	}
+	return 0, lastErr
+}
+
+// Down removes a demo left running with --keep.
+func Down(stateDir, name string) (bool, error) {
+	if stateDir == "" {
+		stateDir = DefaultStateDir
+	}
+	if name == "" {
+		name = Name
+	}
+	return lab.Teardown(stateDir, name)
+}
