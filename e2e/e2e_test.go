@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"os"
@@ -23,7 +24,7 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-var flanneldBin string
+var flanneldBin, weftBin string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
@@ -35,8 +36,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	flanneldBin = filepath.Join(dir, "flanneld")
-	out, err := exec.Command("go", "build", "-o", flanneldBin, "github.com/weft-net/weft/cmd/flanneld").CombinedOutput()
+	flanneldBin, weftBin = filepath.Join(dir, "flanneld"), filepath.Join(dir, "weft")
+	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/weft-net/weft/cmd/flanneld", "github.com/weft-net/weft/cmd/weft").CombinedOutput()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "build flanneld: %v\n%s", err, out)
 		os.Exit(1)
@@ -436,5 +437,31 @@ func TestHealthAndMetrics(t *testing.T) {
 	}
 	if err := c.pingUntil(h, netip.Addr{}, c.subnets[1].Addr(), 5*time.Second); err != nil {
 		t.Errorf("overlay with etcd down: %v", err)
+	}
+
+	// weft status on the host: one peer, kernel in sync with the plan.
+	out, err := c.Exec(context.Background(), h, weftBin, "status", "--url", base, "--json")
+	if err != nil {
+		t.Fatalf("weft status: %v\n%s", err, out)
+	}
+	var st struct {
+		Daemon struct {
+			Lease struct{ Subnet string }
+			Peers []struct{ Subnet string }
+		}
+		Drift struct {
+			Desired        int
+			Missing, Extra []string
+		}
+		Readyz string
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("weft status --json: %v\n%s", err, out)
+	}
+	if st.Daemon.Lease.Subnet != c.subnets[0].String() || len(st.Daemon.Peers) != 1 || st.Readyz != "ok" {
+		t.Errorf("weft status = %s", out)
+	}
+	if st.Drift.Desired == 0 || len(st.Drift.Missing) != 0 || len(st.Drift.Extra) != 0 {
+		t.Errorf("weft status drift = %+v, want in sync", st.Drift)
 	}
 }

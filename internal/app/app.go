@@ -51,18 +51,19 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 	defer dp.Close()
 
 	health := httpapi.NewHealth(opts.ResyncPeriod, watchDeadline, store.WatchDownSince)
+	board := &daemon.Board{}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	if opts.HealthzPort > 0 {
 		addr := net.JoinHostPort(opts.HealthzIP, strconv.Itoa(opts.HealthzPort))
-		g.Go(func() error { return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry)) })
+		g.Go(func() error { return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry, func() any { return board.Get() })) })
 	}
 	g.Go(func() error {
 		defer cancel() // the daemon ending stops the listener too
 		return daemon.Run(ctx, daemon.Config{
 			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp,
-			Metrics: m, Health: health,
+			Metrics: m, Health: health, Status: board,
 		})
 	})
 	return g.Wait()

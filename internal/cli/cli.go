@@ -32,6 +32,7 @@ commands:
   demo        build a cluster of hosts and pods in network namespaces and test it
   demo down   remove a demo left running with --keep
   leases      list the cluster's subnet leases from etcd
+  status      this host's lease, peers, kernel drift and health (from the local flanneld)
 `
 
 // Main runs the weft command and returns its exit code.
@@ -56,6 +57,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = podrt.Serve(ctx, os.Stdin, stdout)
 	case "leases":
 		err = leasesCmd(ctx, args[1:], stdout, stderr)
+	case "status":
+		err = statusCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:

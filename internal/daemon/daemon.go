@@ -52,9 +52,10 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Observer, if set, is told about each reconcile pass (tests).
 	Observer func(Pass)
-	// Metrics and Health may be nil.
+	// Metrics, Health and Status may be nil.
 	Metrics *metrics.Metrics
 	Health  *httpapi.Health
+	Status  *Board
 }
 
 // Pass describes one reconcile pass.
@@ -90,8 +91,9 @@ type daemon struct {
 	backend backend.Backend
 	self    lease.Lease
 	peers   map[lease.ID]lease.Lease
-	skipped map[lease.ID]string // reason of peers skipped, to warn once
-	wrote   bool                // subnet.env written
+	seen    map[lease.ID]time.Time // when each peer's lease last changed
+	skipped map[lease.ID]string    // reason of peers skipped, to warn once
+	wrote   bool                   // subnet.env written
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -295,6 +297,7 @@ func (d *daemon) loop(ctx context.Context) error {
 
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}) error {
 	d.peers = map[lease.ID]lease.Lease{}
+	d.seen = map[lease.ID]time.Time{}
 	d.skipped = map[lease.ID]string{}
 
 	resync := time.NewTicker(d.opts.ResyncPeriod)
@@ -402,6 +405,7 @@ func (d *daemon) apply(b lease.Batch) error {
 		for id := range d.peers {
 			if !seen[id] {
 				delete(d.peers, id)
+				delete(d.seen, id)
 				removed++
 			}
 		}
@@ -439,6 +443,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 			d.log.Debug("peer removed", "lease", id)
 		}
 		delete(d.peers, id)
+		delete(d.seen, id)
 		delete(d.skipped, id)
 		return nil
 	}
@@ -448,6 +453,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	if err != nil {
 		delete(d.peers, id)
+		delete(d.seen, id)
 		reason := backend.SkipReason(err)
 		d.cfg.Metrics.Skipped(reason)
 		if d.skipped[id] != reason {
@@ -458,6 +464,9 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	delete(d.skipped, id)
 	d.log.Debug("peer added", "lease", id, "public_ip", ev.Lease.Attrs.PublicIP)
+	if old, ok := d.peers[id]; !ok || !old.Attrs.Equal(ev.Lease.Attrs) {
+		d.seen[id] = time.Now()
+	}
 	d.peers[id] = ev.Lease
 	return nil
 }
@@ -478,6 +487,13 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 	desired := d.backend.Plan(d.self, peers)
 	ch, err := d.cfg.Dataplane.Reconcile(ctx, desired, full)
 	p := Pass{Full: full, Repair: repair, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
+	if d.cfg.Status != nil {
+		seen := make([]time.Time, len(peers))
+		for i, pl := range peers {
+			seen[i] = d.seen[pl.ID()]
+		}
+		d.cfg.Status.publish(d.self, d.backend.Type(), peers, seen, d.skipped, desired, p)
+	}
 	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
 	d.cfg.Metrics.SetPeers(d.backend.Type(), len(peers))
 	d.cfg.Health.PassDone(err == nil)

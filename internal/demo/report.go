@@ -98,7 +98,10 @@ func (res *Result) Print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "%d/%d pings ok — %s (%.1fs)\n", ok, len(res.Pings), verdict, float64(res.Elapsed)/1e9)
 	if res.Kept {
-		fmt.Fprintln(w, "left running (--keep): try `ip netns exec wtdemo-h1-p1 ping <pod IP>`; `weft demo down` removes it")
+		fmt.Fprintln(w, "left running (--keep). Try:")
+		fmt.Fprintln(w, "  ip netns exec wtdemo-h1-p1 ping <pod IP>")
+		fmt.Fprintf(w, "  ip netns exec wtdemo-h1 bin/weft status --url http://127.0.0.1:%d\n", HealthzPort)
+		fmt.Fprintln(w, "  bin/weft demo down        # removes it")
 	}
 }
 

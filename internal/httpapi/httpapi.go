@@ -7,6 +7,7 @@ package httpapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -143,8 +144,9 @@ func (h *Health) Ready() error {
 	return nil
 }
 
-// Handler serves /healthz, /readyz and /metrics.
-func Handler(h *Health, reg *prometheus.Registry) http.Handler {
+// Handler serves /healthz, /readyz, /metrics and, when status is not nil,
+// /v1/status (the JSON that `weft status` reads).
+func Handler(h *Health, reg *prometheus.Registry, status func() any) http.Handler {
 	mux := http.NewServeMux()
 	check := func(f func() error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -161,6 +163,14 @@ func Handler(h *Health, reg *prometheus.Registry) http.Handler {
 	mux.Handle("/readyz", check(h.Ready))
 	if reg != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	}
+	if status != nil {
+		mux.HandleFunc("/v1/status", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			enc := json.NewEncoder(w)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(status())
+		})
 	}
 	return mux
 }

@@ -28,7 +28,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	h := NewHealth(10*time.Second, time.Minute, func() time.Time { return down })
 	h.now = func() time.Time { return now }
 	m := metrics.New("test")
-	srv := httptest.NewServer(Handler(h, m.Registry))
+	srv := httptest.NewServer(Handler(h, m.Registry, func() any { return map[string]int{"peers": 2} }))
 	defer srv.Close()
 
 	// Starting: alive (retrying), not ready.
@@ -76,5 +76,8 @@ func TestHealthAndReadiness(t *testing.T) {
 
 	if code, body := get(t, srv, "/metrics"); code != 200 || !strings.Contains(body, "flannel_build_info") {
 		t.Errorf("metrics = %d", code)
+	}
+	if code, body := get(t, srv, "/v1/status"); code != 200 || !strings.Contains(body, `"peers": 2`) {
+		t.Errorf("status = %d %q", code, body)
 	}
 }

@@ -1,0 +1,252 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/vishvananda/netns"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/dataplane"
+)
+
+// statusReport is what `weft status --json` prints.
+type statusReport struct {
+	Daemon  *daemon.Status `json:"daemon,omitempty"`
+	Healthz string         `json:"healthz"`
+	Readyz  string         `json:"readyz"`
+	Drift   *drift         `json:"drift,omitempty"`
+	Store   *storeSummary  `json:"store,omitempty"`
+	Errors  []string       `json:"errors,omitempty"`
+}
+
+type drift struct {
+	Desired int      `json:"desired"`
+	Kernel  int      `json:"kernel"`
+	Missing []string `json:"missing,omitempty"` // desired, not in the kernel
+	Extra   []string `json:"extra,omitempty"`   // in the kernel on our devices, not desired
+}
+
+type storeSummary struct {
+	Leases int `json:"leases"`
+}
+
+func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("weft status", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	def := ""
+	if p := os.Getenv("FLANNELD_HEALTHZ_PORT"); p != "" {
+		def = "http://127.0.0.1:" + p
+	}
+	url := fs.String("url", def, "the local flanneld's --healthz listener, e.g. http://127.0.0.1:8285")
+	endpoints := fs.String("etcd-endpoints", os.Getenv("FLANNELD_ETCD_ENDPOINTS"), "etcd endpoints (optional: adds a store summary)")
+	prefix := fs.String("etcd-prefix", envOr("FLANNELD_ETCD_PREFIX", "/coreos.com/network"), "etcd prefix")
+	asJSON := fs.Bool("json", false, "print JSON")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *url == "" {
+		return fmt.Errorf("--url: not set; run flanneld with --healthz-port and pass its address")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	rep := statusReport{}
+	var st daemon.Status
+	if err := getJSON(ctx, *url+"/v1/status", &st); err != nil {
+		rep.Errors = append(rep.Errors, "daemon: "+err.Error())
+	} else {
+		rep.Daemon = &st
+		if d, err := checkDrift(st); err != nil {
+			rep.Errors = append(rep.Errors, "kernel: "+err.Error())
+		} else {
+			rep.Drift = d
+		}
+	}
+	rep.Healthz = probe(ctx, *url+"/healthz")
+	rep.Readyz = probe(ctx, *url+"/readyz")
+	if *endpoints != "" {
+		if n, err := countLeases(ctx, splitComma(*endpoints), *prefix); err != nil {
+			rep.Errors = append(rep.Errors, "store: "+err.Error())
+		} else {
+			rep.Store = &storeSummary{Leases: n}
+		}
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printStatus(stdout, rep)
+	if len(rep.Errors) > 0 {
+		return fmt.Errorf("%d problem(s)", len(rep.Errors))
+	}
+	return nil
+}
+
+func getJSON(ctx context.Context, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+func probe(ctx context.Context, url string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return strings.TrimSpace(string(b))
+}
+
+// checkDrift compares the daemon's desired state with what the kernel has
+// on our devices (and our-protocol routes elsewhere).
+func checkDrift(st daemon.Status) (*drift, error) {
+	dp, err := dataplane.NewNetlink(slog.New(slog.DiscardHandler), netns.None())
+	if err != nil {
+		return nil, err
+	}
+	defer dp.Close()
+	k, err := dp.Dump(st.Devices...)
+	if err != nil {
+		return nil, err
+	}
+	kernel := k.Lines()
+	d := &drift{Desired: len(st.Desired), Kernel: len(kernel)}
+	have := make(map[string]bool, len(kernel))
+	for _, l := range kernel {
+		have[l] = true
+	}
+	want := make(map[string]bool, len(st.Desired))
+	for _, l := range st.Desired {
+		want[l] = true
+		if !have[l] {
+			d.Missing = append(d.Missing, l)
+		}
+	}
+	for _, l := range kernel {
+		if !want[l] {
+			d.Extra = append(d.Extra, l)
+		}
+	}
+	return d, nil
+}
+
+func countLeases(ctx context.Context, endpoints []string, prefix string) (int, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	resp, err := cli.Get(ctx, prefix+"/subnets/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return 0, err
+	}
+	return int(resp.Count), nil
+}
+
+func printStatus(w io.Writer, rep statusReport) {
+	if st := rep.Daemon; st != nil {
+		l := st.Lease
+		fmt.Fprintf(w, "lease     %s", dash(l.Subnet))
+		if l.IPv6Subnet != "" {
+			fmt.Fprintf(w, " + %s", l.IPv6Subnet)
+		}
+		fmt.Fprintf(w, "  public %s", dash(l.PublicIP))
+		if l.PublicIPv6 != "" {
+			fmt.Fprintf(w, " / %s", l.PublicIPv6)
+		}
+		switch {
+		case l.Reserved:
+			fmt.Fprint(w, "  (reservation)")
+		case !l.Expires.IsZero():
+			fmt.Fprintf(w, "  expires %s (in %s)", l.Expires.Format(time.RFC3339), time.Until(l.Expires).Round(time.Minute))
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "backend   %s\n", st.Backend)
+		p := st.LastPass
+		kind := "incremental"
+		if p.Full {
+			kind = "full"
+		}
+		fmt.Fprintf(w, "last pass %s ago, %s, %d writes, took %s", time.Since(p.At).Round(time.Millisecond), kind, p.Writes, p.Took)
+		if p.Error != "" {
+			fmt.Fprintf(w, ", error: %s", p.Error)
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "healthz   %s\nreadyz    %s\n", rep.Healthz, rep.Readyz)
+	if d := rep.Drift; d != nil {
+		if len(d.Missing) == 0 && len(d.Extra) == 0 {
+			fmt.Fprintf(w, "kernel    in sync (%d objects)\n", d.Desired)
+		} else {
+			fmt.Fprintf(w, "kernel    DRIFT: %d missing, %d extra (desired %d, kernel %d)\n", len(d.Missing), len(d.Extra), d.Desired, d.Kernel)
+			for i, l := range d.Missing {
+				if i == 5 {
+					fmt.Fprintf(w, "          … %d more missing\n", len(d.Missing)-5)
+					break
+				}
+				fmt.Fprintf(w, "          - %s\n", l)
+			}
+			for i, l := range d.Extra {
+				if i == 5 {
+					fmt.Fprintf(w, "          … %d more extra\n", len(d.Extra)-5)
+					break
+				}
+				fmt.Fprintf(w, "          + %s\n", l)
+			}
+		}
+	}
+	if s := rep.Store; s != nil {
+		fmt.Fprintf(w, "store     %d leases in etcd\n", s.Leases)
+	}
+	if st := rep.Daemon; st != nil {
+		fmt.Fprintf(w, "\nPEERS (%d)\n", len(st.Peers))
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tLAST CHANGED")
+		peers := append([]daemon.PeerStatus(nil), st.Peers...)
+		sort.Slice(peers, func(i, j int) bool { return peers[i].Subnet < peers[j].Subnet })
+		for _, p := range peers {
+			pub := p.PublicIP
+			if pub == "" {
+				pub = p.PublicIPv6
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", dash(p.Subnet), dash(p.IPv6Subnet), dash(pub), time.Since(p.LastSeen).Round(time.Second))
+		}
+		tw.Flush()
+		if len(st.Skipped) > 0 {
+			fmt.Fprintf(w, "\nSKIPPED LEASES (%d)\n", len(st.Skipped))
+			for _, s := range st.Skipped {
+				fmt.Fprintf(w, "  %s  %s\n", s.Key, s.Reason)
+			}
+		}
+	}
+	for _, e := range rep.Errors {
+		fmt.Fprintf(w, "error: %s\n", e)
+	}
+}
