@@ -465,3 +465,87 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Errorf("weft status drift = %+v, want in sync", st.Drift)
 	}
 }
+
+// nftCounter installs a counting rule in ns for ICMP echo requests from
+// src and returns a function reading the count.
+func (c *cluster) nftCounter(ns string, src netip.Addr) func() int {
+	c.t.Helper()
+	run := func(args ...string) string {
+		out, err := exec.Command("ip", append([]string{"netns", "exec", ns, "nft"}, args...)...).CombinedOutput()
+		if err != nil {
+			c.t.Fatalf("nft %v in %s: %v\n%s", args, ns, err, out)
+		}
+		return string(out)
+	}
+	run("add", "table", "ip", "wtcount")
+	run("add", "chain", "ip", "wtcount", "in", "{ type filter hook input priority 0 ; }")
+	run("add", "rule", "ip", "wtcount", "in", "ip", "saddr", src.String(), "icmp", "type", "echo-request", "counter")
+	re := regexp.MustCompile(`counter packets (\d+)`)
+	return func() int {
+		m := re.FindStringSubmatch(run("list", "chain", "ip", "wtcount", "in"))
+		if m == nil {
+			return 0
+		}
+		n, _ := strconv.Atoi(m[1])
+		return n
+	}
+}
+
+func TestIPMasq(t *testing.T) {
+	c := newCluster(t, "wtmq", 2, "198.18.17.0/24", `{"Network":"10.17.0.0/16"}`)
+	// An "external" host on the underlay with no route to the pod network:
+	// a pod's packet comes back only if it was masqueraded to the host.
+	ext := "wtmq-ext"
+	extIP := netip.MustParseAddr("198.18.17.200")
+	for _, args := range [][]string{
+		{"netns", "add", ext},
+		{"-n", c.Hub, "link", "add", "name", "wtmq-vx", "type", "veth", "peer", "name", "eth0", "netns", ext},
+		{"-n", c.Hub, "link", "set", "wtmq-vx", "master", "br0", "up"},
+		{"-n", ext, "addr", "add", extIP.String() + "/24", "dev", "eth0"},
+		{"-n", ext, "link", "set", "eth0", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", ext).Run() })
+	c.startAll("--ip-masq")
+	c.addBridges()
+	h1, h2 := c.Hosts[0], c.Hosts[1]
+	pod1 := subnetenv.GatewayOf(c.subnets[h1.Index]).Addr()
+	pod2 := subnetenv.GatewayOf(c.subnets[h2.Index]).Addr()
+
+	seenAsHost := c.nftCounter(ext, h1.IP)
+	if err := c.pingUntil(h1, pod1, extIP, 15*time.Second); err != nil {
+		t.Fatalf("pod to external with --ip-masq: %v", err)
+	}
+	if seenAsHost() == 0 {
+		t.Error("the external host did not see the host's address as the source")
+	}
+
+	// Pod to pod keeps the pod's address.
+	seenAsPod := c.nftCounter(h2.NS, pod1)
+	if err := c.pingUntil(h1, pod1, pod2, 15*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if seenAsPod() == 0 {
+		t.Error("pod-to-pod traffic was masqueraded (peer did not see the pod's address)")
+	}
+
+	// A deleted rule is restored by the resync (default --iptables-resync 5s).
+	mode := "nftables"
+	if _, err := exec.LookPath("iptables"); err == nil {
+		mode = "iptables"
+	}
+	if mode == "iptables" {
+		c.sh(h1, "iptables", "-t", "nat", "-F", "FLANNEL-POSTRTG")
+		waitFor(t, "masquerade rules restored", 15*time.Second, func() bool {
+			return strings.Contains(c.sh(h1, "iptables", "-t", "nat", "-S", "FLANNEL-POSTRTG"), "MASQUERADE")
+		})
+	} else {
+		c.sh(h1, "nft", "flush", "chain", "ip", "flannel-ipv4", "postrtg")
+		waitFor(t, "masquerade rules restored", 15*time.Second, func() bool {
+			return strings.Contains(c.sh(h1, "nft", "list", "chain", "ip", "flannel-ipv4", "postrtg"), "masquerade")
+		})
+	}
+}

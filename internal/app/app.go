@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"os/exec"
 	"strconv"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/metrics"
 )
 
@@ -57,13 +59,19 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 	g, ctx := errgroup.WithContext(ctx)
 	if opts.HealthzPort > 0 {
 		addr := net.JoinHostPort(opts.HealthzIP, strconv.Itoa(opts.HealthzPort))
-		g.Go(func() error { return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry, func() any { return board.Get() })) })
+		g.Go(func() error {
+			return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry, func() any { return board.Get() }))
+		})
 	}
 	g.Go(func() error {
 		defer cancel() // the daemon ending stops the listener too
 		return daemon.Run(ctx, daemon.Config{
 			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp,
 			Metrics: m, Health: health, Status: board,
+			OpenRules: func(ctx context.Context, n *config.Network) (daemon.RuleSyncer, error) {
+				mode := masq.Select(n.EnableNFTables, exec.LookPath)
+				return masq.Open(ctx, log.With("component", "masq"), mode)
+			},
 		})
 	})
 	return g.Wait()

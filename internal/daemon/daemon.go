@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -52,6 +53,9 @@ type Config struct {
 	LeaseTTL time.Duration
 	// Observer, if set, is told about each reconcile pass (tests).
 	Observer func(Pass)
+	// OpenRules opens the masquerade/forward rule manager (iptables or
+	// nftables); nil disables rule management.
+	OpenRules func(ctx context.Context, n *config.Network) (RuleSyncer, error)
 	// Metrics, Health and Status may be nil.
 	Metrics *metrics.Metrics
 	Health  *httpapi.Health
@@ -128,12 +132,22 @@ func (d *daemon) run(ctx context.Context) error {
 	return d.loop(ctx)
 }
 
+// storeAttempt bounds each startup call to the store. The etcd client
+// waits for a usable connection for as long as a call's context allows, so
+// an unbounded call against an endpoint that refuses us (a rejected client
+// certificate, a server certificate from another CA) would hang without a
+// word; bounded, each attempt fails with the connection error, which the
+// retry loops below log.
+const storeAttempt = 15 * time.Second
+
 // networkConfig waits for the network config to exist, as upstream does,
 // so hosts can start before an operator writes it.
 func (d *daemon) networkConfig(ctx context.Context) (*config.Network, error) {
 	warned := false
 	for {
-		raw, err := d.cfg.Store.NetworkConfig(ctx)
+		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		raw, err := d.cfg.Store.NetworkConfig(actx)
+		cancel()
 		if err == nil {
 			return config.ParseNetwork(raw)
 		}
@@ -241,7 +255,9 @@ func (d *daemon) acquire(ctx context.Context, attrs lease.Attrs, reuse func(leas
 	}
 	backoff := time.Second
 	for {
-		l, err := d.cfg.Store.Acquire(ctx, req)
+		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		l, err := d.cfg.Store.Acquire(actx, req)
+		cancel()
 		if err == nil {
 			d.self = l
 			return nil
@@ -283,6 +299,9 @@ func (d *daemon) loop(ctx context.Context) error {
 			}
 		})
 	})
+	if d.rulesWanted() {
+		g.Go(func() error { return d.syncRules(gctx) })
+	}
 	g.Go(func() error {
 		err := d.control(gctx, batches, kicks)
 		cancel() // stop the watchers when the control loop ends
@@ -485,6 +504,9 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 	// every pass.
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Key() < peers[j].Key() })
 	desired := d.backend.Plan(d.self, peers)
+	if d.opts.IPBlackholeRoute {
+		d.planBlackholes(desired)
+	}
 	ch, err := d.cfg.Dataplane.Reconcile(ctx, desired, full)
 	p := Pass{Full: full, Repair: repair, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
 	if d.cfg.Status != nil {
@@ -517,6 +539,27 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 		d.wrote = true
 	}
 	return nil
+}
+
+// planBlackholes adds --ip-blackhole-route's routes, as upstream flanneld
+// installs them: a blackhole for each of this host's own subnets, so that
+// packets to an address of our subnet that no pod holds are dropped here
+// instead of following the default route out of the host. That matters
+// when no bridge owns the subnet (Canal: Calico routes each pod by a /32
+// on its veth). Where a bridge does, its connected route wins: the
+// dataplane installs blackholes with the lowest preference the kernel
+// has (dataplane.BlackholeMetric). Being declared state, the routes are
+// repaired and garbage-collected like every other route of ours.
+func (d *daemon) planBlackholes(s *dataplane.State) {
+	for _, p := range []netip.Prefix{ipIf(d.net.EnableIPv4, d.self.Subnet), ipIf(d.net.EnableIPv6, d.self.IPv6Subnet)} {
+		// Never a default route, and never over a route the backend planned.
+		if !p.IsValid() || p.Bits() == 0 {
+			continue
+		}
+		if _, taken := s.Routes[dataplane.RouteKey{Dst: p}]; !taken {
+			s.AddRoute(dataplane.Route{Dst: p, Blackhole: true})
+		}
+	}
 }
 
 func (d *daemon) writeSubnetEnv() error {

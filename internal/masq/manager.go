@@ -1,0 +1,82 @@
+package masq
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+)
+
+// Manager makes the kernel's rules match a RuleSet. Implementations are
+// safe for concurrent use.
+type Manager interface {
+	// Sync reads the rules in place and rewrites only what is missing,
+	// stale or out of order. repaired counts what it had to rewrite or
+	// remove (a chain, a jump, a stale table or rule); 0 means the kernel
+	// already matched and nothing was written.
+	Sync(ctx context.Context, rs RuleSet) (repaired int, err error)
+	// Cleanup removes everything this Manager's mode owns, for both
+	// address families.
+	Cleanup(ctx context.Context) error
+	// Mode says which mode this is.
+	Mode() Mode
+}
+
+// Mode is the rule backend.
+type Mode string
+
+// The modes.
+const (
+	ModeIPTables Mode = "iptables"
+	ModeNFTables Mode = "nftables"
+)
+
+// Select picks the mode from the network config's EnableNFTables: nftables
+// when true, iptables when false, and when it is unset, iptables if the
+// host has an iptables binary (upstream's default) and nftables otherwise.
+// lookPath is exec.LookPath outside tests.
+func Select(enableNFTables *bool, lookPath func(string) (string, error)) Mode {
+	if enableNFTables != nil {
+		if *enableNFTables {
+			return ModeNFTables
+		}
+		return ModeIPTables
+	}
+	if _, err := lookPath("iptables"); err == nil {
+		return ModeIPTables
+	}
+	return ModeNFTables
+}
+
+// Open returns the Manager for mode, after removing the rules the other
+// mode may have left behind (from an earlier run, or from upstream
+// flannel), so that switching modes never leaves two sets of rules. Not
+// being able to clean the other mode (its tools are missing, say) is
+// logged, not fatal: then there is nothing of it to clean, or nothing we
+// could do about it.
+func Open(ctx context.Context, log *slog.Logger, mode Mode) (Manager, error) {
+	switch mode {
+	case ModeNFTables:
+		m, err := OpenNFTables(log)
+		if err != nil {
+			return nil, err
+		}
+		if other, err := OpenIPTables(log); err != nil {
+			log.Debug("masq: no iptables to clean up", "err", err)
+		} else if err := other.Cleanup(ctx); err != nil {
+			log.Warn("masq: could not remove iptables rules left by the iptables mode", "err", err)
+		}
+		return m, nil
+	case ModeIPTables:
+		m, err := OpenIPTables(log)
+		if err != nil {
+			return nil, err
+		}
+		if other, err := OpenNFTables(log); err != nil {
+			log.Debug("masq: no nftables to clean up", "err", err)
+		} else if err := other.Cleanup(ctx); err != nil {
+			log.Warn("masq: could not remove nftables rules left by the nftables mode", "err", err)
+		}
+		return m, nil
+	}
+	return nil, fmt.Errorf("masq: unknown mode %q", mode)
+}
