@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/netip"
 	"sort"
 	"time"
 
@@ -504,9 +503,6 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 	// every pass.
 	sort.Slice(peers, func(i, j int) bool { return peers[i].Key() < peers[j].Key() })
 	desired := d.backend.Plan(d.self, peers)
-	if d.opts.IPBlackholeRoute {
-		d.planBlackholes(desired)
-	}
 	ch, err := d.cfg.Dataplane.Reconcile(ctx, desired, full)
 	p := Pass{Full: full, Repair: repair, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
 	if d.cfg.Status != nil {
@@ -539,27 +535,6 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 		d.wrote = true
 	}
 	return nil
-}
-
-// planBlackholes adds --ip-blackhole-route's routes, as upstream flanneld
-// installs them: a blackhole for each of this host's own subnets, so that
-// packets to an address of our subnet that no pod holds are dropped here
-// instead of following the default route out of the host. That matters
-// when no bridge owns the subnet (Canal: Calico routes each pod by a /32
-// on its veth). Where a bridge does, its connected route wins: the
-// dataplane installs blackholes with the lowest preference the kernel
-// has (dataplane.BlackholeMetric). Being declared state, the routes are
-// repaired and garbage-collected like every other route of ours.
-func (d *daemon) planBlackholes(s *dataplane.State) {
-	for _, p := range []netip.Prefix{ipIf(d.net.EnableIPv4, d.self.Subnet), ipIf(d.net.EnableIPv6, d.self.IPv6Subnet)} {
-		// Never a default route, and never over a route the backend planned.
-		if !p.IsValid() || p.Bits() == 0 {
-			continue
-		}
-		if _, taken := s.Routes[dataplane.RouteKey{Dst: p}]; !taken {
-			s.AddRoute(dataplane.Route{Dst: p, Blackhole: true})
-		}
-	}
 }
 
 func (d *daemon) writeSubnetEnv() error {
