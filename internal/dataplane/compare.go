@@ -103,6 +103,9 @@ func checkRoute(k RouteKey, r Route) error {
 		return errors.New("route without a destination")
 	case r.Dst != r.Dst.Masked():
 		return fmt.Errorf("route %s: destination has host bits set (the kernel would store %s)", r.Dst, r.Dst.Masked())
+	case r.Blackhole && (r.Dev != "" || r.Gw.IsValid() || r.OnLink):
+		return fmt.Errorf("blackhole route %s: has a device, next hop or onlink flag", r.Dst)
+	case r.Blackhole:
 	case r.Dev == "":
 		return fmt.Errorf("route %s: no device", r.Dst)
 	}

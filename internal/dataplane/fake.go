@@ -279,7 +279,7 @@ func (k *fakeKernel) deleteLink(name string) {
 }
 
 func (k *fakeKernel) addRoute(r fakeRoute) error {
-	if !k.exists(r.Dev) {
+	if !r.Blackhole && !k.exists(r.Dev) {
 		return fmt.Errorf("device %s: %w", r.Dev, ErrNoDevice)
 	}
 	k.t.routes[r.Key()] = r

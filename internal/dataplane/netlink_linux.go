@@ -407,21 +407,24 @@ func (p *pass) addRoutes(desired *State) {
 			p.fail(err)
 			continue
 		}
-		prio := defaultPriority(r.Dst)
+		prio := routePriority(r)
 		old, had := lookup(n, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, k)
 		if had && old.Route == r && old.proto == RouteProtocol && old.prio == prio {
 			continue
 		}
-		ifi, err := p.resolve(r.Dev)
-		if err != nil {
-			p.fail(fmt.Errorf("add route %s: %w", r.Dst, err))
-			continue
+		ifi := 0 // a blackhole has no device
+		if !r.Blackhole {
+			var err error
+			if ifi, err = p.resolve(r.Dev); err != nil {
+				p.fail(fmt.Errorf("add route %s: %w", r.Dst, err))
+				continue
+			}
 		}
 		want := nlRoute{Route: r, ifindex: ifi, proto: RouteProtocol, prio: prio}
 		n.withIndex(func(x *nlIndex) { x.routes[k] = want })
 		if err := n.h.RouteReplace(want.netlink()); err != nil {
 			n.withIndex(func(x *nlIndex) { restoreEntry(x.routes, k, want, old, had) })
-			p.fail(fmt.Errorf("replace route %s dev %s: %w", r.Dst, r.Dev, err))
+			p.fail(fmt.Errorf("replace route %s: %w", r, err))
 			continue
 		}
 		p.changes.RoutesAdded++
@@ -513,7 +516,7 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute)
 		case err == nil:
 			p.changes.RoutesRemoved++
 		case !alreadyGone(err):
-			p.fail(fmt.Errorf("delete route %s dev %s: %w", r.Dst, r.Dev, err))
+			p.fail(fmt.Errorf("delete route %s: %w", r.Route, err))
 			return false
 		}
 		return true

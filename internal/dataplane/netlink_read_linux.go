@@ -111,6 +111,19 @@ func defaultPriority(dst netip.Prefix) int {
 	return 1024
 }
 
+// routePriority is the metric Reconcile installs r with.
+func routePriority(r Route) int {
+	if r.Blackhole {
+		return metricInt(BlackholeMetric)
+	}
+	return defaultPriority(r.Dst)
+}
+
+// metricInt converts a metric to the library's int. The kernel's is a
+// u32; on 32-bit platforms a large one wraps negative, the same way the
+// library converts what it reads back, so index and dump still agree.
+func metricInt(m uint32) int { return int(m) }
+
 // maxDumpAttempts bounds retries of a dump the kernel flagged as
 // interrupted (NLM_F_DUMP_INTR: the table changed while it was being read,
 // so the result may be inconsistent). Under constant churn we give up
@@ -191,7 +204,7 @@ func (n *Netlink) read(names map[string]bool) (x *nlIndex, strays []nlRoute, byN
 		}
 		k := rec.Key()
 		if old, dup := x.routes[k]; dup {
-			if old.proto == RouteProtocol && old.prio == defaultPriority(k.Dst) {
+			if old.proto == RouteProtocol && old.prio == routePriority(old.Route) {
 				strays = append(strays, rec)
 				continue
 			}
@@ -279,9 +292,20 @@ func fromVxlan(v *netlink.Vxlan) nlLink {
 }
 
 // routeFromKernel converts a dumped or notified route. ok is false for
-// what a State cannot express and Reconcile never installs: non-unicast
-// types, multipath routes, other tables, devices we cannot name.
+// what a State cannot express and Reconcile never installs: types other
+// than unicast and blackhole, multipath routes, other tables, devices we
+// cannot name.
 func routeFromKernel(r netlink.Route, byIndex map[int]string) (nlRoute, bool) {
+	if r.Type == unix.RTN_BLACKHOLE && len(r.MultiPath) == 0 && (r.Table == 0 || r.Table == unix.RT_TABLE_MAIN) {
+		// No device: the kernel reports none for IPv4 and lo for IPv6
+		// (where every reject-type route hangs off the loopback device),
+		// neither of which identifies the route. The index keeps ifindex 0.
+		dst, ok := routeDst(r)
+		if !ok {
+			return nlRoute{}, false
+		}
+		return nlRoute{Route: Route{Dst: dst, Blackhole: true}, proto: r.Protocol, prio: r.Priority}, true
+	}
 	if r.Type != unix.RTN_UNICAST || r.LinkIndex == 0 || len(r.MultiPath) > 0 ||
 		(r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) {
 		return nlRoute{}, false
@@ -319,6 +343,17 @@ func routeDst(r netlink.Route) (netip.Prefix, bool) {
 }
 
 func (r nlRoute) netlink() *netlink.Route {
+	if r.Blackhole {
+		// `ip route add blackhole DST proto 87 metric M`: no device, scope
+		// universe, as iproute2 sends it.
+		return &netlink.Route{
+			Dst:      ipNet(r.Dst),
+			Table:    unix.RT_TABLE_MAIN,
+			Protocol: r.proto,
+			Priority: r.prio,
+			Type:     unix.RTN_BLACKHOLE,
+		}
+	}
 	nr := &netlink.Route{
 		LinkIndex: r.ifindex,
 		Dst:       ipNet(r.Dst),

@@ -182,7 +182,10 @@ func (n *Netlink) routeEvent(u netlink.RouteUpdate) bool {
 	k := RouteKey{dst}
 	n.mu.Lock()
 	r, ok := n.idx.routes[k]
-	if !ok || r.ifindex != u.LinkIndex || r.Gw != gw || r.prio != u.Priority {
+	// A blackhole's notification names no device (IPv4) or lo (IPv6); its
+	// type and metric identify it.
+	if !ok || r.Blackhole != (u.Route.Type == unix.RTN_BLACKHOLE) ||
+		(!r.Blackhole && r.ifindex != u.LinkIndex) || r.Gw != gw || r.prio != u.Priority {
 		n.mu.Unlock()
 		return false
 	}

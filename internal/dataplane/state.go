@@ -66,7 +66,8 @@ type VXLAN struct {
 	Addr netip.Prefix
 }
 
-// Route is a unicast route in the main table.
+// Route is a route in the main table: unicast through Dev, or, with
+// Blackhole set, a blackhole route (Dev and Gw empty).
 type Route struct {
 	Dst netip.Prefix
 	// Gw is the next hop; invalid for a device route.
@@ -74,6 +75,35 @@ type Route struct {
 	// Dev is the output device's name.
 	Dev    string
 	OnLink bool
+	// Blackhole makes the kernel drop packets to Dst (RTN_BLACKHOLE). It
+	// is installed with BlackholeMetric, so it only ever catches what no
+	// other route to Dst takes.
+	Blackhole bool
+}
+
+// BlackholeMetric is the metric (route priority) of blackhole routes: the
+// largest the kernel stores, so any other route to the same prefix wins.
+// Above all that is the connected route the kernel derives from a CNI
+// bridge's address (metric 0 for IPv4, 256 for IPv6): while the bridge
+// holds the subnet, local pods are reached through it, and the lookup
+// falls through to the blackhole only once that route is gone (no bridge,
+// or the bridge went down).
+const BlackholeMetric uint32 = 1<<32 - 1
+
+// String renders r as `ip route` arguments.
+func (r Route) String() string {
+	if r.Blackhole {
+		return "blackhole " + r.Dst.String()
+	}
+	s := r.Dst.String()
+	if r.Gw.IsValid() {
+		s += " via " + r.Gw.String()
+	}
+	s += " dev " + r.Dev
+	if r.OnLink {
+		s += " onlink"
+	}
+	return s
 }
 
 // RouteKey identifies a route: by destination in the main table.
@@ -156,15 +186,7 @@ func (s *State) Lines() []string {
 		out = append(out, line)
 	}
 	for _, r := range s.Routes {
-		line := "route " + r.Dst.String()
-		if r.Gw.IsValid() {
-			line += " via " + r.Gw.String()
-		}
-		line += " dev " + r.Dev
-		if r.OnLink {
-			line += " onlink"
-		}
-		out = append(out, line)
+		out = append(out, "route "+r.String())
 	}
 	for _, n := range s.Neighs {
 		out = append(out, fmt.Sprintf("neigh %s lladdr %s dev %s permanent", n.IP, n.MAC, n.Dev))

@@ -187,6 +187,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"AdoptsAndReplacesExisting", testAdopt},
 		{"PartialFailure", testPartialFailure},
 		{"InvalidInput", testInvalid},
+		{"BlackholeRoute", testBlackhole},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newDP(t)) })
@@ -437,4 +438,42 @@ func testInvalid(t *testing.T, h Harness) {
 	if _, err := h.Reconciler().Reconcile(ctx, tp.State(), false); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled context: err = %v, want context.Canceled", err)
 	}
+}
+
+// testBlackhole: the blackhole routes for this host's own subnets (the
+// daemon's --ip-blackhole-route) are created, adopted by a restart,
+// repaired by a full pass, and removed when no longer desired — also by a
+// restarted instance, which knows them only by their route protocol.
+func testBlackhole(t *testing.T, h Harness) {
+	tp := setup(t, h)
+	want := tp.State()
+	bh := []dataplane.Route{{Dst: Subnet4(0), Blackhole: true}, {Dst: Subnet6(0), Blackhole: true}}
+	for _, r := range bh {
+		want.AddRoute(r)
+	}
+	WantChanges(t, "add", Reconcile(t, h.Reconciler(), want, false), dataplane.Changes{RoutesAdded: 2})
+	WantKernel(t, h, want)
+	WantChanges(t, "again full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{})
+
+	h.DeleteRoute(bh[0].Key())
+	if h.HasRoute(bh[0].Dst) {
+		t.Fatalf("drift: %s not deleted", bh[0])
+	}
+	WantChanges(t, "non-full", Reconcile(t, h.Reconciler(), want, false), dataplane.Changes{})
+	WantChanges(t, "full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{RoutesAdded: 1})
+	WantKernel(t, h, want)
+
+	r := h.Restart()
+	WantChanges(t, "restart", Reconcile(t, r, want, true), dataplane.Changes{})
+	WantChanges(t, "remove", Reconcile(t, r, tp.State(), false), dataplane.Changes{RoutesRemoved: 2})
+	WantKernel(t, h, tp.State())
+	for _, b := range bh {
+		if h.HasRoute(b.Dst) {
+			t.Errorf("%s survived its removal", b)
+		}
+	}
+
+	WantChanges(t, "add again", Reconcile(t, r, want, false), dataplane.Changes{RoutesAdded: 2})
+	WantChanges(t, "restart without them", Reconcile(t, h.Restart(), tp.State(), true), dataplane.Changes{RoutesRemoved: 2})
+	WantKernel(t, h, tp.State())
 }

@@ -30,7 +30,9 @@ import (
 type etcdServer struct {
 	dir                string
 	clientURL, peerURL url.URL
-	e                  *embed.Etcd
+	// configure, if set, adjusts the config before each start (TLS, ...).
+	configure func(*embed.Config)
+	e         *embed.Etcd
 }
 
 // freeURL reserves a loopback port by listening on it and closing: fixed
@@ -64,6 +66,9 @@ func (s *etcdServer) start(t *testing.T) {
 	cfg.LogLevel = "error"
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.UnsafeNoFsync = true // a test's data need not survive a power cut
+	if s.configure != nil {
+		s.configure(cfg)
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		t.Fatalf("start etcd: %v", err)

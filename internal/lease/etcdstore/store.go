@@ -48,6 +48,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -95,6 +96,7 @@ type Store struct {
 	downSince  atomic.Int64 // unix nanoseconds the watch has been down since; 0 when up
 	log        *slog.Logger
 	cli        *clientv3.Client
+	conn       *connTrouble
 	configKey  string
 	subnetsDir string // "<prefix>/subnets/"
 }
@@ -131,6 +133,7 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 		}
 		tlsCfg = c
 	}
+	conn := new(connTrouble)
 	ccfg := clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		DialTimeout: dialTimeout,
@@ -143,6 +146,7 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               newZapLogger(log.With("component", "etcd-client")),
+		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(conn.intercept)},
 	}
 
 	// clientv3.New blocks for authentication without taking a context; run
@@ -169,7 +173,7 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("etcd store: connect to %s: %w", strings.Join(cfg.Endpoints, ","), ctx.Err())
 	}
 	if r.err != nil {
-		return nil, fmt.Errorf("etcd store: connect to %s: %w", strings.Join(cfg.Endpoints, ","), r.err)
+		return nil, fmt.Errorf("etcd store: connect to %s: %w", strings.Join(cfg.Endpoints, ","), conn.explain(r.err))
 	}
 	probe := cfg.ProbeInterval
 	if probe <= 0 {
@@ -180,6 +184,7 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 		onRestart:  cfg.OnWatchRestart,
 		log:        log,
 		cli:        r.cli,
+		conn:       conn,
 		configKey:  prefix + "/config",
 		subnetsDir: prefix + "/subnets/",
 	}, nil
@@ -197,7 +202,7 @@ func (s *Store) Close() error {
 func (s *Store) NetworkConfig(ctx context.Context) ([]byte, error) {
 	resp, err := s.cli.Get(ctx, s.configKey)
 	if err != nil {
-		return nil, fmt.Errorf("read network config %s: %w", s.configKey, err)
+		return nil, fmt.Errorf("read network config %s: %w", s.configKey, s.conn.explain(err))
 	}
 	if len(resp.Kvs) == 0 {
 		return nil, fmt.Errorf("read network config %s: %w", s.configKey, lease.ErrNoNetworkConfig)
@@ -284,7 +289,7 @@ func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, er
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
-			return lease.Lease{}, fmt.Errorf("acquire lease %s: write: %w", l.Key(), err)
+			return lease.Lease{}, fmt.Errorf("acquire lease %s: write: %w", l.Key(), s.conn.explain(err))
 		}
 		if !resp.Succeeded {
 			s.log.Debug("lease write lost a race, planning again", "key", key, "attempt", attempt)
@@ -312,7 +317,7 @@ func (s *Store) Renew(ctx context.Context, l lease.Lease, ttl time.Duration) (le
 		// Nothing to extend; only confirm the reservation is still there.
 		resp, err := s.cli.Txn(ctx).If(unchanged).Else(clientv3.OpGet(key)).Commit()
 		if err != nil {
-			return lease.Lease{}, fmt.Errorf("renew lease %s: %w", key, err)
+			return lease.Lease{}, fmt.Errorf("renew lease %s: %w", key, s.conn.explain(err))
 		}
 		if !resp.Succeeded {
 			return lease.Lease{}, lostError(key, l.Revision, resp)
@@ -338,7 +343,7 @@ func (s *Store) Renew(ctx context.Context, l lease.Lease, ttl time.Duration) (le
 	if err != nil || !resp.Succeeded {
 		s.revoke(g.id, "unused")
 		if err != nil {
-			return lease.Lease{}, fmt.Errorf("renew lease %s: %w", key, err)
+			return lease.Lease{}, fmt.Errorf("renew lease %s: %w", key, s.conn.explain(err))
 		}
 		return lease.Lease{}, lostError(key, l.Revision, resp)
 	}
@@ -378,7 +383,7 @@ func (s *Store) grant(ctx context.Context, g *grant, ttl time.Duration) error {
 	start := time.Now()
 	resp, err := s.cli.Grant(ctx, secs)
 	if err != nil {
-		return fmt.Errorf("grant a %d s etcd lease: %w", secs, err)
+		return fmt.Errorf("grant a %d s etcd lease: %w", secs, s.conn.explain(err))
 	}
 	granted := time.Duration(resp.TTL) * time.Second
 	g.id, g.expiration = resp.ID, start.Add(min(ttl, granted))
@@ -433,7 +438,7 @@ func (s *Store) revoke(id clientv3.LeaseID, why string) {
 func (s *Store) listLeases(ctx context.Context) ([]lease.Lease, map[string][]byte, error) {
 	resp, err := s.cli.Get(ctx, s.subnetsDir, clientv3.WithPrefix())
 	if err != nil {
-		return nil, nil, fmt.Errorf("list %s: %w", s.subnetsDir, err)
+		return nil, nil, fmt.Errorf("list %s: %w", s.subnetsDir, s.conn.explain(err))
 	}
 	out := make([]lease.Lease, 0, len(resp.Kvs))
 	raw := make(map[string][]byte, len(resp.Kvs))
@@ -548,7 +553,7 @@ func (s *Store) WatchDownSince() time.Time {
 func (s *Store) snapshot(ctx context.Context) (lease.Batch, error) {
 	resp, err := s.cli.Get(clientv3.WithRequireLeader(ctx), s.subnetsDir, clientv3.WithPrefix())
 	if err != nil {
-		return lease.Batch{}, fmt.Errorf("list %s: %w", s.subnetsDir, err)
+		return lease.Batch{}, fmt.Errorf("list %s: %w", s.subnetsDir, s.conn.explain(err))
 	}
 	b := lease.Batch{Snapshot: true, Revision: resp.Header.Revision, Events: make([]lease.Event, 0, len(resp.Kvs))}
 	for _, kv := range resp.Kvs {
@@ -685,6 +690,47 @@ func fatal(err error) bool {
 		return !errors.Is(err, rpctypes.ErrInvalidAuthToken) // the client refreshes tokens itself
 	}
 	return false
+}
+
+// connTrouble remembers why the client last failed to reach etcd. The
+// etcd client waits for a usable connection until a call's context ends
+// (gRPC WaitForReady) and then reports only the context's error
+// (clientv3.ContextError), so a rejected client certificate, an unknown CA
+// or a refused port all read "context deadline exceeded". gRPC's own error
+// at that moment names the cause; an interceptor beneath the client's
+// retry layer sees it before it is replaced.
+type connTrouble struct {
+	last atomic.Pointer[string]
+}
+
+func (c *connTrouble) intercept(ctx context.Context, method string, req, reply any,
+	cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	err := invoker(ctx, method, req, reply, cc, opts...)
+	if err == nil {
+		c.last.Store(nil)
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok || (st.Code() != codes.Unavailable && st.Code() != codes.DeadlineExceeded) {
+		return err
+	}
+	// A deadline that passed on a healthy connection says nothing new.
+	if msg := st.Message(); ctx.Err() == nil || msg != ctx.Err().Error() {
+		c.last.Store(&msg)
+	}
+	return err
+}
+
+// explain adds the last connection failure to an error that is only a
+// deadline.
+func (c *connTrouble) explain(err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if msg := c.last.Load(); msg != nil {
+		return fmt.Errorf("%w (cannot reach etcd: %s)", err, *msg)
+	}
+	return err
 }
 
 // backoff is a jittered exponential delay between retries.
