@@ -303,8 +303,14 @@ func (d *daemon) loop(ctx context.Context) error {
 	if d.rulesWanted() {
 		g.Go(func() error { return d.syncRules(gctx) })
 	}
+	// Renewal runs on its own goroutine: with etcd unreachable it may
+	// retry for hours, and the dataplane must keep being reconciled
+	// meanwhile. It hands each renewed lease to the control loop.
+	renewed := make(chan lease.Lease, 1)
+	self := d.self
+	g.Go(func() error { return d.renewLoop(gctx, self, renewed) })
 	g.Go(func() error {
-		err := d.control(gctx, batches, kicks)
+		err := d.control(gctx, batches, kicks, renewed)
 		cancel() // stop the watchers when the control loop ends
 		return err
 	})
@@ -315,15 +321,13 @@ func (d *daemon) loop(ctx context.Context) error {
 	return err
 }
 
-func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}) error {
+func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, renewed <-chan lease.Lease) error {
 	d.peers = map[lease.ID]lease.Lease{}
 	d.seen = map[lease.ID]time.Time{}
 	d.skipped = map[lease.ID]string{}
 
 	resync := time.NewTicker(d.opts.ResyncPeriod)
 	defer resync.Stop()
-	renew := time.NewTimer(d.renewIn())
-	defer renew.Stop()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
@@ -370,45 +374,69 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 			full, repair, dirty = true, !dirty || repair, true
 		case <-retry.C:
 			dirty = true
-		case <-renew.C:
-			if err := d.renew(ctx); err != nil {
-				return err
-			}
-			renew.Reset(d.renewIn())
+		case l := <-renewed:
+			// Same subnets and attributes; only revision and expiry move.
+			d.self = l
 		}
 	}
 }
 
-func (d *daemon) renewIn() time.Duration {
-	if d.self.Reservation || d.self.Expiration.IsZero() {
+// renewIn is how long to wait before renewing l.
+func (d *daemon) renewIn(l lease.Lease) time.Duration {
+	if l.Reservation || l.Expiration.IsZero() {
 		return 24 * time.Hour * 365
 	}
 	margin := d.opts.SubnetLeaseRenewMargin
 	if ttl := d.ttl(); margin >= ttl {
 		margin = ttl / 2
 	}
-	return max(time.Until(d.self.Expiration.Add(-margin)), time.Second)
+	return max(time.Until(l.Expiration.Add(-margin)), time.Second)
 }
 
-func (d *daemon) renew(ctx context.Context) error {
+// renewLoop renews our lease before it expires, for as long as ctx lives.
+// It only reads the store and its own copy of the lease; the result goes
+// to the control loop through renewed.
+func (d *daemon) renewLoop(ctx context.Context, l lease.Lease, renewed chan lease.Lease) error {
+	for {
+		if err := sleep(ctx, d.renewIn(l)); err != nil {
+			return err
+		}
+		next, err := d.renew(ctx, l)
+		if err != nil {
+			return err
+		}
+		l = next
+		select { // replace an unread older renewal
+		case <-renewed:
+		default:
+		}
+		renewed <- l
+	}
+}
+
+func (d *daemon) renew(ctx context.Context, l lease.Lease) (lease.Lease, error) {
 	for attempt := 0; ; attempt++ {
-		l, err := d.cfg.Store.Renew(ctx, d.self, d.ttl())
+		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		next, err := d.cfg.Store.Renew(actx, l, d.ttl())
+		cancel()
 		d.cfg.Metrics.Renewal(err == nil)
 		if err == nil {
-			d.self = l
-			d.cfg.Metrics.SetLeaseExpiry(l.Expiration)
-			d.log.Info("lease renewed", "subnet", d.self.Subnet, "ipv6_subnet", d.self.IPv6Subnet, "expires", l.Expiration.Format(time.RFC3339))
-			return nil
+			d.cfg.Metrics.SetLeaseExpiry(next.Expiration)
+			d.log.Info("lease renewed", "subnet", next.Subnet, "ipv6_subnet", next.IPv6Subnet, "expires", next.Expiration.Format(time.RFC3339))
+			return next, nil
+		}
+		if ctx.Err() != nil {
+			return l, ctx.Err()
 		}
 		if errors.Is(err, lease.ErrLeaseLost) {
-			return fmt.Errorf("%w: %v", ErrOwnLeaseLost, err)
+			return l, fmt.Errorf("%w: %v", ErrOwnLeaseLost, err)
 		}
-		if time.Now().After(d.self.Expiration) {
-			return fmt.Errorf("%w: expired while renewal kept failing: %v", ErrOwnLeaseLost, err)
+		if time.Now().After(l.Expiration) {
+			return l, fmt.Errorf("%w: expired while renewal kept failing: %v", ErrOwnLeaseLost, err)
 		}
 		d.log.Warn("lease renewal failed, retrying", "err", err)
 		if err := sleep(ctx, min(time.Duration(attempt+1)*time.Second, 10*time.Second)); err != nil {
-			return err
+			return l, err
 		}
 	}
 }

@@ -72,14 +72,17 @@ func newHarness(t *testing.T, netconf string) *harness {
 	return h
 }
 
-func (h *harness) start() {
+func (h *harness) start() { h.start2(0) }
+
+// start2 starts the daemon with a lease TTL (0: the default).
+func (h *harness) start2(ttl time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	h.cancel = cancel
 	h.done = make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	go func() {
 		h.done <- Run(ctx, Config{
-			Options: h.opts, Log: log, Store: h.store, Dataplane: h.dp, System: fakeSys{},
+			Options: h.opts, Log: log, Store: h.store, Dataplane: h.dp, System: fakeSys{}, LeaseTTL: ttl,
 			Observer: func(p Pass) {
 				h.passes <- p
 			},
@@ -263,4 +266,23 @@ func TestDaemonRestartKeepsSubnetAndMACAndWritesNothing(t *testing.T) {
 	if got := h2.own(); got.Subnet != own.Subnet || !got.Attrs.Equal(own.Attrs) {
 		t.Errorf("lease changed across restart: %+v -> %+v", own, got)
 	}
+}
+
+func TestDaemonRenewsWithoutBlockingReconcile(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16"}`)
+	h.opts.SubnetLeaseRenewMargin = time.Hour // clamped to half the TTL
+	h.start2(1500 * time.Millisecond)
+	h.waitState("device", func(s string) bool { return strings.Contains(s, "link flannel.1") })
+	first := h.own()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if l := h.own(); l.Revision > first.Revision {
+			// The control loop still programs peers after the renewal.
+			h.store.Put(peerLease("10.5.7.0/24", "192.168.1.7", macA))
+			h.waitState("peer after renewal", func(s string) bool { return strings.Contains(s, "route 10.5.7.0/24") })
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatal("lease was not renewed")
 }
