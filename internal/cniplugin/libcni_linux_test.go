@@ -7,10 +7,11 @@ package cniplugin
 // process.
 
 import (
-	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -26,6 +27,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
+	"github.com/weft-net/weft/internal/podrt"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -100,28 +102,20 @@ func (h *cniHost) runIf(op, ifName string, conflist []byte, capArgs map[string]a
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	req, err := json.Marshal(driverRequest{
+	client := podrt.Client{Self: self, Env: []string{driverEnv + "=1"}}
+	res, err := client.Do(context.Background(), h.hostNS, podrt.Request{
 		Op: op, BinDir: h.binDir, CacheDir: h.cacheDir, Conflist: conflist,
 		ContainerID: "ctr-" + h.ctrNS, NetNS: "/run/netns/" + h.ctrNS, IfName: ifName,
 		CapabilityArgs: capArgs,
 	})
+	var cniErr *types.Error
+	if errors.As(err, &cniErr) {
+		return nil, cniErr
+	}
 	if err != nil {
-		h.t.Fatal(err)
+		h.t.Fatalf("driver %s: %v", op, err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", h.hostNS, self)
-	cmd.Env = append(os.Environ(), driverEnv+"=1")
-	cmd.Stdin = bytes.NewReader(req)
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.Output()
-	if err != nil {
-		h.t.Fatalf("driver %s: %v\n%s", op, err, stderr.String())
-	}
-	var reply driverReply
-	if err := json.Unmarshal(out, &reply); err != nil {
-		h.t.Fatalf("driver %s: %v\n%s", op, err, out)
-	}
-	return reply.Result, reply.Error
+	return res, nil
 }
 
 func (h *cniHost) mustRun(op string, conflist []byte, capArgs map[string]any) json.RawMessage {

@@ -2,18 +2,14 @@ package cniplugin
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/containernetworking/cni/libcni"
-	"github.com/containernetworking/cni/pkg/types"
+	"github.com/weft-net/weft/internal/podrt"
 )
 
 // driverEnv, when set, turns the test binary into the container-runtime
@@ -28,85 +24,15 @@ const driverEnv = "WEFT_CNI_TEST_DRIVER"
 
 func TestMain(m *testing.M) {
 	if os.Getenv(driverEnv) != "" {
-		os.Exit(runDriver(os.Stdin, os.Stdout))
+		if err := podrt.Serve(context.Background(), os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "driver:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
 	code := m.Run()
 	removePluginBinaries()
 	os.Exit(code)
-}
-
-type driverRequest struct {
-	Op             string          `json:"op"` // add, check, del, status, validate
-	BinDir         string          `json:"binDir"`
-	CacheDir       string          `json:"cacheDir"`
-	Conflist       json.RawMessage `json:"conflist"`
-	ContainerID    string          `json:"containerID"`
-	NetNS          string          `json:"netns"`
-	IfName         string          `json:"ifName"`
-	CapabilityArgs map[string]any  `json:"capabilityArgs,omitempty"`
-}
-
-type driverReply struct {
-	Result json.RawMessage `json:"result,omitempty"`
-	// Error is the failure, with the CNI code of the plugin error inside
-	// it when there is one (999 otherwise).
-	Error *types.Error `json:"error,omitempty"`
-}
-
-func runDriver(in io.Reader, out io.Writer) int {
-	var req driverRequest
-	reply := driverReply{}
-	err := json.NewDecoder(in).Decode(&req)
-	if err == nil {
-		reply.Result, err = drive(context.Background(), req)
-	}
-	if err != nil {
-		reply.Error = types.NewError(types.ErrInternal, err.Error(), "")
-		var cniErr *types.Error
-		if errors.As(err, &cniErr) {
-			reply.Error.Code = cniErr.Code
-		}
-	}
-	if err := json.NewEncoder(out).Encode(reply); err != nil {
-		fmt.Fprintln(os.Stderr, "driver:", err)
-		return 1
-	}
-	return 0
-}
-
-func drive(ctx context.Context, req driverRequest) (json.RawMessage, error) {
-	list, err := libcni.ConfListFromBytes(req.Conflist)
-	if err != nil {
-		return nil, err
-	}
-	cni := libcni.NewCNIConfigWithCacheDir([]string{req.BinDir}, req.CacheDir, nil)
-	rt := &libcni.RuntimeConf{
-		ContainerID:    req.ContainerID,
-		NetNS:          req.NetNS,
-		IfName:         req.IfName,
-		CapabilityArgs: req.CapabilityArgs,
-	}
-	switch req.Op {
-	case "add":
-		res, err := cni.AddNetworkList(ctx, list, rt)
-		if err != nil {
-			return nil, err
-		}
-		return json.Marshal(res)
-	case "check":
-		return nil, cni.CheckNetworkList(ctx, list, rt)
-	case "del":
-		return nil, cni.DelNetworkList(ctx, list, rt)
-	case "status":
-		return nil, cni.GetStatusNetworkList(ctx, list)
-	case "validate":
-		caps, err := cni.ValidateNetworkList(ctx, list)
-		if err != nil {
-			return nil, err
-		}
-		return json.Marshal(caps)
-	}
-	return nil, fmt.Errorf("unknown op %q", req.Op)
 }
 
 // The plugin binaries are built once per test binary, into a directory

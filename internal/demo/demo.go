@@ -24,6 +24,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
@@ -367,7 +369,7 @@ func (r *run) conflist(h *lab.Host) []byte {
 }
 
 func (r *run) addPods(ctx context.Context) error {
-	client := podrt.Client{Self: r.o.Self, Subcommand: "pod-runtime"}
+	client := podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}
 	var mu sync.Mutex
 	errs := make([]error, len(r.c.Hosts))
 	var wg sync.WaitGroup
@@ -399,15 +401,23 @@ func (r *run) addPod(ctx context.Context, client podrt.Client, h *lab.Host, p in
 		return Pod{}, fmt.Errorf("ip netns add %s: %w: %s", ns, err, out)
 	}
 	_ = exec.CommandContext(ctx, "ip", "-n", ns, "link", "set", "lo", "up").Run()
-	res, err := client.Do(ctx, h.NS, podrt.Request{
+	raw, err := client.Do(ctx, h.NS, podrt.Request{
 		Op: "add", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(h.SubnetFile), "cache"),
 		Conflist: r.conflist(h), ContainerID: ns, NetNS: "/run/netns/" + ns, IfName: "eth0",
 	})
 	if err != nil {
 		return Pod{}, fmt.Errorf("%s: CNI ADD: %w", name, err)
 	}
+	res, err := types100.NewResult(raw)
+	var cur *types100.Result
+	if err == nil {
+		cur, err = types100.NewResultFromResult(res)
+	}
+	if err != nil {
+		return Pod{}, fmt.Errorf("%s: CNI ADD result: %w", name, err)
+	}
 	pod := Pod{Name: name, Host: h.NS, host: h, ns: ns}
-	for _, ipc := range res.IPs {
+	for _, ipc := range cur.IPs {
 		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
 			if a.Unmap().Is4() {
 				pod.IPv4 = a.Unmap().String()
@@ -422,7 +432,7 @@ func (r *run) addPod(ctx context.Context, client podrt.Client, h *lab.Host, p in
 // delPods detaches every pod through CNI DEL, as a runtime does when a
 // pod stops (releasing its address), and removes its namespace.
 func (r *run) delPods() {
-	client := podrt.Client{Self: r.o.Self, Subcommand: "pod-runtime"}
+	client := podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, p := range r.res.PodList {
@@ -435,7 +445,7 @@ func (r *run) delPods() {
 }
 
 func (r *run) checkPods(ctx context.Context) error {
-	client := podrt.Client{Self: r.o.Self, Subcommand: "pod-runtime"}
+	client := podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}
 	for _, p := range r.res.PodList {
 		if _, err := client.Do(ctx, p.host.NS, podrt.Request{
 			Op: "check", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(p.host.SubnetFile), "cache"),
