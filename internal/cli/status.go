@@ -189,6 +189,11 @@ func printStatus(w io.Writer, rep statusReport) {
 		}
 		fmt.Fprintln(w)
 		fmt.Fprintf(w, "backend   %s\n", st.Backend)
+		if st.Rules != "" {
+			fmt.Fprintf(w, "rules     %s\n", st.Rules)
+		} else {
+			fmt.Fprintln(w, "rules     not managed (--ip-masq and --iptables-forward-rules off)")
+		}
 		p := st.LastPass
 		kind := "incremental"
 		if p.Full {
@@ -228,7 +233,7 @@ func printStatus(w io.Writer, rep statusReport) {
 	if st := rep.Daemon; st != nil {
 		fmt.Fprintf(w, "\nPEERS (%d)\n", len(st.Peers))
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tLAST CHANGED")
+		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tVTEP MAC\tLAST CHANGED")
 		peers := append([]daemon.PeerStatus(nil), st.Peers...)
 		sort.Slice(peers, func(i, j int) bool { return peers[i].Subnet < peers[j].Subnet })
 		for _, p := range peers {
@@ -236,7 +241,11 @@ func printStatus(w io.Writer, rep statusReport) {
 			if pub == "" {
 				pub = p.PublicIPv6
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s ago\n", dash(p.Subnet), dash(p.IPv6Subnet), dash(pub), time.Since(p.LastSeen).Round(time.Second))
+			mac := p.VtepMAC
+			if mac == "" {
+				mac = p.VtepMACv6
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", dash(p.Subnet), dash(p.IPv6Subnet), dash(pub), dash(mac), time.Since(p.LastSeen).Round(time.Second))
 		}
 		tw.Flush()
 		if len(st.Skipped) > 0 {

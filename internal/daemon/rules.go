@@ -60,6 +60,7 @@ func (d *daemon) syncRules(ctx context.Context) error {
 			repaired, err := m.Sync(ctx, rs)
 			d.cfg.Metrics.MasqSync(repairsAfterFirst(first, repaired), err)
 			d.cfg.Health.Rules(true, err == nil)
+			d.cfg.Status.setRules(string(m.Mode()))
 			switch {
 			case err != nil:
 				d.log.Warn("masquerade rules: sync failed", "mode", m.Mode(), "err", err)

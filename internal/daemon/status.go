@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -15,6 +17,7 @@ import (
 type Status struct {
 	Lease    LeaseStatus    `json:"lease"`
 	Backend  string         `json:"backend"`
+	Rules    string         `json:"rules,omitempty"` // "iptables", "nftables", or "" when not managed
 	Peers    []PeerStatus   `json:"peers"`
 	Skipped  []SkipStatus   `json:"skipped,omitempty"`
 	LastPass PassStatus     `json:"lastPass"`
@@ -40,6 +43,8 @@ type PeerStatus struct {
 	PublicIP   string    `json:"publicIP,omitempty"`
 	PublicIPv6 string    `json:"publicIPv6,omitempty"`
 	Backend    string    `json:"backend"`
+	VtepMAC    string    `json:"vtepMAC,omitempty"`
+	VtepMACv6  string    `json:"vtepMACv6,omitempty"`
 	LastSeen   time.Time `json:"lastSeen"`
 }
 
@@ -71,6 +76,17 @@ type Board struct {
 	desired *dataplane.State
 	pass    Pass
 	passAt  time.Time
+	rules   string
+}
+
+// setRules records the masquerade rule mode in use.
+func (b *Board) setRules(mode string) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.rules = mode
 }
 
 func (b *Board) publish(self lease.Lease, backend string, peers []lease.Lease, seen []time.Time, skipped map[lease.ID]string, desired *dataplane.State, p Pass) {
@@ -90,18 +106,27 @@ func (b *Board) publish(self lease.Lease, backend string, peers []lease.Lease, s
 func (b *Board) Get() Status {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := Status{Backend: b.backend}
+	s := Status{Backend: b.backend, Rules: b.rules}
 	s.Lease = LeaseStatus{
 		Subnet: str(b.self.Subnet), IPv6Subnet: str(b.self.IPv6Subnet),
 		PublicIP: str(b.self.Attrs.PublicIP), PublicIPv6: str(b.self.Attrs.PublicIPv6),
 		Expires: b.self.Expiration, Reserved: b.self.Reservation,
 	}
 	for i, p := range b.peers {
-		s.Peers = append(s.Peers, PeerStatus{
+		ps := PeerStatus{
 			Subnet: str(p.Subnet), IPv6Subnet: str(p.IPv6Subnet),
 			PublicIP: str(p.Attrs.PublicIP), PublicIPv6: str(p.Attrs.PublicIPv6),
 			Backend: p.Attrs.BackendType, LastSeen: b.seen[i],
-		})
+		}
+		if p.Attrs.BackendType == config.BackendVXLAN {
+			if _, mac, err := vxlan.DecodeData(p.Attrs.BackendData); err == nil {
+				ps.VtepMAC = mac.String()
+			}
+			if _, mac, err := vxlan.DecodeData(p.Attrs.BackendV6Data); err == nil {
+				ps.VtepMACv6 = mac.String()
+			}
+		}
+		s.Peers = append(s.Peers, ps)
 	}
 	for id, reason := range b.skipped {
 		s.Skipped = append(s.Skipped, SkipStatus{Key: id.String(), Reason: reason})
