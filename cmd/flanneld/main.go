@@ -10,6 +10,9 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
+	"strconv"
+	"strings"
 	"syscall"
 
 	"github.com/weft-net/weft/internal/app"
@@ -45,6 +48,21 @@ func run() error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// WEFT_CPUPROFILE=file profiles the run until SIGTERM/SIGINT
+	// (docs/PERFORMANCE.md); "%p" in file becomes the process ID. An
+	// environment variable rather than a flag, so flanneld's flag set stays
+	// exactly upstream's.
+	if path := os.Getenv("WEFT_CPUPROFILE"); path != "" {
+		f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
+		if err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("cpu profile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	log.Info("starting", "version", version)
 	if err := app.Run(ctx, log, opts, version); err != nil {
 		return err

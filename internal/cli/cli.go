@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"text/tabwriter"
@@ -20,6 +21,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/bench"
 	"github.com/weft-net/weft/internal/demo"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
@@ -57,6 +59,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		err = podrt.Serve(ctx, os.Stdin, stdout)
 	case "leases":
 		err = leasesCmd(ctx, args[1:], stdout, stderr)
+	case "bench":
+		return benchCmd(ctx, args[1:], stdout, stderr)
 	case "status":
 		err = statusCmd(ctx, args[1:], stdout, stderr)
 	case "help", "-h", "--help":
@@ -269,4 +273,115 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("weft bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	daemon := fs.String("daemon", "", "daemon binary to measure (default: the flanneld next to this binary)")
+	vs := fs.String("vs", "", "a second daemon binary to measure side by side (e.g. upstream flanneld)")
+	leases := fs.String("leases", "1000,5000", "comma-separated series of peer lease counts")
+	samples := fs.Int("samples", 20, "single joins and leaves per run")
+	runs := fs.Int("runs", 1, "runs per daemon and lease count (interleaved; the table shows medians)")
+	asJSON := fs.Bool("json", false, "print every run as JSON on stdout")
+	dir := fs.String("dir", "", "where each run's etcd data and logs go (default: a temporary directory, in /dev/shm when present)")
+	keep := fs.Bool("keep", false, "keep --dir afterwards (logs)")
+	name := fs.String("name", "wtbn", "prefix of the bench's namespaces (at most 6 characters)")
+	report := fs.String("report", "", "print the table of an earlier --json result `file` instead of measuring")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if *report != "" {
+		if err := benchReport(*report, stdout); err != nil {
+			fmt.Fprintln(stderr, "weft bench:", err)
+			return 1
+		}
+		return 0
+	}
+	var o bench.Options
+	for _, s := range splitComma(*leases) {
+		k, err := strconv.Atoi(s)
+		if err != nil || k < 1 {
+			fmt.Fprintf(stderr, "weft bench: --leases: %q is not a positive number\n", s)
+			return 2
+		}
+		o.Leases = append(o.Leases, k)
+	}
+	if *daemon == "" {
+		self, err := os.Executable()
+		if err != nil {
+			fmt.Fprintln(stderr, "weft bench:", err)
+			return 1
+		}
+		*daemon = filepath.Join(filepath.Dir(self), "flanneld")
+	}
+	for _, p := range []string{*daemon, *vs} {
+		if p == "" {
+			continue
+		}
+		abs, err := filepath.Abs(p)
+		if err != nil {
+			fmt.Fprintln(stderr, "weft bench:", err)
+			return 1
+		}
+		if _, err := os.Stat(abs); err != nil {
+			fmt.Fprintf(stderr, "weft bench: daemon: %v\n", err)
+			return 1
+		}
+		o.Daemons = append(o.Daemons, bench.Daemon{Name: filepath.Base(abs), Path: abs})
+	}
+	if len(o.Daemons) == 2 && o.Daemons[0].Name == o.Daemons[1].Name {
+		o.Daemons[0].Name, o.Daemons[1].Name = "A-"+o.Daemons[0].Name, "B-"+o.Daemons[1].Name
+	}
+	o.Samples, o.Runs, o.Keep, o.Name = *samples, *runs, *keep, *name
+	o.Dir = *dir
+	if o.Dir == "" {
+		base := ""
+		if fi, err := os.Stat("/dev/shm"); err == nil && fi.IsDir() {
+			// etcd fsyncs every write; on tmpfs that costs nothing, so the
+			// figures measure the daemon, not this machine's disk.
+			base = "/dev/shm"
+		}
+		d, err := os.MkdirTemp(base, "weft-bench-")
+		if err != nil {
+			fmt.Fprintln(stderr, "weft bench:", err)
+			return 1
+		}
+		o.Dir = d
+		if !o.Keep {
+			defer os.RemoveAll(d)
+		}
+	}
+	o.Progress = stderr
+	res, err := bench.Run(ctx, o)
+	if res != nil {
+		if *asJSON {
+			enc := json.NewEncoder(stdout)
+			enc.SetIndent("", "  ")
+			_ = enc.Encode(res)
+		} else {
+			res.Print(stdout)
+		}
+	}
+	if o.Keep {
+		fmt.Fprintln(stderr, "weft bench: logs kept in", o.Dir)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "\nweft bench:", err)
+		return 1
+	}
+	return 0
+}
+
+func benchReport(path string, stdout io.Writer) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var res bench.Result
+	if err := json.Unmarshal(b, &res); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	res.Print(stdout)
+	return nil
 }

@@ -201,7 +201,7 @@ func BenchmarkPlan5000(b *testing.B) {
 	peers := make([]lease.Lease, 5000)
 	for i := range peers {
 		peers[i] = peer(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256), "",
-			fmt.Sprintf("172.16.%d.%d", i/256, i%256+1), "", dataplane.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}, mac6)
+			fmt.Sprintf("172.16.%d.%d", i/250, i%250+1), "", dataplane.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}, mac6)
 	}
 	b.ReportAllocs()
 	for b.Loop() {

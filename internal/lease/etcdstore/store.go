@@ -580,10 +580,14 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 		// after a disconnect seldom starts from compacted history.
 		clientv3.WithProgressNotify())
 	// The client retries a lost connection forever without ending the
-	// watch, so a dead etcd looks like a quiet one. We ask for a progress
-	// notification every probe interval; when two intervals pass without
-	// any response the watch is declared stalled and restarted, which is
-	// what health checks and the restart counter see.
+	// watch, so a dead etcd looks like a quiet one. When a probe interval
+	// passes without any watch response we ask the member for something
+	// cheap (a serializable count of the config key, answered locally; the
+	// require-leader metadata makes a member without a leader refuse). If
+	// that fails too, the watch is declared stalled and restarted, which is
+	// what health checks and the restart counter see. (RequestProgress
+	// cannot serve here: etcd answers it only for watchers whose start
+	// revision it has reached, and ours starts one past the current one.)
 	probe := time.NewTicker(s.probeEvery)
 	defer probe.Stop()
 	lastSeen := time.Now()
@@ -593,18 +597,26 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 		select {
 		case wr, ok = <-wch:
 		case <-probe.C:
-			if time.Since(lastSeen) > 2*s.probeEvery {
-				return progressed, fmt.Errorf("watch stalled: no response from etcd for %s", time.Since(lastSeen).Round(time.Second))
+			if time.Since(lastSeen) < s.probeEvery {
+				continue
 			}
 			pctx, pcancel := context.WithTimeout(wctx, s.probeEvery)
-			_ = s.cli.RequestProgress(pctx) // the answer arrives on wch
+			_, err := s.cli.Get(pctx, s.configKey, clientv3.WithSerializable(), clientv3.WithCountOnly())
 			pcancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return progressed, ctx.Err()
+				}
+				return progressed, fmt.Errorf("watch stalled: etcd unreachable: %w", err)
+			}
+			lastSeen = time.Now()
 			continue
 		}
 		if !ok {
 			break
 		}
 		lastSeen = time.Now()
+		s.watchUp() // the watch answers: it is up (again)
 		if wr.CompactRevision != 0 {
 			return progressed, fmt.Errorf("compacted at revision %d: %w", wr.CompactRevision, rpctypes.ErrCompacted)
 		}

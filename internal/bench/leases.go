@@ -1,0 +1,119 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+const (
+	// netConfig is the network the bench runs: a /9 of /24s holds 32,768
+	// subnets, so 20,000 synthetic peers and the host itself fit.
+	netConfig = `{"Network":"10.0.0.0/9","SubnetLen":24,"Backend":{"Type":"vxlan"}}`
+	// maxSubnets is how many /24s netConfig's /9 holds.
+	maxSubnets = 1 << 15
+	// prefix is upstream's default etcd prefix.
+	prefix = "/coreos.com/network"
+	// leaseTTL is each synthetic peer's etcd lease: long enough that none
+	// expires during a run, as a live host's would be renewed.
+	leaseTTL = 24 * 60 * 60 // seconds
+	// txnOps is the number of operations per etcd transaction; etcd
+	// refuses more than 128 by default (--max-txn-ops).
+	txnOps = 100
+	// grantWorkers bounds concurrent lease grants.
+	grantWorkers = 16
+	// vni is the default VXLAN VNI, the one netConfig implies.
+	vni = 1
+)
+
+// peer is one synthetic host's lease.
+type peer struct {
+	key   string
+	value string
+	dst   netip.Prefix
+	lease clientv3.LeaseID
+}
+
+// subnetAt returns the i-th /24 of 10.0.0.0/9.
+func subnetAt(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
+}
+
+// makePeers builds n synthetic peers in upstream's exact key and value
+// format, skipping the subnet the daemon under test holds. Each has a
+// distinct public IP from 100.64.0.0/10 (shared address space; never
+// reached, the VXLAN driver only needs it as a destination) and a distinct
+// unicast, locally administered VTEP MAC.
+func makePeers(n int, self netip.Prefix) ([]peer, error) {
+	if n+1 > maxSubnets {
+		return nil, fmt.Errorf("%d leases do not fit in %s (at most %d)", n, "10.0.0.0/9", maxSubnets-1)
+	}
+	out := make([]peer, 0, n)
+	for i := 0; len(out) < n; i++ {
+		dst := subnetAt(i)
+		if dst == self {
+			continue
+		}
+		j := len(out) + 1
+		pub := netip.AddrFrom4([4]byte{100, 64 | byte(j>>16), byte(j >> 8), byte(j)})
+		mac := dataplane.MAC{0x0e, 0x57, 0, byte(j >> 16), byte(j >> 8), byte(j)}
+		a := lease.Attrs{PublicIP: pub, BackendType: "vxlan", BackendData: vxlan.EncodeData(vni, mac)}
+		v, err := a.MarshalJSON()
+		if err != nil {
+			return nil, fmt.Errorf("encode lease %s: %w", dst, err)
+		}
+		out = append(out, peer{
+			key:   prefix + "/subnets/" + lease.MakeKey(dst, netip.Prefix{}),
+			value: string(v),
+			dst:   dst,
+		})
+	}
+	return out, nil
+}
+
+// grant gives each peer its own etcd lease, concurrently: a grant is a
+// raft round trip, and doing 10,000 one after another would dominate the
+// run. Grants happen before any timed phase.
+func grant(ctx context.Context, cli *clientv3.Client, peers []peer) error {
+	g, ctx := errgroup.WithContext(ctx)
+	g.SetLimit(grantWorkers)
+	for i := range peers {
+		g.Go(func() error {
+			r, err := cli.Grant(ctx, leaseTTL)
+			if err != nil {
+				return fmt.Errorf("grant lease for %s: %w", peers[i].dst, err)
+			}
+			peers[i].lease = r.ID // each goroutine owns one element
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// writeAll puts (or, with del, deletes) peers in transactions of txnOps,
+// one after another, as a burst of hosts joining (leaving) would arrive.
+// It returns when the last transaction is acknowledged.
+func writeAll(ctx context.Context, cli *clientv3.Client, peers []peer, del bool) error {
+	for i := 0; i < len(peers); i += txnOps {
+		chunk := peers[i:min(i+txnOps, len(peers))]
+		ops := make([]clientv3.Op, len(chunk))
+		for j, p := range chunk {
+			if del {
+				ops[j] = clientv3.OpDelete(p.key)
+			} else {
+				ops[j] = clientv3.OpPut(p.key, p.value, clientv3.WithLease(p.lease))
+			}
+		}
+		if _, err := cli.Txn(ctx).Then(ops...).Commit(); err != nil {
+			return fmt.Errorf("write leases %d–%d: %w", i, i+len(chunk)-1, err)
+		}
+	}
+	return nil
+}
