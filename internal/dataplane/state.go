@@ -160,6 +160,18 @@ func NewState() *State {
 	}
 }
 
+// NewStateSized returns an empty State with room for links links and
+// peers peers' worth of routes, neighbours and FDB entries, so that
+// planning thousands of peers does not regrow its maps.
+func NewStateSized(links, peers int) *State {
+	return &State{
+		Links:  make(map[string]VXLAN, links),
+		Routes: make(map[RouteKey]Route, peers),
+		Neighs: make(map[NeighKey]Neigh, peers),
+		FDB:    make(map[FDBKey]FDB, peers),
+	}
+}
+
 // AddRoute, AddNeigh and AddFDB insert objects keyed by their identity.
 func (s *State) AddRoute(r Route) { s.Routes[r.Key()] = r }
 
