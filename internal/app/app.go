@@ -5,7 +5,6 @@ package app
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 	"net"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/httpapi"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
 	"github.com/weft-net/weft/internal/masq"
 	"github.com/weft-net/weft/internal/metrics"
@@ -31,20 +31,36 @@ const watchDeadline = 5 * time.Minute
 
 // Run runs flanneld until ctx ends or a fatal error occurs.
 func Run(ctx context.Context, log *slog.Logger, opts config.Options, version string) error {
-	if opts.KubeSubnetMgr {
-		return errors.New("--kube-subnet-mgr: Kubernetes mode is not implemented yet; use the etcd store")
-	}
 	m := metrics.New(version)
-	store, err := etcdstore.New(ctx, log.With("component", "etcd"), etcdstore.Config{
-		Endpoints: opts.EtcdEndpoints, Prefix: opts.EtcdPrefix,
-		KeyFile: opts.EtcdKeyFile, CertFile: opts.EtcdCertFile, CAFile: opts.EtcdCAFile,
-		Username: opts.EtcdUsername, Password: opts.EtcdPassword,
-		OnWatchRestart: m.WatchRestart,
-	})
-	if err != nil {
-		return err
+	var store interface {
+		lease.Store
+		WatchDownSince() time.Time
 	}
-	defer store.Close()
+	// Kubernetes mode only: set NetworkUnavailable=False after the first pass.
+	var observe func(daemon.Pass)
+	var markUp func(context.Context) error
+	if opts.KubeSubnetMgr {
+		ks, err := openKube(ctx, log.With("component", "kube"), &opts, m)
+		if err != nil {
+			return err
+		}
+		store = ks
+		if opts.SetNodeNetworkUnavailable {
+			observe, markUp = networkAvailable(log.With("component", "kube"), ks)
+		}
+	} else {
+		es, err := etcdstore.New(ctx, log.With("component", "etcd"), etcdstore.Config{
+			Endpoints: opts.EtcdEndpoints, Prefix: opts.EtcdPrefix,
+			KeyFile: opts.EtcdKeyFile, CertFile: opts.EtcdCertFile, CAFile: opts.EtcdCAFile,
+			Username: opts.EtcdUsername, Password: opts.EtcdPassword,
+			OnWatchRestart: m.WatchRestart,
+		})
+		if err != nil {
+			return err
+		}
+		defer es.Close()
+		store = es
+	}
 
 	dp, err := dataplane.NewNetlink(log.With("component", "dataplane"), netns.None())
 	if err != nil {
@@ -63,11 +79,14 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 			return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry, func() any { return board.Get() }))
 		})
 	}
+	if markUp != nil {
+		g.Go(func() error { return markUp(ctx) })
+	}
 	g.Go(func() error {
 		defer cancel() // the daemon ending stops the listener too
 		return daemon.Run(ctx, daemon.Config{
 			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp,
-			Metrics: m, Health: health, Status: board,
+			Metrics: m, Health: health, Status: board, Observer: observe,
 			OpenRules: func(ctx context.Context, n *config.Network) (daemon.RuleSyncer, error) {
 				mode := masq.Select(n.EnableNFTables, exec.LookPath)
 				return masq.Open(ctx, log.With("component", "masq"), mode)

@@ -62,6 +62,9 @@ type Host struct {
 	IPv6       netip.Addr
 	SubnetFile string
 	LogFile    string
+	// Env is extra environment for this host's flanneld, e.g. NODE_NAME
+	// in Kubernetes mode.
+	Env []string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
@@ -81,6 +84,7 @@ type Cluster struct {
 	// EtcdEndpoint is what hosts pass as --etcd-endpoints.
 	EtcdEndpoint string
 	relay        net.Listener
+	exposed      []net.Listener
 	etcdProc     *exec.Cmd
 	log          *slog.Logger
 	detached     bool
@@ -353,6 +357,21 @@ func relay(l net.Listener, target string) {
 	}
 }
 
+// Expose makes target, a TCP address in the root namespace (a
+// kube-apiserver on 127.0.0.1, say), reachable from the hosts at the hub's
+// underlay address and port, the way etcd is. It returns that address;
+// the relay closes with the cluster.
+func (c *Cluster) Expose(port int, target string) (string, error) {
+	addr := net.JoinHostPort(nthAddr(c.opts.Underlay, 1).String(), fmt.Sprint(port))
+	l, err := listenIn(c.Hub, addr)
+	if err != nil {
+		return "", fmt.Errorf("expose %s at %s: %w", target, addr, err)
+	}
+	c.exposed = append(c.exposed, l)
+	go relay(l, target)
+	return addr, nil
+}
+
 // Start runs flanneld on h with the cluster's etcd and extra flags.
 func (c *Cluster) Start(h *Host, extra ...string) error {
 	h.mu.Lock()
@@ -374,6 +393,9 @@ func (c *Cluster) Start(h *Host, extra ...string) error {
 	}, extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	if len(h.Env) > 0 {
+		cmd.Env = append(os.Environ(), h.Env...)
+	}
 	// Own process group, so a Ctrl-C to the test does not hit it first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -508,6 +530,9 @@ func (c *Cluster) Close() {
 	}
 	if c.relay != nil {
 		c.relay.Close()
+	}
+	for _, l := range c.exposed {
+		l.Close()
 	}
 	if c.Etcd != nil {
 		c.Etcd.Close()
