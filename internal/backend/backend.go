@@ -1,7 +1,9 @@
 // Package backend holds what the backends (vxlan, host-gw) share: the
 // description of this host's underlay and the peer checks every backend
 // applies. A backend is a pure planner: from this host's lease and its
-// peers' leases it declares the kernel objects (a dataplane.State); it
+// peers' leases it declares the kernel objects (a dataplane.State), one
+// peer at a time (PlanPeer) so that Desired can keep that State up to
+// date per lease event; it
 // never talks to the kernel itself, so its logic is table-tested without
 // root and the dataplane package is the one place that writes.
 package backend
@@ -121,8 +123,16 @@ type Backend interface {
 	// CheckPeer validates a peer lease once, when it arrives; a peer that
 	// fails is skipped (and counted) instead of being planned.
 	CheckPeer(self, peer lease.Lease) error
+	// PlanBase declares what does not depend on any peer: our devices
+	// and any objects of our own. It is pure and deterministic.
+	PlanBase(self lease.Lease) *dataplane.State
+	// PlanPeer declares one peer's objects (the peer passed CheckPeer).
+	// It depends on self and that peer alone — which is what lets the
+	// daemon replan only the peer a lease event is about — and is pure
+	// and deterministic.
+	PlanPeer(self, peer lease.Lease) dataplane.Objects
 	// Plan declares the complete desired state for self and the peers
-	// (all of which passed CheckPeer). It is pure and deterministic.
+	// (all of which passed CheckPeer): Compose of PlanBase and PlanPeer.
 	Plan(self lease.Lease, peers []lease.Lease) *dataplane.State
 	// MTU is the MTU pods should use (FLANNEL_MTU).
 	MTU() int

@@ -8,6 +8,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
@@ -55,13 +56,31 @@ func TestPlanBlackholes(t *testing.T) {
 	}} {
 		t.Run(tc.name, func(t *testing.T) {
 			d := &daemon{net: &config.Network{EnableIPv4: tc.ipv4, EnableIPv6: tc.ipv6}, self: tc.self}
-			s := dataplane.NewState()
+			var planned dataplane.Objects
 			for _, r := range tc.planned {
-				s.AddRoute(r)
+				planned.AddRoute(r)
 			}
-			d.planBlackholes(s)
-			if diff := cmp.Diff(tc.want, s.Lines()); diff != "" {
-				t.Errorf("state (-want +got):\n%s", diff)
+			somePeer := lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24")}
+			// The fallback yields to a planned route whichever comes first.
+			for _, fallbackFirst := range []bool{false, true} {
+				des := backend.NewDesired(dataplane.NewState(), 0)
+				if fallbackFirst {
+					des.SetFallback(d.blackholes(), nil)
+				}
+				des.SetPeer(somePeer, planned, nil)
+				if !fallbackFirst {
+					des.SetFallback(d.blackholes(), nil)
+				}
+				if diff := cmp.Diff(tc.want, des.State().Lines()); diff != "" {
+					t.Errorf("fallback first %v: state (-want +got):\n%s", fallbackFirst, diff)
+				}
+				if len(tc.planned) > 0 {
+					// The planned route leaves: the blackhole takes its place.
+					des.RemovePeer(somePeer.ID(), nil)
+					if got := des.State().Lines(); len(got) == 0 || !strings.HasPrefix(got[0], "route blackhole") {
+						t.Errorf("after the planned route left: %v", got)
+					}
+				}
 			}
 		})
 	}

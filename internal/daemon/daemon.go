@@ -1,11 +1,17 @@
 // Package daemon is flanneld's control loop. One goroutine owns all state:
 // this host's lease and the map of peer leases. It wakes on lease batches
 // from the store, on the periodic resync, on kernel notifications that one
-// of our objects was deleted, and on the renewal timer; for each wake-up it
-// plans the desired kernel state through the backend and hands it to the
-// dataplane, which writes only the difference. A burst of lease events is
-// drained and applied as one pass, so convergence at thousands of peers
-// costs one plan and one diff, not one per event.
+// of our objects was deleted, and on the renewal timer.
+//
+// The desired kernel state is kept, not recomputed: a lease event replans
+// that one peer (backend.PlanPeer), swaps its contribution in a
+// backend.Desired and records the keys it touched in a dataplane.Delta;
+// the pass that follows hands the dataplane only those keys
+// (ReconcileDelta). The daemon's work for a single join is therefore the
+// same at 10 peers as at 10,000 (docs/PERFORMANCE.md). A burst of lease events is drained and applied as one pass
+// (the delta accumulates). Passes that exist to find what nobody told us
+// about — the first one, the periodic resync, a kernel deletion
+// notification, a retry after an error — diff everything instead.
 package daemon
 
 import (
@@ -98,6 +104,15 @@ type daemon struct {
 	seen    map[lease.ID]time.Time // when each peer's lease last changed
 	skipped map[lease.ID]string    // reason of peers skipped, to warn once
 	wrote   bool                   // subnet.env written
+
+	// desired is the desired kernel state, updated per peer event;
+	// touched collects the keys changed since the last pass. Both belong
+	// to the control goroutine: the status board asks it for a rendering
+	// instead of reading them (see Board).
+	desired *backend.Desired
+	touched *dataplane.Delta
+	last    Pass      // the latest pass, for the status
+	lastAt  time.Time // when it ended; zero before the first
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -308,11 +323,12 @@ func (d *daemon) loop(ctx context.Context) error {
 	renewed := make(chan lease.Lease, 1)
 	self := d.self
 	g.Go(func() error { return d.renewLoop(gctx, self, renewed) })
-	g.Go(func() error {
-		err := d.control(gctx, batches, kicks, renewed)
-		cancel() // stop the watchers when the control loop ends
-		return err
-	})
+	// The control loop always ends with an error (ctx's, at the least),
+	// which makes the group cancel gctx and stop the watchers. It must not
+	// cancel them itself before returning: a watcher's context.Canceled
+	// could then reach the group first and mask why the loop stopped
+	// (ErrOwnLeaseLost), turning a fatal exit into a clean one.
+	g.Go(func() error { return d.control(gctx, batches, kicks, renewed) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
@@ -320,10 +336,34 @@ func (d *daemon) loop(ctx context.Context) error {
 	return err
 }
 
+// passKind says how much a pass diffs.
+type passKind int
+
+const (
+	// passDelta diffs the touched keys only: a pass for lease changes.
+	passDelta passKind = iota
+	// passDiff diffs every desired key against the dataplane's index: a
+	// kernel deletion notification dropped the object from the index, so
+	// only a complete diff finds it missing; also after a failed pass,
+	// whose failed writes were not in the next pass's delta.
+	passDiff
+	// passFull re-reads the kernel first (start, periodic resync).
+	passFull
+)
+
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, renewed <-chan lease.Lease) error {
 	d.peers = map[lease.ID]lease.Lease{}
 	d.seen = map[lease.ID]time.Time{}
 	d.skipped = map[lease.ID]string{}
+	// Our own subnets are fixed for the daemon's lifetime (a renewal only
+	// moves revision and expiry), so the base is planned once.
+	d.desired = backend.NewDesired(d.backend.PlanBase(d.self), 0)
+	d.touched = dataplane.NewDelta()
+	if d.opts.IPBlackholeRoute {
+		d.desired.SetFallback(d.blackholes(), nil)
+	}
+	statusReqs, detach := d.cfg.Status.attach()
+	defer detach()
 
 	resync := time.NewTicker(d.opts.ResyncPeriod)
 	defer resync.Stop()
@@ -335,15 +375,27 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 	// run left (writing nothing if it is right) and removes entries of
 	// leases that went away while we were down (flannel#2554).
 	full, dirty := true, true
+	rediff := false // the pending pass must diff every key (passDiff)
 	synced := false // first snapshot received
 	first := true   // the first pass adopts; its writes are not repairs
 	repair := false // the pending pass is for drift, not lease changes
 	for {
 		if dirty && synced {
-			if err := d.reconcile(ctx, full, repair && !first); err != nil {
+			kind := passDelta
+			switch {
+			case full:
+				kind = passFull
+			case rediff:
+				kind = passDiff
+			}
+			if err := d.reconcile(ctx, kind, repair && !first); err != nil {
+				// Failed writes are retried by a complete diff: the index
+				// kept them as not done, but the delta that named them is
+				// spent.
 				retry.Reset(time.Second)
+				rediff = true
 			} else {
-				full, first = false, false
+				full, first, rediff = false, false, false
 			}
 			dirty, repair = false, false
 		}
@@ -368,11 +420,15 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 			}
 			synced, dirty = true, true
 		case <-kicks:
-			dirty, repair = true, !dirty || repair
+			// The dataplane dropped the deleted object from its index;
+			// only a complete diff notices that desired still has it.
+			dirty, repair, rediff = true, !dirty || repair, true
 		case <-resync.C:
 			full, repair, dirty = true, !dirty || repair, true
 		case <-retry.C:
 			dirty = true
+		case reply := <-statusReqs:
+			reply <- d.status()
 		case l := <-renewed:
 			// Same subnets and attributes; only revision and expiry move.
 			d.self = l
@@ -451,8 +507,7 @@ func (d *daemon) apply(b lease.Batch) error {
 		removed := 0
 		for id := range d.peers {
 			if !seen[id] {
-				delete(d.peers, id)
-				delete(d.seen, id)
+				d.dropPeer(id)
 				removed++
 			}
 		}
@@ -489,8 +544,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 		if _, ok := d.peers[id]; ok {
 			d.log.Debug("peer removed", "lease", id)
 		}
-		delete(d.peers, id)
-		delete(d.seen, id)
+		d.dropPeer(id)
 		delete(d.skipped, id)
 		return nil
 	}
@@ -499,8 +553,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 		err = d.backend.CheckPeer(d.self, ev.Lease)
 	}
 	if err != nil {
-		delete(d.peers, id)
-		delete(d.seen, id)
+		d.dropPeer(id)
 		reason := backend.SkipReason(err)
 		d.cfg.Metrics.Skipped(reason)
 		if d.skipped[id] != reason {
@@ -515,45 +568,50 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 		d.seen[id] = time.Now()
 	}
 	d.peers[id] = ev.Lease
+	d.desired.SetPeer(ev.Lease, d.backend.PlanPeer(d.self, ev.Lease), d.touched)
 	return nil
+}
+
+// dropPeer forgets a peer and withdraws its objects.
+func (d *daemon) dropPeer(id lease.ID) {
+	delete(d.peers, id)
+	delete(d.seen, id)
+	d.desired.RemovePeer(id, d.touched)
 }
 
 func sameOwner(a, b lease.Attrs) bool {
 	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6
 }
 
-func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
+func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) error {
 	start := time.Now()
-	peers := make([]lease.Lease, 0, len(d.peers))
-	for _, p := range d.peers {
-		peers = append(peers, p)
+	desired := d.desired.State()
+	var (
+		ch  dataplane.Changes
+		err error
+	)
+	switch kind {
+	case passDelta:
+		ch, err = d.cfg.Dataplane.ReconcileDelta(ctx, desired, d.touched)
+	default:
+		ch, err = d.cfg.Dataplane.Reconcile(ctx, desired, kind == passFull)
 	}
-	// Sorted, so that two peers claiming one route resolve the same way on
-	// every pass. Each key is formatted once, not once per comparison: at
-	// 5,000 peers formatting inside the comparator was a sixth of the
-	// daemon's CPU (docs/PERFORMANCE.md).
-	sortByKey(peers)
-	desired := d.backend.Plan(d.self, peers)
-	if d.opts.IPBlackholeRoute {
-		d.planBlackholes(desired)
-	}
-	ch, err := d.cfg.Dataplane.Reconcile(ctx, desired, full)
-	p := Pass{Full: full, Repair: repair, Peers: len(peers), Changes: ch, Err: err, Took: time.Since(start)}
-	if d.cfg.Status != nil {
-		seen := make([]time.Time, len(peers))
-		for i, pl := range peers {
-			seen[i] = d.seen[pl.ID()]
-		}
-		d.cfg.Status.publish(d.self, d.backend.Type(), peers, seen, d.skipped, desired, p)
-	}
+	// Every kind of pass covers the touched keys (a failed one is followed
+	// by a passDiff), so the delta starts afresh.
+	touched := d.touched.Len()
+	d.touched.Reset()
+	full := kind == passFull
+	p := Pass{Full: full, Repair: repair, Peers: len(d.peers), Changes: ch, Err: err, Took: time.Since(start)}
+	d.last, d.lastAt = p, time.Now()
 	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
-	d.cfg.Metrics.SetPeers(d.backend.Type(), len(peers))
+	d.cfg.Metrics.SetPeers(d.backend.Type(), len(d.peers))
 	d.cfg.Health.PassDone(err == nil)
 	level := slog.LevelDebug
 	if ch.Total() > 0 || err != nil {
 		level = slog.LevelInfo
 	}
-	d.log.Log(ctx, level, "reconciled", "full", full, "peers", len(peers), "writes", ch.Total(),
+	d.log.Log(ctx, level, "reconciled", "full", full, "delta", kind == passDelta, "touched", touched,
+		"peers", len(d.peers), "writes", ch.Total(),
 		"routes_added", ch.RoutesAdded, "routes_removed", ch.RoutesRemoved, "took", p.Took.Round(time.Microsecond), "err", err)
 	if d.cfg.Observer != nil {
 		d.cfg.Observer(p)
@@ -571,7 +629,7 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 	return nil
 }
 
-// planBlackholes adds --ip-blackhole-route's routes, as upstream flanneld
+// blackholes are --ip-blackhole-route's routes, as upstream flanneld
 // installs them: a blackhole for each of this host's own subnets, so that
 // packets to an address of our subnet that no pod holds are dropped here
 // instead of following the default route out of the host. That matters
@@ -579,17 +637,18 @@ func (d *daemon) reconcile(ctx context.Context, full, repair bool) error {
 // on its veth). Where a bridge does, its connected route wins: the
 // dataplane installs blackholes with the lowest preference the kernel
 // has (dataplane.BlackholeMetric). Being declared state, the routes are
-// repaired and garbage-collected like every other route of ours.
-func (d *daemon) planBlackholes(s *dataplane.State) {
+// repaired and garbage-collected like every other route of ours. They are
+// Desired's fallback, so they never take the place of a route the backend
+// planned for the same prefix.
+func (d *daemon) blackholes() dataplane.Objects {
+	var o dataplane.Objects
 	for _, p := range []netip.Prefix{ipIf(d.net.EnableIPv4, d.self.Subnet), ipIf(d.net.EnableIPv6, d.self.IPv6Subnet)} {
-		// Never a default route, and never over a route the backend planned.
-		if !p.IsValid() || p.Bits() == 0 {
-			continue
-		}
-		if _, taken := s.Routes[dataplane.RouteKey{Dst: p}]; !taken {
-			s.AddRoute(dataplane.Route{Dst: p, Blackhole: true})
+		// Never a default route.
+		if p.IsValid() && p.Bits() != 0 {
+			o.AddRoute(dataplane.Route{Dst: p, Blackhole: true})
 		}
 	}
+	return o
 }
 
 func (d *daemon) writeSubnetEnv() error {
@@ -610,20 +669,7 @@ func (d *daemon) writeSubnetEnv() error {
 }
 
 // sortByKey sorts peers by their subnets (the identity their store key
-// spells), comparing prefixes directly: formatting K keys on every pass
-// was a measurable share of a pass at thousands of peers.
+// spells), comparing prefixes directly rather than formatting keys.
 func sortByKey(peers []lease.Lease) {
-	slices.SortFunc(peers, func(a, b lease.Lease) int {
-		if c := comparePrefix(a.Subnet, b.Subnet); c != 0 {
-			return c
-		}
-		return comparePrefix(a.IPv6Subnet, b.IPv6Subnet)
-	})
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
+	slices.SortFunc(peers, func(a, b lease.Lease) int { return backend.CompareID(a.ID(), b.ID()) })
 }

@@ -69,6 +69,17 @@ func newHarness(t *testing.T, netconf string) *harness {
 		ResyncPeriod:           time.Hour, // tests trigger passes explicitly
 		Iface:                  []string{"eth0"},
 	}
+	// Pin our own lease to the network's last subnet through a previous
+	// subnet.env (Acquire reuses it when free): a random own subnet would
+	// sometimes be one the tests then write as a peer's.
+	n, err := config.ParseNetwork([]byte(netconf))
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := netip.PrefixFrom(n.SubnetMax, n.SubnetLen)
+	if err := subnetenv.Write(h.opts.SubnetFile, subnetenv.Env{Network: n.Network, Subnet: subnetenv.GatewayOf(own), MTU: 1}); err != nil {
+		t.Fatal(err)
+	}
 	return h
 }
 
@@ -162,7 +173,8 @@ func TestDaemonProgramsPeersAndSkipsBadOnes(t *testing.T) {
 	var env subnetenv.Env
 	var err error
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if env, err = subnetenv.Read(h.opts.SubnetFile); err == nil || time.Now().After(deadline) {
+		// The harness left a stale file (MTU 1); wait for the daemon's.
+		if env, err = subnetenv.Read(h.opts.SubnetFile); (err == nil && env.MTU != 1) || time.Now().After(deadline) {
 			break
 		}
 	}

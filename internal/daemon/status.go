@@ -7,7 +7,6 @@ import (
 
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -63,20 +62,18 @@ type PassStatus struct {
 	Error  string    `json:"error,omitempty"`
 }
 
-// Board holds the daemon's latest status for readers on other goroutines.
-// The control loop publishes immutable pieces (the peer slice and desired
-// state of a pass), so publishing costs a pointer swap, not a copy.
+// Board lets readers on other goroutines (the /v1/status handler) see the
+// daemon's status. The desired state is mutated in place by the control
+// goroutine on every lease event, so nothing of it may be shared: Get asks
+// the control loop, which renders a fresh Status between two events and
+// hands it back. A request waits at most for the pass in progress. The
+// zero Board is ready; before a control loop is attached (no lease yet)
+// and after it ends, Get returns only what the Board itself holds.
 type Board struct {
-	mu      sync.Mutex
-	self    lease.Lease
-	backend string
-	peers   []lease.Lease
-	seen    []time.Time
-	skipped map[lease.ID]string
-	desired *dataplane.State
-	pass    Pass
-	passAt  time.Time
-	rules   string
+	mu    sync.Mutex
+	rules string
+	reqs  chan chan Status // served by the control loop; nil when none is
+	done  chan struct{}    // closed when that loop detaches
 }
 
 // setRules records the masquerade rule mode in use.
@@ -89,34 +86,68 @@ func (b *Board) setRules(mode string) {
 	b.rules = mode
 }
 
-func (b *Board) publish(self lease.Lease, backend string, peers []lease.Lease, seen []time.Time, skipped map[lease.ID]string, desired *dataplane.State, p Pass) {
+// attach makes the calling control loop the Board's source: the loop
+// must answer every request it receives on reqs, and call detach when it
+// stops serving. A nil Board yields a nil channel, which never delivers.
+func (b *Board) attach() (reqs <-chan chan Status, detach func()) {
 	if b == nil {
-		return
+		return nil, func() {}
 	}
-	sk := make(map[lease.ID]string, len(skipped))
-	for k, v := range skipped {
-		sk[k] = v
-	}
+	ch, done := make(chan chan Status), make(chan struct{})
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.self, b.backend, b.peers, b.seen, b.skipped, b.desired, b.pass, b.passAt = self, backend, peers, seen, sk, desired, p, time.Now()
+	b.reqs, b.done = ch, done
+	b.mu.Unlock()
+	return ch, func() {
+		b.mu.Lock()
+		if b.reqs == ch {
+			b.reqs, b.done = nil, nil
+		}
+		b.mu.Unlock()
+		close(done)
+	}
 }
 
-// Get renders the current status.
+// Get returns the current status.
 func (b *Board) Get() Status {
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	s := Status{Backend: b.backend, Rules: b.rules}
-	s.Lease = LeaseStatus{
-		Subnet: str(b.self.Subnet), IPv6Subnet: str(b.self.IPv6Subnet),
-		PublicIP: str(b.self.Attrs.PublicIP), PublicIPv6: str(b.self.Attrs.PublicIPv6),
-		Expires: b.self.Expiration, Reserved: b.self.Reservation,
+	reqs, done, rules := b.reqs, b.done, b.rules
+	b.mu.Unlock()
+	s := Status{}
+	if reqs != nil {
+		reply := make(chan Status, 1) // the loop never blocks on it
+		select {
+		case reqs <- reply:
+			s = <-reply
+		case <-done:
+		}
 	}
-	for i, p := range b.peers {
+	s.Rules = rules
+	return s
+}
+
+// status renders the daemon's status; it runs on the control goroutine,
+// which owns everything it reads. Before the first pass there is nothing
+// to show but the lease.
+func (d *daemon) status() Status {
+	s := Status{Backend: d.backend.Type()}
+	s.Lease = LeaseStatus{
+		Subnet: str(d.self.Subnet), IPv6Subnet: str(d.self.IPv6Subnet),
+		PublicIP: str(d.self.Attrs.PublicIP), PublicIPv6: str(d.self.Attrs.PublicIPv6),
+		Expires: d.self.Expiration, Reserved: d.self.Reservation,
+	}
+	if d.lastAt.IsZero() {
+		return s
+	}
+	peers := make([]lease.Lease, 0, len(d.peers))
+	for _, p := range d.peers {
+		peers = append(peers, p)
+	}
+	sortByKey(peers)
+	for _, p := range peers {
 		ps := PeerStatus{
 			Subnet: str(p.Subnet), IPv6Subnet: str(p.IPv6Subnet),
 			PublicIP: str(p.Attrs.PublicIP), PublicIPv6: str(p.Attrs.PublicIPv6),
-			Backend: p.Attrs.BackendType, LastSeen: b.seen[i],
+			Backend: p.Attrs.BackendType, LastSeen: d.seen[p.ID()],
 		}
 		if p.Attrs.BackendType == config.BackendVXLAN {
 			if _, mac, err := vxlan.DecodeData(p.Attrs.BackendData); err == nil {
@@ -128,21 +159,21 @@ func (b *Board) Get() Status {
 		}
 		s.Peers = append(s.Peers, ps)
 	}
-	for id, reason := range b.skipped {
+	for id, reason := range d.skipped {
 		s.Skipped = append(s.Skipped, SkipStatus{Key: id.String(), Reason: reason})
 	}
 	sort.Slice(s.Skipped, func(i, j int) bool { return s.Skipped[i].Key < s.Skipped[j].Key })
-	s.LastPass = PassStatus{At: b.passAt, Full: b.pass.Full, Writes: b.pass.Changes.Total(), Took: b.pass.Took.String()}
-	if b.pass.Err != nil {
-		s.LastPass.Error = b.pass.Err.Error()
+	p := d.last
+	s.LastPass = PassStatus{At: d.lastAt, Full: p.Full, Writes: p.Changes.Total(), Took: p.Took.String()}
+	if p.Err != nil {
+		s.LastPass.Error = p.Err.Error()
 	}
-	if b.desired != nil {
-		s.Desired = b.desired.Lines()
-		for name := range b.desired.Links {
-			s.Devices = append(s.Devices, name)
-		}
-		sort.Strings(s.Devices)
+	desired := d.desired.State()
+	s.Desired = desired.Lines()
+	for name := range desired.Links {
+		s.Devices = append(s.Devices, name)
 	}
+	sort.Strings(s.Devices)
 	return s
 }
 

@@ -3,6 +3,8 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 )
@@ -131,3 +133,33 @@ func checkFDB(k FDBKey, f FDB) error {
 	}
 	return nil
 }
+
+// entries yields m's entries: all of them (touched nil, a complete diff)
+// or only the touched keys that m has (a delta pass). Over desired that is
+// what to add; over the index, what to consider for deletion (deleting
+// from the index while ranging is safe in both forms).
+func entries[K comparable, V any](m map[K]V, touched map[K]struct{}) iter.Seq2[K, V] {
+	if touched == nil {
+		return maps.All(m)
+	}
+	return func(yield func(K, V) bool) {
+		for k := range touched {
+			if v, ok := m[k]; ok && !yield(k, v) {
+				return
+			}
+		}
+	}
+}
+
+// nonNil returns m, or an empty map for nil: in a Delta, a nil map means
+// "no key of this kind touched", whereas entries and takeStale read a nil
+// touched set as "every key".
+func nonNil[K comparable](m map[K]struct{}) map[K]struct{} {
+	if m == nil {
+		return map[K]struct{}{}
+	}
+	return m
+}
+
+// linkWrites counts the link writes in c.
+func linkWrites(c Changes) int { return c.LinksAdded + c.LinksRemoved + c.LinksUpdated }

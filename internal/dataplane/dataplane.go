@@ -20,6 +20,22 @@ import "context"
 // identity differs. MTU, MAC, address and up state are fixed in place.
 // A link that was ours (in the index) and is no longer desired is deleted;
 // other links are never deleted.
+//
+// ReconcileDelta is the incremental form of a non-full Reconcile, for a
+// caller that knows which keys changed: it brings the links to desired as
+// Reconcile does, then diffs only the touched routes, neighbours and FDB
+// entries against the index — a touched key in desired is written if the
+// index disagrees, a touched key absent from desired is deleted if the
+// index has it — so its cost is proportional to the change, not to the
+// size of desired. Untouched keys are assumed unchanged since the last
+// pass; the result is what a non-full Reconcile of desired would reach
+// under that assumption. Whenever the shortcut could miss something — a
+// link was created, replaced, re-addressed or removed (the kernel drops or
+// flushes what was on it), or the reconciler lost track of the kernel and
+// owes a re-read — it falls back to the complete (or full) diff itself.
+// Drift repair is not its job: a deletion notification removes the object
+// from the index, and only a complete diff (Reconcile) finds it missing.
 type Reconciler interface {
 	Reconcile(ctx context.Context, desired *State, full bool) (Changes, error)
+	ReconcileDelta(ctx context.Context, desired *State, touched *Delta) (Changes, error)
 }

@@ -332,6 +332,18 @@ func (k *fakeKernel) read(links []string) fakeTables {
 
 // Reconcile implements Reconciler.
 func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Changes, error) {
+	return f.reconcile(ctx, desired, full, nil)
+}
+
+// ReconcileDelta implements Reconciler, with Netlink's fallbacks.
+func (f *Fake) ReconcileDelta(ctx context.Context, desired *State, touched *Delta) (Changes, error) {
+	if touched == nil {
+		touched = &Delta{}
+	}
+	return f.reconcile(ctx, desired, false, touched)
+}
+
+func (f *Fake) reconcile(ctx context.Context, desired *State, full bool, touched *Delta) (Changes, error) {
 	if desired == nil {
 		return Changes{}, errors.New("reconcile: nil desired state")
 	}
@@ -342,6 +354,7 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if full {
+		touched = nil
 		names := slices.Collect(maps.Keys(desired.Links))
 		names = append(names, slices.Collect(maps.Keys(f.idx.links))...)
 		f.idx = k.read(names)
@@ -360,8 +373,23 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 			errs = append(errs, err)
 		}
 	}
+	gone := map[string]bool{}
+	for name := range f.idx.links {
+		if _, ok := desired.Links[name]; !ok {
+			gone[name] = true
+		}
+	}
+	if touched != nil && (linkWrites(c) > 0 || len(errs) > 0 || len(gone) > 0) {
+		touched = nil // as Netlink: objects on a changed link were not touched
+	}
+	var tr map[RouteKey]struct{}
+	var tn map[NeighKey]struct{}
+	var tf map[FDBKey]struct{}
+	if touched != nil {
+		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
+	}
 
-	for key, e := range desired.FDB {
+	for key, e := range entries(desired.FDB, tf) {
 		if _, ok := f.idx.fdb[key]; ok {
 			continue
 		}
@@ -376,7 +404,7 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 		f.idx.fdb[key] = e
 		c.FDBAdded++
 	}
-	for key, n := range desired.Neighs {
+	for key, n := range entries(desired.Neighs, tn) {
 		if old, ok := f.idx.neighs[key]; ok && old == n {
 			continue
 		}
@@ -391,7 +419,7 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 		f.idx.neighs[key] = n
 		c.NeighsAdded++
 	}
-	for key, r := range desired.Routes {
+	for key, r := range entries(desired.Routes, tr) {
 		want := fakeRoute{r, RouteProtocol}
 		if old, ok := f.idx.routes[key]; ok && old == want {
 			continue
@@ -408,13 +436,7 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 		c.RoutesAdded++
 	}
 
-	gone := map[string]bool{}
-	for name := range f.idx.links {
-		if _, ok := desired.Links[name]; !ok {
-			gone[name] = true
-		}
-	}
-	for key, r := range f.idx.routes {
+	for key, r := range entries(f.idx.routes, tr) {
 		if _, ok := desired.Routes[key]; !ok && !gone[r.Dev] {
 			delete(f.idx.routes, key)
 			if cur, ok := k.t.routes[key]; ok && cur == r {
@@ -423,7 +445,7 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 			}
 		}
 	}
-	for key, n := range f.idx.neighs {
+	for key, n := range entries(f.idx.neighs, tn) {
 		if _, ok := desired.Neighs[key]; !ok && !gone[n.Dev] {
 			delete(f.idx.neighs, key)
 			if _, ok := k.t.neighs[key]; ok {
@@ -432,7 +454,7 @@ func (f *Fake) Reconcile(ctx context.Context, desired *State, full bool) (Change
 			}
 		}
 	}
-	for key, e := range f.idx.fdb {
+	for key, e := range entries(f.idx.fdb, tf) {
 		if _, ok := desired.FDB[key]; !ok && !gone[e.Dev] {
 			delete(f.idx.fdb, key)
 			if _, ok := k.t.fdb[key]; ok {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"net"
@@ -84,6 +85,20 @@ func (n *Netlink) Dump(links ...string) (*State, error) {
 
 // Reconcile implements Reconciler.
 func (n *Netlink) Reconcile(ctx context.Context, desired *State, full bool) (Changes, error) {
+	return n.reconcile(ctx, desired, full, nil)
+}
+
+// ReconcileDelta implements Reconciler.
+func (n *Netlink) ReconcileDelta(ctx context.Context, desired *State, touched *Delta) (Changes, error) {
+	if touched == nil {
+		touched = &Delta{} // nothing touched: links only
+	}
+	return n.reconcile(ctx, desired, false, touched)
+}
+
+// reconcile is Reconcile (touched nil: every key of desired and of the
+// index) and ReconcileDelta (only the touched keys).
+func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touched *Delta) (Changes, error) {
 	if desired == nil {
 		return Changes{}, errors.New("reconcile: nil desired state")
 	}
@@ -91,7 +106,12 @@ func (n *Netlink) Reconcile(ctx context.Context, desired *State, full bool) (Cha
 	defer n.pass.Unlock()
 	p := &pass{n: n, ctx: ctx, ifindex: map[string]int{}}
 	if n.resync.Swap(false) {
+		// A notification may have been lost: the index cannot be trusted
+		// for untouched keys either.
 		full = true
+	}
+	if full {
+		touched = nil
 	}
 	var strays []nlRoute
 	if full {
@@ -125,22 +145,33 @@ func (n *Netlink) Reconcile(ctx context.Context, desired *State, full bool) (Cha
 		}
 		p.ensureLink(desired.Links[name])
 	}
+	gone := p.goneLinks(desired)
+	if touched != nil && (linkWrites(p.changes) > 0 || len(p.errs) > 0 || len(gone) > 0) {
+		// A created, replaced or re-addressed link lost (or may lose) the
+		// objects on it, whose keys nobody touched: diff everything.
+		touched = nil
+	}
 	// Adds run FDB → neighbour → route, so a new route never points at a
 	// next hop the VXLAN driver cannot resolve yet; deletions run the
 	// other way round.
-	p.addFDB(desired)
-	p.addNeighs(desired)
-	p.addRoutes(desired)
+	var tr map[RouteKey]struct{}
+	var tn map[NeighKey]struct{}
+	var tf map[FDBKey]struct{}
+	if touched != nil {
+		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
+	}
+	p.addFDB(entries(desired.FDB, tf))
+	p.addNeighs(entries(desired.Neighs, tn))
+	p.addRoutes(entries(desired.Routes, tr))
 	// Deletions are not interrupted once started: each takes its batch
 	// out of the index first, and stopping halfway would lose track of
 	// objects still in the kernel.
 	if p.stopped() {
 		return p.changes, errors.Join(p.errs...)
 	}
-	gone := p.goneLinks(desired)
-	p.delRoutes(desired, gone, strays)
-	p.delNeighs(desired, gone)
-	p.delFDB(desired, gone)
+	p.delRoutes(desired, gone, strays, tr)
+	p.delNeighs(desired, gone, tn)
+	p.delFDB(desired, gone, tf)
 	p.delLinks(gone)
 	return p.changes, errors.Join(p.errs...)
 }
@@ -335,9 +366,9 @@ func (n *Netlink) forgetLink(name string) {
 	n.idx.dropDev(name)
 }
 
-func (p *pass) addFDB(desired *State) {
+func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 	n := p.n
-	for k, f := range desired.FDB {
+	for k, f := range desired {
 		if p.stopped() {
 			return
 		}
@@ -365,9 +396,9 @@ func (p *pass) addFDB(desired *State) {
 	}
 }
 
-func (p *pass) addNeighs(desired *State) {
+func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 	n := p.n
-	for k, nb := range desired.Neighs {
+	for k, nb := range desired {
 		if p.stopped() {
 			return
 		}
@@ -397,9 +428,9 @@ func (p *pass) addNeighs(desired *State) {
 	}
 }
 
-func (p *pass) addRoutes(desired *State) {
+func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	n := p.n
-	for k, r := range desired.Routes {
+	for k, r := range desired {
 		if p.stopped() {
 			return
 		}
@@ -492,24 +523,36 @@ func (p *pass) goneLinks(desired *State) map[string]bool {
 
 // takeStale removes from m, under the index lock, the entries desired
 // lacks and that are not on a device about to be deleted, and returns them.
-func takeStale[K comparable, V any](n *Netlink, m func(*nlIndex) map[K]V, want func(K) bool, dev func(V) string, gone map[string]bool) map[K]V {
+// With touched non-nil only those keys are considered (a delta pass), so
+// the cost follows the change rather than the index.
+func takeStale[K comparable, V any](n *Netlink, m func(*nlIndex) map[K]V, want func(K) bool, dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	out := map[K]V{}
-	for k, v := range m(n.idx) {
+	idx := m(n.idx)
+	if touched != nil {
+		for k := range touched {
+			if v, ok := idx[k]; ok && !want(k) && !gone[dev(v)] {
+				out[k] = v
+				delete(idx, k)
+			}
+		}
+		return out
+	}
+	for k, v := range idx {
 		if !want(k) && !gone[dev(v)] {
 			out[k] = v
-			delete(m(n.idx), k)
+			delete(idx, k)
 		}
 	}
 	return out
 }
 
-func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute) {
+func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute, touched map[RouteKey]struct{}) {
 	n := p.n
 	stale := takeStale(n, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes },
 		func(k RouteKey) bool { _, ok := desired.Routes[k]; return ok },
-		func(r nlRoute) string { return r.Dev }, gone)
+		func(r nlRoute) string { return r.Dev }, gone, touched)
 	del := func(r nlRoute) bool {
 		err := n.h.RouteDel(r.netlink())
 		switch {
@@ -537,11 +580,11 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute)
 	}
 }
 
-func (p *pass) delNeighs(desired *State, gone map[string]bool) {
+func (p *pass) delNeighs(desired *State, gone map[string]bool, touched map[NeighKey]struct{}) {
 	n := p.n
 	stale := takeStale(n, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs },
 		func(k NeighKey) bool { _, ok := desired.Neighs[k]; return ok },
-		func(v nlNeigh) string { return v.Dev }, gone)
+		func(v nlNeigh) string { return v.Dev }, gone, touched)
 	for k, nb := range stale {
 		if err := n.h.NeighDel(nb.netlink()); err != nil && !alreadyGone(err) {
 			n.withIndex(func(x *nlIndex) {
@@ -556,11 +599,11 @@ func (p *pass) delNeighs(desired *State, gone map[string]bool) {
 	}
 }
 
-func (p *pass) delFDB(desired *State, gone map[string]bool) {
+func (p *pass) delFDB(desired *State, gone map[string]bool, touched map[FDBKey]struct{}) {
 	n := p.n
 	stale := takeStale(n, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb },
 		func(k FDBKey) bool { _, ok := desired.FDB[k]; return ok },
-		func(v nlFDB) string { return v.Dev }, gone)
+		func(v nlFDB) string { return v.Dev }, gone, touched)
 	for k, f := range stale {
 		if err := n.h.NeighDel(f.netlink()); err != nil && !alreadyGone(err) {
 			n.withIndex(func(x *nlIndex) {

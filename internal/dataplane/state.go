@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -253,4 +254,71 @@ func (s *State) Clone() *State {
 		c.FDB[k] = v
 	}
 	return c
+}
+
+// Objects are the routes, neighbours and FDB entries that one source of
+// desired state — typically one peer lease — contributes. Backends plan
+// them per peer (backend.Backend.PlanPeer), so a lease event replans one
+// peer instead of all of them.
+type Objects struct {
+	Routes []Route
+	Neighs []Neigh
+	FDB    []FDB
+}
+
+// Len is the number of objects in o.
+func (o Objects) Len() int { return len(o.Routes) + len(o.Neighs) + len(o.FDB) }
+
+// Equal reports whether o and p hold the same objects in the same order
+// (planners are deterministic, so a replanned, unchanged peer compares
+// equal).
+func (o Objects) Equal(p Objects) bool {
+	return slices.Equal(o.Routes, p.Routes) && slices.Equal(o.Neighs, p.Neighs) && slices.Equal(o.FDB, p.FDB)
+}
+
+// AddRoute, AddNeigh and AddFDB append one object.
+func (o *Objects) AddRoute(r Route) { o.Routes = append(o.Routes, r) }
+
+// AddNeigh appends n.
+func (o *Objects) AddNeigh(n Neigh) { o.Neighs = append(o.Neighs, n) }
+
+// AddFDB appends f.
+func (o *Objects) AddFDB(f FDB) { o.FDB = append(o.FDB, f) }
+
+// Delta names the route, neighbour and FDB keys whose desired value may
+// have changed since the last reconcile: the keys an incremental pass
+// (Reconciler.ReconcileDelta) looks at. A key may be touched without its
+// value having changed; the reconciler then writes nothing for it.
+type Delta struct {
+	Routes map[RouteKey]struct{}
+	Neighs map[NeighKey]struct{}
+	FDB    map[FDBKey]struct{}
+}
+
+// NewDelta returns an empty Delta with its maps made.
+func NewDelta() *Delta {
+	return &Delta{Routes: map[RouteKey]struct{}{}, Neighs: map[NeighKey]struct{}{}, FDB: map[FDBKey]struct{}{}}
+}
+
+// TouchObjects records every key of o.
+func (d *Delta) TouchObjects(o Objects) {
+	for _, r := range o.Routes {
+		d.Routes[r.Key()] = struct{}{}
+	}
+	for _, n := range o.Neighs {
+		d.Neighs[n.Key()] = struct{}{}
+	}
+	for _, f := range o.FDB {
+		d.FDB[f.Key()] = struct{}{}
+	}
+}
+
+// Len is the number of touched keys.
+func (d *Delta) Len() int { return len(d.Routes) + len(d.Neighs) + len(d.FDB) }
+
+// Reset forgets every touched key, keeping the maps' storage.
+func (d *Delta) Reset() {
+	clear(d.Routes)
+	clear(d.Neighs)
+	clear(d.FDB)
 }

@@ -52,14 +52,21 @@ func (b *Backend) CheckPeer(self, peer lease.Lease) error {
 
 // Plan implements backend.Backend.
 func (b *Backend) Plan(self lease.Lease, peers []lease.Lease) *dataplane.State {
-	s := dataplane.NewState()
-	for _, p := range peers {
-		if b.net.EnableIPv4 && p.Subnet.IsValid() && b.underlay.OnLink(p.Attrs.PublicIP) {
-			s.AddRoute(dataplane.Route{Dst: p.Subnet, Gw: p.Attrs.PublicIP, Dev: b.underlay.Name})
-		}
-		if b.net.EnableIPv6 && p.IPv6Subnet.IsValid() && b.underlay.OnLink(p.Attrs.PublicIPv6) {
-			s.AddRoute(dataplane.Route{Dst: p.IPv6Subnet, Gw: p.Attrs.PublicIPv6, Dev: b.underlay.Name})
-		}
+	return backend.Compose(b, self, peers)
+}
+
+// PlanBase implements backend.Backend: host-gw owns no device.
+func (b *Backend) PlanBase(lease.Lease) *dataplane.State { return dataplane.NewState() }
+
+// PlanPeer implements backend.Backend: a route per family via the peer's
+// public address.
+func (b *Backend) PlanPeer(_, p lease.Lease) dataplane.Objects {
+	var o dataplane.Objects
+	if b.net.EnableIPv4 && p.Subnet.IsValid() && b.underlay.OnLink(p.Attrs.PublicIP) {
+		o.AddRoute(dataplane.Route{Dst: p.Subnet, Gw: p.Attrs.PublicIP, Dev: b.underlay.Name})
 	}
-	return s
+	if b.net.EnableIPv6 && p.IPv6Subnet.IsValid() && b.underlay.OnLink(p.Attrs.PublicIPv6) {
+		o.AddRoute(dataplane.Route{Dst: p.IPv6Subnet, Gw: p.Attrs.PublicIPv6, Dev: b.underlay.Name})
+	}
+	return o
 }

@@ -94,17 +94,13 @@ type Backend struct {
 	underlay backend.Underlay
 	// MAC4 and MAC6 are our devices' MACs (zero when the family is off).
 	mac4, mac6 dataplane.MAC
-	// macs memoises VtepMAC by raw backend data. Decoding JSON for every
-	// peer on every pass dominated a pass at thousands of peers; a peer's
-	// data only changes with its lease. Plan runs on one goroutine.
-	macs map[string]dataplane.MAC
 }
 
 // New returns a vxlan planner. mac4/mac6 are this host's VTEP MACs, kept
 // stable across restarts by the caller (reused from the existing device
 // or our previous lease).
 func New(n *config.Network, u backend.Underlay, mac4, mac6 dataplane.MAC) *Backend {
-	return &Backend{net: n, underlay: u, mac4: mac4, mac6: mac6, macs: map[string]dataplane.MAC{}}
+	return &Backend{net: n, underlay: u, mac4: mac4, mac6: mac6}
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -176,12 +172,12 @@ func (b *Backend) CheckPeer(self, peer lease.Lease) error {
 
 // Plan implements backend.Backend.
 func (b *Backend) Plan(self lease.Lease, peers []lease.Lease) *dataplane.State {
-	// Entries of departed peers are dropped wholesale once they outnumber
-	// the live ones, which bounds the memo at a few times the peer count.
-	if len(b.macs) > 2*len(peers)+64 {
-		b.macs = map[string]dataplane.MAC{}
-	}
-	s := dataplane.NewStateSized(2, len(peers))
+	return backend.Compose(b, self, peers)
+}
+
+// PlanBase implements backend.Backend: our VXLAN device per family.
+func (b *Backend) PlanBase(self lease.Lease) *dataplane.State {
+	s := dataplane.NewStateSized(2, 0)
 	vni := b.net.Backend.VNI
 	if b.v4() {
 		s.Links[DeviceName(vni, false)] = b.device(false, self.Subnet)
@@ -189,16 +185,23 @@ func (b *Backend) Plan(self lease.Lease, peers []lease.Lease) *dataplane.State {
 	if b.v6() {
 		s.Links[DeviceName(vni, true)] = b.device(true, self.IPv6Subnet)
 	}
-	dev4, dev6 := DeviceName(vni, false), DeviceName(vni, true)
-	for _, p := range peers {
-		if b.v4() && p.Subnet.IsValid() {
-			b.planPeer(s, p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendData, dev4)
-		}
-		if b.v6() && p.IPv6Subnet.IsValid() {
-			b.planPeer(s, p.IPv6Subnet, p.Attrs.PublicIPv6, p.Attrs.BackendV6Data, dev6)
-		}
-	}
 	return s
+}
+
+// PlanPeer implements backend.Backend. It decodes the peer's backend data
+// each time; the daemon calls it once per lease event, not per pass, so
+// the JSON that once dominated a pass at thousands of peers is now paid
+// once per change.
+func (b *Backend) PlanPeer(_, p lease.Lease) dataplane.Objects {
+	var o dataplane.Objects
+	vni := b.net.Backend.VNI
+	if b.v4() && p.Subnet.IsValid() {
+		b.planPeer(&o, p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendData, DeviceName(vni, false))
+	}
+	if b.v6() && p.IPv6Subnet.IsValid() {
+		b.planPeer(&o, p.IPv6Subnet, p.Attrs.PublicIPv6, p.Attrs.BackendV6Data, DeviceName(vni, true))
+	}
+	return o
 }
 
 func (b *Backend) device(v6 bool, subnet netip.Prefix) dataplane.VXLAN {
@@ -222,19 +225,14 @@ func (b *Backend) device(v6 bool, subnet netip.Prefix) dataplane.VXLAN {
 	return d
 }
 
-func (b *Backend) planPeer(s *dataplane.State, subnet netip.Prefix, public netip.Addr, data json.RawMessage, dev string) {
+func (b *Backend) planPeer(s *dataplane.Objects, subnet netip.Prefix, public netip.Addr, data json.RawMessage, dev string) {
 	if b.net.Backend.DirectRouting && b.underlay.OnLink(public) {
 		s.AddRoute(dataplane.Route{Dst: subnet, Gw: public, Dev: b.underlay.Name})
 		return
 	}
-	mac, ok := b.macs[string(data)] // no allocation for the lookup
-	if !ok {
-		_, m, err := DecodeData(data)
-		if err != nil {
-			return // CheckPeer rejected it already; Plan stays total.
-		}
-		mac = m
-		b.macs[string(data)] = mac
+	_, mac, err := DecodeData(data)
+	if err != nil {
+		return // CheckPeer rejected it already; planning stays total.
 	}
 	gw := subnet.Addr()
 	s.AddRoute(dataplane.Route{Dst: subnet, Gw: gw, Dev: dev, OnLink: true})
