@@ -714,14 +714,22 @@ func testDualStack(t *testing.T, h Harness) {
 	if again.ID() != l.ID() {
 		t.Errorf("re-acquire gave %s, then %s", l.Key(), again.Key())
 	}
+	// The second host's previous subnets must be free: the first host's
+	// were drawn at random from the same range.
 	prev := lease.ID{V4: pfx("10.5.9.0/24"), V6: pfx("fc00:0:0:9::/64")}
+	if l.Subnet == prev.V4 {
+		prev.V4 = pfx("10.5.8.0/24")
+	}
+	if l.IPv6Subnet == prev.V6 {
+		prev.V6 = pfx("fc00:0:0:8::/64")
+	}
 	b := attrs6("10.0.0.2", "fd00::2", 2)
 	l2 := acquire(t, h.Store, lease.Request{Network: n, Attrs: b, PreviousV4: prev.V4, PreviousV6: prev.V6})
 	if l2.ID() != prev {
 		t.Errorf("previous subnets %s not reused: got %s", prev, l2.Key())
 	}
 	w := startWatch(t, h.Store)
-	wantSet(t, w.snapshot(t).Events, "added "+l.Key()+" 10.0.0.1", "added 10.5.9.0-24&fc00:0:0:9::-64 10.0.0.2")
+	wantSet(t, w.snapshot(t).Events, "added "+l.Key()+" 10.0.0.1", "added "+prev.String()+" 10.0.0.2")
 }
 
 func testIPv6Only(t *testing.T, h Harness) {
