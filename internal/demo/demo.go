@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -352,6 +353,7 @@ func (r *run) readLeases(ctx context.Context, cli *clientv3.Client) error {
 		}
 		r.res.Leases = append(r.res.Leases, row)
 	}
+	sort.Slice(r.res.Leases, func(i, j int) bool { return r.res.Leases[i].Host < r.res.Leases[j].Host })
 	return nil
 }
 
