@@ -364,6 +364,7 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 	}
 	statusReqs, detach := d.cfg.Status.attach()
 	defer detach()
+	d.prepare(ctx)
 
 	resync := time.NewTicker(d.opts.ResyncPeriod)
 	defer resync.Stop()
@@ -581,6 +582,27 @@ func (d *daemon) dropPeer(id lease.ID) {
 
 func sameOwner(a, b lease.Attrs) bool {
 	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6
+}
+
+// prepare brings our own device(s) up and publishes subnet.env before any
+// peer is programmed, as upstream does once its backend has registered the
+// network: the CNI plugin can attach pods while thousands of peers are
+// still being installed (at 5,000 peers the first full pass takes seconds).
+// It only adds: the index is empty, so nothing can be taken for garbage;
+// the first full pass then reads the kernel as usual. A failure is left to
+// that pass.
+func (d *daemon) prepare(ctx context.Context) {
+	ch, err := d.cfg.Dataplane.ReconcileDelta(ctx, d.desired.State(), dataplane.NewDelta())
+	if err != nil {
+		d.log.Warn("bring up own device", "err", err)
+		return
+	}
+	d.log.Debug("own device ready", "writes", ch.Total())
+	if err := d.writeSubnetEnv(); err != nil {
+		d.log.Error("write subnet file", "err", err)
+		return
+	}
+	d.wrote = true
 }
 
 func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) error {
