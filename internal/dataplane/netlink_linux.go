@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -29,6 +30,7 @@ type Netlink struct {
 	log *slog.Logger
 	ns  netns.NsHandle
 	h   *netlink.Handle
+	w   *nlWriter // batched route, neighbour and FDB writes; used under pass
 
 	pass sync.Mutex // serialises Reconcile calls
 
@@ -60,11 +62,19 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle) (*Netlink, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open netlink handle: %w", err)
 	}
-	return &Netlink{log: log, ns: ns, h: h, idx: newIndex()}, nil
+	w, err := newWriter(ns)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex()}, nil
 }
 
 // Close releases the netlink sockets.
-func (n *Netlink) Close() { n.h.Close() }
+func (n *Netlink) Close() {
+	n.h.Close()
+	n.w.close()
+}
 
 // Dump reads from the kernel what Reconcile would consider its own given
 // links: those VXLAN devices (a device's Addr is its first global
@@ -366,11 +376,65 @@ func (n *Netlink) forgetLink(name string) {
 	n.idx.dropDev(name)
 }
 
+// exec sends a phase's requests in batches (see nlWriter) and returns
+// each one's outcome. An ack that got lost leaves the kernel's state
+// unknown: the next pass then re-reads it.
+func (p *pass) exec(reqs []*nl.NetlinkRequest) []error {
+	if len(reqs) == 0 {
+		return nil
+	}
+	errs, lost := p.n.w.exec(reqs)
+	if lost {
+		p.n.resync.Store(true)
+	}
+	return errs
+}
+
+// added is one queued write of the add phase: the index entry it makes
+// true and the one it replaces.
+type added[K comparable, V comparable] struct {
+	k         K
+	want, old V
+	had       bool
+}
+
+// flushAdds records the queued entries in the index (before the writes,
+// so the notifications they cause find it agreeing), sends the requests
+// and restores the entries whose write failed; ok is called for each
+// success, fail for each failure.
+func flushAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, items []added[K, V], reqs []*nl.NetlinkRequest, ok func(added[K, V]), fail func(added[K, V], error)) {
+	if len(items) == 0 {
+		return
+	}
+	p.n.withIndex(func(x *nlIndex) {
+		for _, it := range items {
+			m(x)[it.k] = it.want
+		}
+	})
+	errs := p.exec(reqs)
+	p.n.withIndex(func(x *nlIndex) {
+		for i, it := range items {
+			if errs[i] != nil {
+				restoreEntry(m(x), it.k, it.want, it.old, it.had)
+			}
+		}
+	})
+	for i, it := range items {
+		if errs[i] != nil {
+			fail(it, errs[i])
+		} else {
+			ok(it)
+		}
+	}
+}
+
 func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 	n := p.n
+	var items []added[FDBKey, nlFDB]
+	var reqs []*nl.NetlinkRequest
 	for k, f := range desired {
 		if p.stopped() {
-			return
+			break
 		}
 		if err := checkFDB(k, f); err != nil {
 			p.fail(err)
@@ -386,21 +450,25 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 			continue
 		}
 		want := nlFDB{f, ifi}
-		n.withIndex(func(x *nlIndex) { x.fdb[k] = want })
-		if err := n.h.NeighAppend(want.netlink()); err != nil {
-			n.withIndex(func(x *nlIndex) { restoreEntry(x.fdb, k, want, old, had) })
-			p.fail(fmt.Errorf("add fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
-			continue
-		}
-		p.changes.FDBAdded++
+		items = append(items, added[FDBKey, nlFDB]{k, want, old, had})
+		// NeighAppend: `bridge fdb append`.
+		reqs = append(reqs, neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND))
 	}
+	flushAdds(p, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }, items, reqs,
+		func(added[FDBKey, nlFDB]) { p.changes.FDBAdded++ },
+		func(it added[FDBKey, nlFDB], err error) {
+			f := it.want
+			p.fail(fmt.Errorf("add fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
+		})
 }
 
 func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 	n := p.n
+	var items []added[NeighKey, nlNeigh]
+	var reqs []*nl.NetlinkRequest
 	for k, nb := range desired {
 		if p.stopped() {
-			return
+			break
 		}
 		if err := checkNeigh(k, nb); err != nil {
 			p.fail(err)
@@ -416,23 +484,26 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 			continue
 		}
 		want := nlNeigh{nb, ifi}
-		n.withIndex(func(x *nlIndex) { x.neighs[k] = want })
+		items = append(items, added[NeighKey, nlNeigh]{k, want, old, had})
 		// NeighSet is `ip neigh replace`: it overwrites a learnt or stale
 		// entry for the same address in one write.
-		if err := n.h.NeighSet(want.netlink()); err != nil {
-			n.withIndex(func(x *nlIndex) { restoreEntry(x.neighs, k, want, old, had) })
-			p.fail(fmt.Errorf("set neighbour %s lladdr %s dev %s: %w", nb.IP, nb.MAC, nb.Dev, err))
-			continue
-		}
-		p.changes.NeighsAdded++
+		reqs = append(reqs, neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE))
 	}
+	flushAdds(p, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }, items, reqs,
+		func(added[NeighKey, nlNeigh]) { p.changes.NeighsAdded++ },
+		func(it added[NeighKey, nlNeigh], err error) {
+			nb := it.want
+			p.fail(fmt.Errorf("set neighbour %s lladdr %s dev %s: %w", nb.IP, nb.MAC, nb.Dev, err))
+		})
 }
 
 func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	n := p.n
+	var items []added[RouteKey, nlRoute]
+	var reqs []*nl.NetlinkRequest
 	for k, r := range desired {
 		if p.stopped() {
-			return
+			break
 		}
 		if err := checkRoute(k, r); err != nil {
 			p.fail(err)
@@ -452,21 +523,30 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			}
 		}
 		want := nlRoute{Route: r, ifindex: ifi, proto: RouteProtocol, prio: prio}
-		n.withIndex(func(x *nlIndex) { x.routes[k] = want })
-		if err := n.h.RouteReplace(want.netlink()); err != nil {
-			n.withIndex(func(x *nlIndex) { restoreEntry(x.routes, k, want, old, had) })
-			p.fail(fmt.Errorf("replace route %s: %w", r, err))
-			continue
-		}
-		p.changes.RoutesAdded++
-		if had && old.prio != want.prio {
-			// Replace matches on metric; a route of ours with another
-			// metric is a separate kernel object and still there.
-			if err := n.h.RouteDel(old.netlink()); err == nil {
-				p.changes.RoutesRemoved++
-			} else if !alreadyGone(err) {
-				p.fail(fmt.Errorf("delete route %s metric %d: %w", r.Dst, old.prio, err))
+		items = append(items, added[RouteKey, nlRoute]{k, want, old, had})
+		// RouteReplace: `ip route replace`.
+		reqs = append(reqs, routeRequest(want.netlink(), unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE))
+	}
+	// Replace matches on metric; a route of ours with another metric is a
+	// separate kernel object and still there once its successor is in.
+	var moved []nlRoute
+	var dels []*nl.NetlinkRequest
+	flushAdds(p, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, items, reqs,
+		func(it added[RouteKey, nlRoute]) {
+			p.changes.RoutesAdded++
+			if it.had && it.old.prio != it.want.prio {
+				moved = append(moved, it.old)
+				dels = append(dels, routeRequest(it.old.netlink(), unix.RTM_DELROUTE, 0))
 			}
+		},
+		func(it added[RouteKey, nlRoute], err error) {
+			p.fail(fmt.Errorf("replace route %s: %w", it.want.Route, err))
+		})
+	for i, err := range p.exec(dels) {
+		if err == nil {
+			p.changes.RoutesRemoved++
+		} else if !alreadyGone(err) {
+			p.fail(fmt.Errorf("delete route %s metric %d: %w", moved[i].Dst, moved[i].prio, err))
 		}
 	}
 }
@@ -553,69 +633,92 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute,
 	stale := takeStale(n, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes },
 		func(k RouteKey) bool { _, ok := desired.Routes[k]; return ok },
 		func(r nlRoute) string { return r.Dev }, gone, touched)
-	del := func(r nlRoute) bool {
-		err := n.h.RouteDel(r.netlink())
+	type del struct {
+		k     RouteKey
+		r     nlRoute
+		stray bool
+	}
+	var items []del
+	var reqs []*nl.NetlinkRequest
+	for k, r := range stale {
+		items = append(items, del{k: k, r: r})
+		reqs = append(reqs, routeRequest(r.netlink(), unix.RTM_DELROUTE, 0))
+	}
+	for _, r := range strays {
+		if !gone[r.Dev] {
+			items = append(items, del{r: r, stray: true})
+			reqs = append(reqs, routeRequest(r.netlink(), unix.RTM_DELROUTE, 0))
+		}
+	}
+	errs := p.exec(reqs)
+	for i, it := range items {
+		err := errs[i]
 		switch {
 		case err == nil:
 			p.changes.RoutesRemoved++
-		case !alreadyGone(err):
-			p.fail(fmt.Errorf("delete route %s: %w", r.Route, err))
-			return false
+			continue
+		case alreadyGone(err):
+			continue
 		}
-		return true
-	}
-	for k, r := range stale {
-		if !del(r) {
+		p.fail(fmt.Errorf("delete route %s: %w", it.r.Route, err))
+		if !it.stray {
 			n.withIndex(func(x *nlIndex) {
-				if _, ok := x.routes[k]; !ok {
-					x.routes[k] = r
+				if _, ok := x.routes[it.k]; !ok {
+					x.routes[it.k] = it.r
 				}
 			})
 		}
 	}
-	for _, r := range strays {
-		if !gone[r.Dev] {
-			del(r)
+}
+
+// delStale deletes the taken stale neighbours or FDB entries in one batch,
+// putting back into the index those whose deletion failed.
+func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*nlIndex) map[K]V, req func(V) *nl.NetlinkRequest, removed *int, fail func(V, error)) {
+	keys := make([]K, 0, len(stale))
+	reqs := make([]*nl.NetlinkRequest, 0, len(stale))
+	for k, v := range stale {
+		keys = append(keys, k)
+		reqs = append(reqs, req(v))
+	}
+	errs := p.exec(reqs)
+	for i, k := range keys {
+		switch err := errs[i]; {
+		case err == nil:
+			*removed++
+		case !alreadyGone(err):
+			v := stale[k]
+			p.n.withIndex(func(x *nlIndex) {
+				if _, ok := m(x)[k]; !ok {
+					m(x)[k] = v
+				}
+			})
+			fail(v, err)
 		}
 	}
 }
 
 func (p *pass) delNeighs(desired *State, gone map[string]bool, touched map[NeighKey]struct{}) {
-	n := p.n
-	stale := takeStale(n, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs },
+	m := func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }
+	stale := takeStale(p.n, m,
 		func(k NeighKey) bool { _, ok := desired.Neighs[k]; return ok },
 		func(v nlNeigh) string { return v.Dev }, gone, touched)
-	for k, nb := range stale {
-		if err := n.h.NeighDel(nb.netlink()); err != nil && !alreadyGone(err) {
-			n.withIndex(func(x *nlIndex) {
-				if _, ok := x.neighs[k]; !ok {
-					x.neighs[k] = nb
-				}
-			})
-			p.fail(fmt.Errorf("delete neighbour %s dev %s: %w", nb.IP, nb.Dev, err))
-		} else if err == nil {
-			p.changes.NeighsRemoved++
-		}
-	}
+	delStale(p, stale, m,
+		func(nb nlNeigh) *nl.NetlinkRequest { return neighRequest(nb.netlink(), unix.RTM_DELNEIGH, 0) },
+		&p.changes.NeighsRemoved,
+		func(nb nlNeigh, err error) { p.fail(fmt.Errorf("delete neighbour %s dev %s: %w", nb.IP, nb.Dev, err)) })
 }
 
 func (p *pass) delFDB(desired *State, gone map[string]bool, touched map[FDBKey]struct{}) {
-	n := p.n
-	stale := takeStale(n, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb },
+	m := func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }
+	stale := takeStale(p.n, m,
 		func(k FDBKey) bool { _, ok := desired.FDB[k]; return ok },
 		func(v nlFDB) string { return v.Dev }, gone, touched)
-	for k, f := range stale {
-		if err := n.h.NeighDel(f.netlink()); err != nil && !alreadyGone(err) {
-			n.withIndex(func(x *nlIndex) {
-				if _, ok := x.fdb[k]; !ok {
-					x.fdb[k] = f
-				}
-			})
+	delStale(p, stale, m,
+		func(f nlFDB) *nl.NetlinkRequest { return neighRequest(f.netlink(), unix.RTM_DELNEIGH, 0) },
+		&p.changes.FDBRemoved,
+		func(f nlFDB, err error) {
 			p.fail(fmt.Errorf("delete fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
-		} else if err == nil {
-			p.changes.FDBRemoved++
-		}
-	}
+		})
 }
 
 func (p *pass) delLinks(gone map[string]bool) {

@@ -1,0 +1,278 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Batching limits: one sendmsg carries at most this many requests or
+// bytes. The kernel handles every message of a datagram in order before
+// sendmsg returns, queueing one ack per message on our socket, so a chunk
+// must also keep its acks within the receive buffer (batchRcvBuf).
+const (
+	batchMaxMsgs  = 256
+	batchMaxBytes = 64 << 10
+	batchRcvBuf   = 4 << 20
+	// batchAckWait bounds the wait for an ack that is neither queued nor
+	// reported lost (ENOBUFS); the kernel answers route and neighbour
+	// requests synchronously, so it only guards against the unexpected.
+	batchAckWait = 5 * time.Second
+)
+
+// nlWriter sends many route and neighbour requests per sendmsg on one
+// NETLINK_ROUTE socket of its own and matches the acks to the requests by
+// sequence number, so each write's outcome is known individually. Calls
+// are serialised by the caller (Netlink.pass).
+type nlWriter struct {
+	s   *nl.NetlinkSocket
+	seq uint32
+	buf []byte
+	rb  []byte
+}
+
+func newWriter(ns netns.NsHandle) (*nlWriter, error) {
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	// Room for a whole chunk's acks (an ack's skb takes ~1 KiB of the
+	// budget): force past rmem_max when privileged, else ask within it.
+	if s.SetReceiveBufferSize(batchRcvBuf, true) != nil {
+		_ = s.SetReceiveBufferSize(batchRcvBuf, false)
+	}
+	return &nlWriter{s: s, rb: make([]byte, 1<<16)}, nil
+}
+
+func (w *nlWriter) close() { w.s.Close() }
+
+// errAckLost marks a request whose ack never arrived (the receive queue
+// overflowed): whether the kernel applied it is unknown.
+var errAckLost = errors.New("netlink ack lost")
+
+// exec sends reqs in order, in as few datagrams as the limits allow, and
+// returns each request's outcome (nil: acknowledged without error). It
+// reports lost = true when some outcome is unknown (errAckLost).
+func (w *nlWriter) exec(reqs []*nl.NetlinkRequest) (errs []error, lost bool) {
+	errs = make([]error, len(reqs))
+	for start := 0; start < len(reqs); {
+		buf := w.buf[:0]
+		first := w.seq + 1
+		end := start
+		for end < len(reqs) && end-start < batchMaxMsgs {
+			reqs[end].Seq = first + uint32(end-start)
+			b := reqs[end].Serialize()
+			if end > start && len(buf)+len(b) > batchMaxBytes {
+				break
+			}
+			buf = append(buf, b...)
+			end++
+		}
+		w.buf = buf
+		w.seq = first + uint32(end-start) - 1
+		if err := w.send(buf); err != nil {
+			for i := start; i < end; i++ {
+				errs[i] = err
+			}
+		} else if w.collect(first, errs[start:end]) {
+			lost = true
+		}
+		start = end
+	}
+	return errs, lost
+}
+
+func (w *nlWriter) send(b []byte) error {
+	to := &unix.SockaddrNetlink{Family: unix.AF_NETLINK}
+	for {
+		err := unix.Sendto(w.s.GetFd(), b, 0, to)
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			if err := w.wait(unix.POLLOUT); err != nil {
+				return err
+			}
+			continue
+		}
+		return fmt.Errorf("send netlink batch: %w", err)
+	}
+}
+
+// wait polls the socket for events, up to batchAckWait.
+func (w *nlWriter) wait(events int16) error {
+	deadline := time.Now().Add(batchAckWait)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return unix.ETIMEDOUT
+		}
+		fds := []unix.PollFd{{Fd: int32(w.s.GetFd()), Events: events}}
+		n, err := unix.Poll(fds, int(left.Milliseconds())+1)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return err
+		case n > 0:
+			return nil
+		}
+	}
+}
+
+// collect reads the acks of the len(errs) requests numbered from first,
+// storing each one's errno. Acks for other sequence numbers (a chunk given
+// up on earlier) are skipped. It reports whether some ack was lost.
+func (w *nlWriter) collect(first uint32, errs []error) (lost bool) {
+	got := make([]bool, len(errs))
+	pending := len(errs)
+	giveUp := func(err error) bool {
+		for i := range errs {
+			if !got[i] {
+				errs[i] = fmt.Errorf("%w: %w", errAckLost, err)
+			}
+		}
+		return true
+	}
+	overrun := false
+	for pending > 0 {
+		n, from, err := unix.Recvfrom(w.s.GetFd(), w.rb, unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ENOBUFS):
+			// Some acks were dropped; those still queued are read on.
+			overrun = true
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			if overrun {
+				// Everything the kernel sent is queued before sendmsg
+				// returns: what is missing now was dropped.
+				return giveUp(unix.ENOBUFS)
+			}
+			if err := w.wait(unix.POLLIN); err != nil {
+				return giveUp(err)
+			}
+			continue
+		case err != nil:
+			return giveUp(err)
+		}
+		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != nl.PidKernel {
+			continue
+		}
+		msgs, err := syscall.ParseNetlinkMessage(w.rb[:n])
+		if err != nil {
+			return giveUp(err)
+		}
+		for _, m := range msgs {
+			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+				continue
+			}
+			i := int(m.Header.Seq - first)
+			if i < 0 || i >= len(errs) || got[i] {
+				continue
+			}
+			got[i] = true
+			pending--
+			if e := int32(nl.NativeEndian().Uint32(m.Data[:4])); e != 0 {
+				errs[i] = syscall.Errno(-e)
+			}
+		}
+	}
+	return false
+}
+
+// routeRequest builds the request netlink.Handle.RouteReplace (typ
+// RTM_NEWROUTE, flags NLM_F_CREATE|NLM_F_REPLACE) or RouteDel (typ
+// RTM_DELROUTE, flags 0) sends for r, for the fields nlRoute.netlink
+// sets: destination, gateway, table, priority, protocol, type, flags,
+// scope and output device.
+func routeRequest(r *netlink.Route, typ, flags int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(typ, flags|unix.NLM_F_ACK)
+	msg := nl.NewRtMsg()
+	if typ == unix.RTM_DELROUTE {
+		msg = nl.NewRtDelMsg()
+	}
+	family := -1
+	var attrs []*nl.RtAttr
+	if r.Dst != nil && r.Dst.IP != nil {
+		ones, _ := r.Dst.Mask.Size()
+		msg.Dst_len = uint8(ones)
+		family = nl.GetIPFamily(r.Dst.IP)
+		attrs = append(attrs, nl.NewRtAttr(unix.RTA_DST, ipData(r.Dst.IP, family)))
+	}
+	if r.Gw != nil {
+		family = nl.GetIPFamily(r.Gw)
+		attrs = append(attrs, nl.NewRtAttr(unix.RTA_GATEWAY, ipData(r.Gw, family)))
+	}
+	if r.Table > 0 {
+		if r.Table >= 256 {
+			msg.Table = unix.RT_TABLE_UNSPEC
+			attrs = append(attrs, nl.NewRtAttr(unix.RTA_TABLE, nl.Uint32Attr(uint32(r.Table))))
+		} else {
+			msg.Table = uint8(r.Table)
+		}
+	}
+	if r.Priority > 0 {
+		attrs = append(attrs, nl.NewRtAttr(unix.RTA_PRIORITY, nl.Uint32Attr(uint32(r.Priority))))
+	}
+	if r.Protocol > 0 {
+		msg.Protocol = uint8(r.Protocol)
+	}
+	if r.Type > 0 {
+		msg.Type = uint8(r.Type)
+	}
+	msg.Flags = uint32(r.Flags)
+	msg.Scope = uint8(r.Scope)
+	msg.Family = uint8(family)
+	req.AddData(msg)
+	for _, a := range attrs {
+		req.AddData(a)
+	}
+	req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
+	return req
+}
+
+func ipData(ip net.IP, family int) []byte {
+	if family == nl.FAMILY_V4 {
+		return ip.To4()
+	}
+	return ip.To16()
+}
+
+// neighRequest builds the request netlink.Handle.NeighSet (typ
+// RTM_NEWNEIGH, flags NLM_F_CREATE|NLM_F_REPLACE), NeighAppend
+// (RTM_NEWNEIGH, NLM_F_CREATE|NLM_F_APPEND) or NeighDel (RTM_DELNEIGH, 0)
+// sends for nb, for the fields nlNeigh.netlink and nlFDB.netlink set.
+func neighRequest(nb *netlink.Neigh, typ, flags int) *nl.NetlinkRequest {
+	req := nl.NewNetlinkRequest(typ, flags|unix.NLM_F_ACK)
+	family := nb.Family
+	if family <= 0 {
+		family = nl.GetIPFamily(nb.IP)
+	}
+	req.AddData(&netlink.Ndmsg{
+		Family: uint8(family),
+		Index:  uint32(nb.LinkIndex),
+		State:  uint16(nb.State),
+		Type:   uint8(nb.Type),
+		Flags:  uint8(nb.Flags),
+	})
+	ip := nb.IP.To4()
+	if ip == nil {
+		ip = nb.IP.To16()
+	}
+	req.AddData(nl.NewRtAttr(netlink.NDA_DST, ip))
+	if nb.HardwareAddr != nil {
+		req.AddData(nl.NewRtAttr(netlink.NDA_LLADDR, []byte(nb.HardwareAddr)))
+	}
+	return req
+}
