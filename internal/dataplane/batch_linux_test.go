@@ -63,9 +63,6 @@ func TestNetlinkBatchOneBadObject(t *testing.T) {
 // 3,000 peers are 9,000 objects: many chunks per phase, each with its
 // acks matched, both ways.
 func TestNetlinkBatchLarge(t *testing.T) {
-	if testing.Short() {
-		t.Skip("large batch")
-	}
 	h := newNS(t)
 	const n = 3000
 	want := bigState(h, n)
