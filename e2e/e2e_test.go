@@ -428,7 +428,7 @@ func TestHealthAndMetrics(t *testing.T) {
 
 	// etcd goes away: the node stays ready, and the watch restarts are counted.
 	c.Etcd.Close()
-	waitFor(t, "watch restarts counted", 30*time.Second, func() bool {
+	waitFor(t, "watch restarts counted", 60*time.Second, func() bool {
 		_, body := c.curl(h, base+"/metrics")
 		return metricValue(body, "flannel_store_watch_restarts_total") >= 1
 	})
