@@ -196,7 +196,11 @@ func (w *nlWriter) collect(first uint32, errs []error) (lost bool) {
 // RTM_DELROUTE, flags 0) sends for r, for the fields nlRoute.netlink
 // sets: destination, gateway, table, priority, protocol, type, flags,
 // scope and output device.
-func routeRequest(r *netlink.Route, typ, flags int) *nl.NetlinkRequest {
+//
+// With nhid non-zero the route names that nexthop object (RTA_NH_ID)
+// instead of a gateway, device and flags, which the kernel refuses
+// alongside an object.
+func routeRequest(r *netlink.Route, nhid uint32, typ, flags int) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(typ, flags|unix.NLM_F_ACK)
 	msg := nl.NewRtMsg()
 	if typ == unix.RTM_DELROUTE {
@@ -210,7 +214,7 @@ func routeRequest(r *netlink.Route, typ, flags int) *nl.NetlinkRequest {
 		family = nl.GetIPFamily(r.Dst.IP)
 		attrs = append(attrs, nl.NewRtAttr(unix.RTA_DST, ipData(r.Dst.IP, family)))
 	}
-	if r.Gw != nil {
+	if r.Gw != nil && nhid == 0 {
 		family = nl.GetIPFamily(r.Gw)
 		attrs = append(attrs, nl.NewRtAttr(unix.RTA_GATEWAY, ipData(r.Gw, family)))
 	}
@@ -231,14 +235,18 @@ func routeRequest(r *netlink.Route, typ, flags int) *nl.NetlinkRequest {
 	if r.Type > 0 {
 		msg.Type = uint8(r.Type)
 	}
-	msg.Flags = uint32(r.Flags)
 	msg.Scope = uint8(r.Scope)
 	msg.Family = uint8(family)
+	if nhid != 0 {
+		attrs = append(attrs, nl.NewRtAttr(rtaNHID, nl.Uint32Attr(nhid)))
+	} else {
+		msg.Flags = uint32(r.Flags)
+		attrs = append(attrs, nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
+	}
 	req.AddData(msg)
 	for _, a := range attrs {
 		req.AddData(a)
 	}
-	req.AddData(nl.NewRtAttr(unix.RTA_OIF, nl.Uint32Attr(uint32(r.LinkIndex))))
 	return req
 }
 

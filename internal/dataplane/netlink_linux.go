@@ -40,13 +40,40 @@ type Netlink struct {
 	// resync is set when a notification may have been lost; the next
 	// Reconcile then re-reads the kernel even if not asked to.
 	resync atomic.Bool
+
+	// nhOK: IPv4 gateway routes go through nexthop objects
+	// (nexthop_linux.go). nextNH and nhForeign are used under pass;
+	// nhOrphans (under mu) are objects of ours whose route the kernel
+	// lost, deleted by the next pass.
+	nhOK      bool
+	nextNH    uint32
+	nhForeign map[uint32]struct{}
+	nhOrphans []uint32
 }
+
+// NetlinkOption adjusts a Netlink.
+type NetlinkOption func(*netlinkOptions)
+
+type netlinkOptions struct{ plainRoutes bool }
+
+// PlainRoutes makes Netlink install every route as a plain route, as on a
+// kernel without nexthop objects, instead of giving IPv4 gateway routes a
+// nexthop object each.
+func PlainRoutes() NetlinkOption { return func(o *netlinkOptions) { o.plainRoutes = true } }
+
+// UsesNexthops reports whether IPv4 gateway routes go through nexthop
+// objects.
+func (n *Netlink) UsesNexthops() bool { return n.nhOK }
 
 var _ Reconciler = (*Netlink)(nil)
 
 // NewNetlink returns a Netlink for namespace ns (netns.None(): the
 // caller's). ns must stay open until Close.
-func NewNetlink(log *slog.Logger, ns netns.NsHandle) (*Netlink, error) {
+func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Netlink, error) {
+	var o netlinkOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -67,7 +94,15 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle) (*Netlink, error) {
 		h.Close()
 		return nil, err
 	}
-	return &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex()}, nil
+	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex()}
+	if !o.plainRoutes {
+		ok, why := n.nexthopsUsable()
+		n.nhOK = ok
+		if !ok {
+			log.Info("installing plain routes", "component", "dataplane", "reason", why)
+		}
+	}
+	return n, nil
 }
 
 // Close releases the netlink sockets.
@@ -86,7 +121,7 @@ func (n *Netlink) Dump(links ...string) (*State, error) {
 	for _, l := range links {
 		names[l] = true
 	}
-	x, _, _, err := n.read(names)
+	x, _, err := n.read(names)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +158,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	if full {
 		touched = nil
 	}
-	var strays []nlRoute
+	var kr kernelRead
 	if full {
 		names := map[string]bool{}
 		n.mu.Lock()
@@ -134,15 +169,22 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 		for name := range desired.Links {
 			names[name] = true
 		}
-		x, s, byName, err := n.read(names)
+		x, r, err := n.read(names)
 		if err != nil {
 			n.resync.Store(true)
 			return Changes{}, fmt.Errorf("reconcile: %w", err)
 		}
 		n.mu.Lock()
 		n.idx = x
+		n.nhOrphans = nil // the read found every unused object of ours
 		n.mu.Unlock()
-		strays, p.ifindex = s, byName
+		kr, p.ifindex = r, r.byName
+		if n.nhOK {
+			n.nhForeign = r.nhForeign
+			if r.nhMax >= nexthopIDBase {
+				n.nextNH = max(n.nextNH, r.nhMax-nexthopIDBase+1)
+			}
+		}
 	}
 
 	for _, name := range slices.Sorted(maps.Keys(desired.Links)) {
@@ -179,7 +221,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	if p.stopped() {
 		return p.changes, errors.Join(p.errs...)
 	}
-	p.delRoutes(desired, gone, strays, tr)
+	p.delRoutes(desired, gone, kr, tr)
 	p.delNeighs(desired, gone, tn)
 	p.delFDB(desired, gone, tf)
 	p.delLinks(gone)
@@ -500,7 +542,8 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	n := p.n
 	var items []added[RouteKey, nlRoute]
-	var reqs []*nl.NetlinkRequest
+	var nhReqs []*nl.NetlinkRequest
+	var nhItems []int // index in items of each nexthop request
 	for k, r := range desired {
 		if p.stopped() {
 			break
@@ -523,30 +566,72 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			}
 		}
 		want := nlRoute{Route: r, ifindex: ifi, proto: RouteProtocol, prio: prio}
+		if n.nhOK && usesNexthop(r) {
+			// A fresh object even when only the metric changed: the old
+			// one goes with the old route.
+			want.nhid = n.allocNexthop()
+			nhItems = append(nhItems, len(items))
+			nhReqs = append(nhReqs, nexthopRequest(want.nhid, ifi, r.Gw, r.OnLink))
+		}
 		items = append(items, added[RouteKey, nlRoute]{k, want, old, had})
+	}
+	// The nexthop objects first: a route naming a missing one is refused.
+	failed := map[int]bool{}
+	for i, err := range p.exec(nhReqs) {
+		if err != nil {
+			it := items[nhItems[i]]
+			failed[nhItems[i]] = true
+			p.fail(fmt.Errorf("add nexthop %d for route %s: %w", it.want.nhid, it.want.Route, err))
+		}
+	}
+	reqs := make([]*nl.NetlinkRequest, 0, len(items))
+	kept := items[:0]
+	for i, it := range items {
+		if failed[i] {
+			continue
+		}
+		kept = append(kept, it)
 		// RouteReplace: `ip route replace`.
-		reqs = append(reqs, routeRequest(want.netlink(), unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE))
+		reqs = append(reqs, routeRequest(it.want.netlink(), it.want.nhid, unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE))
 	}
 	// Replace matches on metric; a route of ours with another metric is a
-	// separate kernel object and still there once its successor is in.
-	var moved []nlRoute
+	// separate kernel object and still there once its successor is in. A
+	// replaced route's nexthop object is left unused. Both are deleted
+	// once the new route is in, as is the new object of a route that
+	// could not be written.
+	type cleanup struct {
+		what  string
+		route bool // a route (counted as removed), not a nexthop object
+	}
+	var cleanups []cleanup
 	var dels []*nl.NetlinkRequest
-	flushAdds(p, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, items, reqs,
+	flushAdds(p, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, kept, reqs,
 		func(it added[RouteKey, nlRoute]) {
 			p.changes.RoutesAdded++
-			if it.had && it.old.prio != it.want.prio {
-				moved = append(moved, it.old)
-				dels = append(dels, routeRequest(it.old.netlink(), unix.RTM_DELROUTE, 0))
+			if !it.had {
+				return
+			}
+			if it.old.prio != it.want.prio {
+				cleanups = append(cleanups, cleanup{fmt.Sprintf("route %s metric %d", it.old.Dst, it.old.prio), true})
+				dels = append(dels, routeRequest(it.old.netlink(), it.old.nhid, unix.RTM_DELROUTE, 0))
+			}
+			if it.old.nhid != 0 {
+				cleanups = append(cleanups, cleanup{what: fmt.Sprintf("nexthop %d of route %s", it.old.nhid, it.old.Dst)})
+				dels = append(dels, nexthopDelRequest(it.old.nhid))
 			}
 		},
 		func(it added[RouteKey, nlRoute], err error) {
 			p.fail(fmt.Errorf("replace route %s: %w", it.want.Route, err))
+			if it.want.nhid != 0 {
+				cleanups = append(cleanups, cleanup{what: fmt.Sprintf("nexthop %d", it.want.nhid)})
+				dels = append(dels, nexthopDelRequest(it.want.nhid))
+			}
 		})
 	for i, err := range p.exec(dels) {
-		if err == nil {
+		if err != nil && !alreadyGone(err) {
+			p.fail(fmt.Errorf("delete %s: %w", cleanups[i].what, err))
+		} else if err == nil && cleanups[i].route {
 			p.changes.RoutesRemoved++
-		} else if !alreadyGone(err) {
-			p.fail(fmt.Errorf("delete route %s metric %d: %w", moved[i].Dst, moved[i].prio, err))
 		}
 	}
 }
@@ -628,7 +713,13 @@ func takeStale[K comparable, V any](n *Netlink, m func(*nlIndex) map[K]V, want f
 	return out
 }
 
-func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute, touched map[RouteKey]struct{}) {
+// delRoutes deletes the routes desired no longer has, then the nexthop
+// objects of those deleted and any others of ours left unused. A route is
+// deleted by itself before its object, although deleting the object would
+// take the route along: the kernel announces a route it flushes that way
+// with no RTM_DELROUTE, and whoever watches routes (we, `ip monitor`,
+// other agents) would never learn it is gone.
+func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, touched map[RouteKey]struct{}) {
 	n := p.n
 	stale := takeStale(n, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes },
 		func(k RouteKey) bool { _, ok := desired.Routes[k]; return ok },
@@ -642,22 +733,29 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute,
 	var reqs []*nl.NetlinkRequest
 	for k, r := range stale {
 		items = append(items, del{k: k, r: r})
-		reqs = append(reqs, routeRequest(r.netlink(), unix.RTM_DELROUTE, 0))
+		reqs = append(reqs, routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0))
 	}
-	for _, r := range strays {
+	for _, r := range kr.strays {
 		if !gone[r.Dev] {
 			items = append(items, del{r: r, stray: true})
-			reqs = append(reqs, routeRequest(r.netlink(), unix.RTM_DELROUTE, 0))
+			reqs = append(reqs, routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0))
 		}
 	}
-	errs := p.exec(reqs)
-	for i, it := range items {
-		err := errs[i]
-		switch {
-		case err == nil:
-			p.changes.RoutesRemoved++
-			continue
-		case alreadyGone(err):
+	// Unused objects of ours: found by a full read, or left behind by a
+	// route the kernel lost (an object whose device is gone went with it).
+	n.mu.Lock()
+	unused := append(kr.nhStrays, n.nhOrphans...)
+	n.nhOrphans = nil
+	n.mu.Unlock()
+	for i, err := range p.exec(reqs) {
+		it := items[i]
+		if err == nil || alreadyGone(err) {
+			if err == nil {
+				p.changes.RoutesRemoved++
+			}
+			if it.r.nhid != 0 && !gone[it.r.Dev] {
+				unused = append(unused, it.r.nhid)
+			}
 			continue
 		}
 		p.fail(fmt.Errorf("delete route %s: %w", it.r.Route, err))
@@ -667,6 +765,15 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, strays []nlRoute,
 					x.routes[it.k] = it.r
 				}
 			})
+		}
+	}
+	nhReqs := make([]*nl.NetlinkRequest, 0, len(unused))
+	for _, id := range unused {
+		nhReqs = append(nhReqs, nexthopDelRequest(id))
+	}
+	for i, err := range p.exec(nhReqs) {
+		if err != nil && !alreadyGone(err) {
+			p.fail(fmt.Errorf("delete unused nexthop %d: %w", unused[i], err))
 		}
 	}
 }

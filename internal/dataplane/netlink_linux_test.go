@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -27,12 +28,13 @@ import (
 // device (it needs no peer, unlike veth, and exists in minimal kernels),
 // a Netlink under test, and a second handle for causing drift by hand.
 type nsHarness struct {
-	t    *testing.T
-	name string
-	ns   netns.NsHandle
-	h    *netlink.Handle
-	dp   *dataplane.Netlink
-	u    dataplanetest.Underlay
+	t     *testing.T
+	plain bool // Netlinks under test install plain routes only
+	name  string
+	ns    netns.NsHandle
+	h     *netlink.Handle
+	dp    *dataplane.Netlink
+	u     dataplanetest.Underlay
 }
 
 func run(t *testing.T, args ...string) {
@@ -88,7 +90,11 @@ func newNS(t *testing.T) *nsHarness {
 
 func (h *nsHarness) newDP() *dataplane.Netlink {
 	log := slog.New(slog.NewTextHandler(h.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dp, err := dataplane.NewNetlink(log, h.ns)
+	var opts []dataplane.NetlinkOption
+	if h.plain {
+		opts = append(opts, dataplane.PlainRoutes())
+	}
+	dp, err := dataplane.NewNetlink(log, h.ns, opts...)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -144,8 +150,11 @@ func (h *nsHarness) DeleteRoute(k dataplane.RouteKey) {
 	if len(rs) == 0 {
 		h.t.Fatalf("no route to %s to delete", k.Dst)
 	}
+	// As `ip route del DST` does: by destination, table and metric only,
+	// which also matches a route that uses a nexthop object (naming the
+	// gateway or device would not).
 	for _, r := range rs {
-		h.check("delete route", h.h.RouteDel(&r))
+		h.check("delete route", h.h.RouteDel(&netlink.Route{Dst: r.Dst, Table: r.Table, Priority: r.Priority, Protocol: r.Protocol, Type: r.Type}))
 	}
 }
 
@@ -205,8 +214,27 @@ func ipNet(p netip.Prefix) *net.IPNet {
 
 var _ dataplaneAPI = (*dataplane.Netlink)(nil)
 
+var nhidRE = regexp.MustCompile(` nhid [0-9]+`)
+
 func TestNetlinkConformance(t *testing.T) {
-	dataplanetest.Run(t, func(t *testing.T) dataplanetest.Harness { return newNS(t) })
+	dataplanetest.Run(t, func(t *testing.T) dataplanetest.Harness {
+		h := newNS(t)
+		if !h.dp.UsesNexthops() {
+			t.Fatal("this kernel has nexthop objects, yet Netlink does not use them")
+		}
+		return h
+	})
+}
+
+// TestNetlinkConformancePlainRoutes is the suite on what a kernel without
+// nexthop objects gets.
+func TestNetlinkConformancePlainRoutes(t *testing.T) {
+	dataplanetest.Run(t, func(t *testing.T) dataplanetest.Harness {
+		h := newNS(t)
+		h.plain = true
+		h.dp = h.newDP()
+		return h
+	})
 }
 
 // TestNetlinkDumpMatchesIproute checks Dump, which the conformance suite
@@ -226,7 +254,9 @@ func TestNetlinkDumpMatchesIproute(t *testing.T) {
 	var got []string
 	for _, fam := range []string{"-4", "-6"} {
 		for _, l := range strings.Split(strings.TrimSpace(out("ip", "-n", h.name, fam, "route", "show", "proto", "87")), "\n") {
-			got = append(got, "route "+strings.TrimSpace(l))
+			// An IPv4 gateway route shows the nexthop object it uses.
+			l = nhidRE.ReplaceAllString(strings.TrimSpace(l), "")
+			got = append(got, "route "+l)
 		}
 	}
 	for _, dev := range []string{dataplanetest.Dev4, dataplanetest.Dev6} {

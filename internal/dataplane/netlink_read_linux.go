@@ -26,6 +26,7 @@ type (
 		ifindex int
 		proto   netlink.RouteProtocol
 		prio    int
+		nhid    uint32 // the nexthop object it uses; 0: a plain route
 	}
 	nlNeigh struct {
 		Neigh
@@ -153,7 +154,68 @@ func dump[T any](what string, f func() (T, error)) (T, error) {
 // RouteProtocol on any device. strays are duplicates of an indexed route
 // key (same destination, another metric) that a full pass deletes.
 // byName maps every device name to its ifindex.
-func (n *Netlink) read(names map[string]bool) (x *nlIndex, strays []nlRoute, byName map[string]int, err error) {
+// kernelRead is what a full read found besides the index.
+type kernelRead struct {
+	// strays are routes of ours that duplicate an indexed one's key.
+	strays []nlRoute
+	// byName maps every device's name to its ifindex.
+	byName map[string]int
+	// nhStrays are nexthop objects of ours no route uses.
+	nhStrays []uint32
+	// nhForeign are the IDs of other programs' nexthop objects; nhMax is
+	// the highest ID of ours (0: none).
+	nhForeign map[uint32]struct{}
+	nhMax     uint32
+}
+
+func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err error) {
+	x, kr.strays, kr.byName, err = n.readObjects(names)
+	if err != nil || !n.nhOK {
+		return x, kr, err
+	}
+	nhs, err := n.dumpNexthops()
+	if err != nil {
+		return nil, kr, err
+	}
+	// Our nexthop objects, by what they point at: a route read back from
+	// the kernel shows its gateway and device, not the object's ID (the
+	// library does not parse RTA_NH_ID), so it is matched by those.
+	ours := map[nhKey][]uint32{}
+	kr.nhForeign = map[uint32]struct{}{}
+	for _, nh := range nhs {
+		if nh.proto != uint8(RouteProtocol) || !nh.gw.Is4() {
+			kr.nhForeign[nh.id] = struct{}{}
+			continue
+		}
+		k := nhKey{nh.ifindex, nh.gw, nh.onlink}
+		ours[k] = append(ours[k], nh.id)
+		kr.nhMax = max(kr.nhMax, nh.id)
+	}
+	claim := func(r *nlRoute) {
+		if r.proto != RouteProtocol || !usesNexthop(r.Route) {
+			return
+		}
+		k := nhKey{r.ifindex, r.Gw, r.OnLink}
+		if ids := ours[k]; len(ids) > 0 {
+			r.nhid, ours[k] = ids[len(ids)-1], ids[:len(ids)-1]
+		}
+	}
+	for k, r := range x.routes {
+		claim(&r)
+		x.routes[k] = r
+	}
+	for i := range kr.strays {
+		claim(&kr.strays[i])
+	}
+	for _, ids := range ours {
+		kr.nhStrays = append(kr.nhStrays, ids...)
+	}
+	return x, kr, nil
+}
+
+// readObjects reads our links and the routes, neighbours and FDB entries
+// that concern us.
+func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRoute, byName map[string]int, err error) {
 	links, err := dump("links", n.h.LinkList)
 	if err != nil {
 		return nil, nil, nil, err
