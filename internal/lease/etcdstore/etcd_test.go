@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
@@ -364,6 +365,46 @@ func TestEtcdStore(t *testing.T) {
 		}
 		if got, err := peerCli.TimeToLive(ctx, after); err != nil || got.GrantedTTL != 3600 {
 			t.Errorf("new etcd lease: %+v, %v; want a granted TTL of 3600 s", got, err)
+		}
+	})
+
+	t.Run("FirstSnapshotAfterAcquireIsCurrent", func(t *testing.T) {
+		// The first snapshot reuses the values Acquire decoded (store.go,
+		// snapshot); what changed in between must still show as it is now.
+		h := newHarness(t)
+		p := h.Peer.(*etcdPeer)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		put := func(key, ip string) {
+			t.Helper()
+			v := `{"PublicIP":"` + ip + `","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:01"}}`
+			if _, err := peerCli.Put(ctx, p.key(key), v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put("10.5.1.0-24", "10.0.0.11")
+		put("10.5.2.0-24", "10.0.0.12")
+		put("10.5.3.0-24", "10.0.0.13")
+		nw, _ := config.ParseNetwork([]byte(`{"Network":"10.5.0.0/16"}`))
+		l, err := h.Store.Acquire(ctx, lease.Request{Network: nw, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("10.0.0.1"), BackendType: "vxlan"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		put("10.5.1.0-24", "10.0.0.21") // changed
+		if _, err := peerCli.Delete(ctx, p.key("10.5.2.0-24")); err != nil {
+			t.Fatal(err)
+		}
+		put("10.5.4.0-24", "10.0.0.14") // new
+		ch := make(chan lease.Batch, 1)
+		go h.Store.Watch(ctx, ch)
+		b := <-ch
+		got := map[string]string{}
+		for _, ev := range b.Events {
+			got[ev.Lease.Key()] = ev.Lease.Attrs.PublicIP.String()
+		}
+		want := map[string]string{l.Key(): "10.0.0.1", "10.5.1.0-24": "10.0.0.21", "10.5.3.0-24": "10.0.0.13", "10.5.4.0-24": "10.0.0.14"}
+		if !b.Snapshot || !maps.Equal(got, want) {
+			t.Errorf("first snapshot %v (snapshot %v), want %v", got, b.Snapshot, want)
 		}
 	})
 
