@@ -63,6 +63,11 @@ func run() error {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	// WEFT_MEMPROFILE=file writes a heap profile (live objects and
+	// everything allocated since start) when the daemon stops.
+	if path := os.Getenv("WEFT_MEMPROFILE"); path != "" {
+		defer writeHeapProfile(log, strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
+	}
 	log.Info("starting", "version", version)
 	if err := app.Run(ctx, log, opts, version); err != nil {
 		return err
@@ -71,4 +76,16 @@ func run() error {
 	// keeps flowing while we restart.
 	log.Info("stopped; kernel state left in place")
 	return nil
+}
+
+func writeHeapProfile(log *slog.Logger, path string) {
+	f, err := os.Create(path)
+	if err != nil {
+		log.Error("heap profile", "err", err)
+		return
+	}
+	defer f.Close()
+	if err := pprof.Lookup("heap").WriteTo(f, 0); err != nil {
+		log.Error("heap profile", "err", err)
+	}
 }

@@ -280,8 +280,8 @@ func (x *runner) measure(ctx context.Context) error {
 
 	// 3. Single joins and leaves at scale.
 	log2 := fileSize(x.h.LogFile)
-	join, leave, err := x.singles(ctx, singles)
-	r.SingleJoin, r.SingleLeave = summarize(join), summarize(leave)
+	join, leave, acks, err := x.singles(ctx, singles)
+	r.SingleJoin, r.SingleLeave, r.SinglePutAck = summarize(join), summarize(leave), summarize(acks)
 	if err != nil {
 		return err
 	}
@@ -321,10 +321,10 @@ func (x *runner) measure(ctx context.Context) error {
 
 // singles measures one Put (then one Delete) at a time: the time from just
 // before the etcd request to the arrival of the route notification.
-func (x *runner) singles(ctx context.Context, ps []peer) (join, leave []float64, err error) {
+func (x *runner) singles(ctx context.Context, ps []peer) (join, leave, acks []float64, err error) {
 	w, err := dataplane.OpenRouteWatch(x.ns)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	type key struct {
 		dst   netip.Prefix
@@ -369,6 +369,9 @@ func (x *runner) singles(ctx context.Context, ps []peer) (join, leave []float64,
 		if err != nil {
 			return 0, fmt.Errorf("write %s: %w", p.key, err)
 		}
+		if added {
+			acks = append(acks, float64(time.Since(t0))/float64(time.Millisecond))
+		}
 		t := time.NewTimer(sampleTimeout)
 		defer t.Stop()
 		select {
@@ -385,7 +388,7 @@ func (x *runner) singles(ctx context.Context, ps []peer) (join, leave []float64,
 			x.progress(fmt.Sprintf("single %s %d/%d", []string{"join", "leave"}[i], j+1, len(ps)))
 			ms, err := one(p, added)
 			if err != nil {
-				return join, leave, err
+				return join, leave, acks, err
 			}
 			if added {
 				join = append(join, ms)
@@ -393,11 +396,11 @@ func (x *runner) singles(ctx context.Context, ps []peer) (join, leave []float64,
 				leave = append(leave, ms)
 			}
 			if err := sleepCtx(ctx, sampleGap); err != nil {
-				return join, leave, err
+				return join, leave, acks, err
 			}
 		}
 	}
-	return join, leave, nil
+	return join, leave, acks, nil
 }
 
 // all reports whether c holds n of each kind.

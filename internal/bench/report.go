@@ -42,6 +42,10 @@ type RunResult struct {
 	// (RTM_DELROUTE) with K installed, in milliseconds.
 	SingleJoin  Stats `json:"singleJoinMs"`
 	SingleLeave Stats `json:"singleLeaveMs"`
+	// SinglePutAck is how long each single join's Put took to be
+	// acknowledged by etcd: the part of SingleJoin no daemon can shorten
+	// (the watch event leaves etcd at about the same time).
+	SinglePutAck Stats `json:"singlePutAckMs"`
 	// LeaveWrites, MassLeave and MassLeaveLag mirror the join burst for
 	// deleting all K.
 	LeaveWrites  float64 `json:"leaveWrites"`
@@ -110,6 +114,7 @@ func tableRows() []row {
 		{"single join p90", func(r *RunResult) float64 { return r.SingleJoin.P90 }, "ms"},
 		{"single join p99", func(r *RunResult) float64 { return r.SingleJoin.P99 }, "ms"},
 		{"single join max", func(r *RunResult) float64 { return r.SingleJoin.Max }, "ms"},
+		{"  of which etcd Put ack (median)", func(r *RunResult) float64 { return r.SinglePutAck.Median }, "ms"},
 		{"single leave median", func(r *RunResult) float64 { return r.SingleLeave.Median }, "ms"},
 		{"single leave p90", func(r *RunResult) float64 { return r.SingleLeave.P90 }, "ms"},
 		{"single leave p99", func(r *RunResult) float64 { return r.SingleLeave.P99 }, "ms"},
