@@ -57,18 +57,25 @@ func (w *nlWriter) close() { w.s.Close() }
 // overflowed): whether the kernel applied it is unknown.
 var errAckLost = errors.New("netlink ack lost")
 
+// request builds one netlink request. Requests are built only as their
+// datagram is filled and dropped once it is sent, so a pass over
+// thousands of objects never holds thousands of built requests (each a
+// dozen small allocations).
+type request = func() *nl.NetlinkRequest
+
 // exec sends reqs in order, in as few datagrams as the limits allow, and
 // returns each request's outcome (nil: acknowledged without error). It
 // reports lost = true when some outcome is unknown (errAckLost).
-func (w *nlWriter) exec(reqs []*nl.NetlinkRequest) (errs []error, lost bool) {
+func (w *nlWriter) exec(reqs []request) (errs []error, lost bool) {
 	errs = make([]error, len(reqs))
 	for start := 0; start < len(reqs); {
 		buf := w.buf[:0]
 		first := w.seq + 1
 		end := start
 		for end < len(reqs) && end-start < batchMaxMsgs {
-			reqs[end].Seq = first + uint32(end-start)
-			b := reqs[end].Serialize()
+			req := reqs[end]()
+			req.Seq = first + uint32(end-start)
+			b := req.Serialize()
 			if end > start && len(buf)+len(b) > batchMaxBytes {
 				break
 			}

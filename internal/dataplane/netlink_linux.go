@@ -421,7 +421,7 @@ func (n *Netlink) forgetLink(name string) {
 // exec sends a phase's requests in batches (see nlWriter) and returns
 // each one's outcome. An ack that got lost leaves the kernel's state
 // unknown: the next pass then re-reads it.
-func (p *pass) exec(reqs []*nl.NetlinkRequest) []error {
+func (p *pass) exec(reqs []request) []error {
 	if len(reqs) == 0 {
 		return nil
 	}
@@ -444,7 +444,7 @@ type added[K comparable, V comparable] struct {
 // so the notifications they cause find it agreeing), sends the requests
 // and restores the entries whose write failed; ok is called for each
 // success, fail for each failure.
-func flushAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, items []added[K, V], reqs []*nl.NetlinkRequest, ok func(added[K, V]), fail func(added[K, V], error)) {
+func flushAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, items []added[K, V], reqs []request, ok func(added[K, V]), fail func(added[K, V], error)) {
 	if len(items) == 0 {
 		return
 	}
@@ -473,7 +473,7 @@ func flushAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, it
 func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 	n := p.n
 	var items []added[FDBKey, nlFDB]
-	var reqs []*nl.NetlinkRequest
+	var reqs []request
 	for k, f := range desired {
 		if p.stopped() {
 			break
@@ -494,7 +494,9 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 		want := nlFDB{f, ifi}
 		items = append(items, added[FDBKey, nlFDB]{k, want, old, had})
 		// NeighAppend: `bridge fdb append`.
-		reqs = append(reqs, neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND))
+		reqs = append(reqs, func() *nl.NetlinkRequest {
+			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND)
+		})
 	}
 	flushAdds(p, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }, items, reqs,
 		func(added[FDBKey, nlFDB]) { p.changes.FDBAdded++ },
@@ -507,7 +509,7 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 	n := p.n
 	var items []added[NeighKey, nlNeigh]
-	var reqs []*nl.NetlinkRequest
+	var reqs []request
 	for k, nb := range desired {
 		if p.stopped() {
 			break
@@ -529,7 +531,9 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 		items = append(items, added[NeighKey, nlNeigh]{k, want, old, had})
 		// NeighSet is `ip neigh replace`: it overwrites a learnt or stale
 		// entry for the same address in one write.
-		reqs = append(reqs, neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE))
+		reqs = append(reqs, func() *nl.NetlinkRequest {
+			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+		})
 	}
 	flushAdds(p, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }, items, reqs,
 		func(added[NeighKey, nlNeigh]) { p.changes.NeighsAdded++ },
@@ -542,7 +546,7 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	n := p.n
 	var items []added[RouteKey, nlRoute]
-	var nhReqs []*nl.NetlinkRequest
+	var nhReqs []request
 	var nhItems []int // index in items of each nexthop request
 	for k, r := range desired {
 		if p.stopped() {
@@ -571,7 +575,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			// one goes with the old route.
 			want.nhid = n.allocNexthop()
 			nhItems = append(nhItems, len(items))
-			nhReqs = append(nhReqs, nexthopRequest(want.nhid, ifi, r.Gw, r.OnLink))
+			nhReqs = append(nhReqs, func() *nl.NetlinkRequest { return nexthopRequest(want.nhid, ifi, r.Gw, r.OnLink) })
 		}
 		items = append(items, added[RouteKey, nlRoute]{k, want, old, had})
 	}
@@ -584,7 +588,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			p.fail(fmt.Errorf("add nexthop %d for route %s: %w", it.want.nhid, it.want.Route, err))
 		}
 	}
-	reqs := make([]*nl.NetlinkRequest, 0, len(items))
+	reqs := make([]request, 0, len(items))
 	kept := items[:0]
 	for i, it := range items {
 		if failed[i] {
@@ -592,7 +596,9 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 		}
 		kept = append(kept, it)
 		// RouteReplace: `ip route replace`.
-		reqs = append(reqs, routeRequest(it.want.netlink(), it.want.nhid, unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE))
+		reqs = append(reqs, func() *nl.NetlinkRequest {
+			return routeRequest(it.want.netlink(), it.want.nhid, unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+		})
 	}
 	// Replace matches on metric; a route of ours with another metric is a
 	// separate kernel object and still there once its successor is in. A
@@ -604,7 +610,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 		route bool // a route (counted as removed), not a nexthop object
 	}
 	var cleanups []cleanup
-	var dels []*nl.NetlinkRequest
+	var dels []request
 	flushAdds(p, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, kept, reqs,
 		func(it added[RouteKey, nlRoute]) {
 			p.changes.RoutesAdded++
@@ -613,18 +619,18 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			}
 			if it.old.prio != it.want.prio {
 				cleanups = append(cleanups, cleanup{fmt.Sprintf("route %s metric %d", it.old.Dst, it.old.prio), true})
-				dels = append(dels, routeRequest(it.old.netlink(), it.old.nhid, unix.RTM_DELROUTE, 0))
+				dels = append(dels, func() *nl.NetlinkRequest { return routeRequest(it.old.netlink(), it.old.nhid, unix.RTM_DELROUTE, 0) })
 			}
 			if it.old.nhid != 0 {
 				cleanups = append(cleanups, cleanup{what: fmt.Sprintf("nexthop %d of route %s", it.old.nhid, it.old.Dst)})
-				dels = append(dels, nexthopDelRequest(it.old.nhid))
+				dels = append(dels, func() *nl.NetlinkRequest { return nexthopDelRequest(it.old.nhid) })
 			}
 		},
 		func(it added[RouteKey, nlRoute], err error) {
 			p.fail(fmt.Errorf("replace route %s: %w", it.want.Route, err))
 			if it.want.nhid != 0 {
 				cleanups = append(cleanups, cleanup{what: fmt.Sprintf("nexthop %d", it.want.nhid)})
-				dels = append(dels, nexthopDelRequest(it.want.nhid))
+				dels = append(dels, func() *nl.NetlinkRequest { return nexthopDelRequest(it.want.nhid) })
 			}
 		})
 	for i, err := range p.exec(dels) {
@@ -730,15 +736,15 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 		stray bool
 	}
 	var items []del
-	var reqs []*nl.NetlinkRequest
+	var reqs []request
 	for k, r := range stale {
 		items = append(items, del{k: k, r: r})
-		reqs = append(reqs, routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0))
+		reqs = append(reqs, func() *nl.NetlinkRequest { return routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0) })
 	}
 	for _, r := range kr.strays {
 		if !gone[r.Dev] {
 			items = append(items, del{r: r, stray: true})
-			reqs = append(reqs, routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0))
+			reqs = append(reqs, func() *nl.NetlinkRequest { return routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0) })
 		}
 	}
 	// Unused objects of ours: found by a full read, or left behind by a
@@ -767,9 +773,9 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 			})
 		}
 	}
-	nhReqs := make([]*nl.NetlinkRequest, 0, len(unused))
+	nhReqs := make([]request, 0, len(unused))
 	for _, id := range unused {
-		nhReqs = append(nhReqs, nexthopDelRequest(id))
+		nhReqs = append(nhReqs, func() *nl.NetlinkRequest { return nexthopDelRequest(id) })
 	}
 	for i, err := range p.exec(nhReqs) {
 		if err != nil && !alreadyGone(err) {
@@ -782,10 +788,10 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 // putting back into the index those whose deletion failed.
 func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*nlIndex) map[K]V, req func(V) *nl.NetlinkRequest, removed *int, fail func(V, error)) {
 	keys := make([]K, 0, len(stale))
-	reqs := make([]*nl.NetlinkRequest, 0, len(stale))
+	reqs := make([]request, 0, len(stale))
 	for k, v := range stale {
 		keys = append(keys, k)
-		reqs = append(reqs, req(v))
+		reqs = append(reqs, func() *nl.NetlinkRequest { return req(v) })
 	}
 	errs := p.exec(reqs)
 	for i, k := range keys {
