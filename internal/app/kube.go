@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -31,9 +30,12 @@ func openKube(ctx context.Context, log *slog.Logger, opts *config.Options, m *me
 	cfg.UserAgent = "weft-flanneld"
 	// Deprecation warnings go to our log, not to klog's stderr.
 	cfg.WarningHandlerWithContext = warningLogger{log}
-	client, err := kubernetes.NewForConfig(cfg)
+	// Not kubernetes.NewForConfig: linking the clientset costs every
+	// start (etcd mode too) the registration of all API groups; see
+	// kubestore.API.
+	client, err := kubestore.NewClient(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
+		return nil, err
 	}
 	node, err := kubestore.NodeName(ctx, client, os.Getenv)
 	if err != nil {

@@ -49,6 +49,8 @@ func TestKubeAPIServer(t *testing.T) {
 	// Not a subtest: every subtest runs under the RBAC this applies, so
 	// `-run TestKubeAPIServer/RBAC` works alone.
 	testManifests(t, srv)
+	t.Run("ClientMatchesClientset", func(t *testing.T) { testClientMatchesClientset(t, srv) })
+	// The store under test runs on NewClient, as in flanneld.
 	t.Run("Conformance", func(t *testing.T) {
 		leasetest.Run(t, func(t *testing.T) leasetest.Harness { return newHarness(t, srv) })
 	})
@@ -140,7 +142,20 @@ func testManifests(t *testing.T, srv *kubetest.Server) {
 	}
 }
 
-// flannelClient is a client with kube-flannel's permissions.
+// flannelAPI is the store's client, as flanneld makes it (NewClient),
+// with kube-flannel's permissions.
+func flannelAPI(t testing.TB, srv *kubetest.Server, url string) API {
+	t.Helper()
+	c, err := NewClient(srv.ConfigAt(url, srv.FlannelToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// flannelClient is a clientset with kube-flannel's permissions, for
+// requests the store does not make (RBAC probes) and to compare NewClient
+// with.
 func flannelClient(t testing.TB, srv *kubetest.Server, url string) kubernetes.Interface {
 	t.Helper()
 	c, err := kubernetes.NewForConfig(srv.ConfigAt(url, srv.FlannelToken))
@@ -222,7 +237,7 @@ func newHarness(t *testing.T, srv *kubetest.Server) leasetest.Harness {
 	p := startProxy(t, srv.Addr)
 	h := &harness{srv: srv, ann: mustAnnotations(t, prefix), netConf: filepath.Join(t.TempDir(), "net-conf.json"), proxy: p}
 	s, err := New(discard(), Config{
-		Client: flannelClient(t, srv, "https://"+p.addr()), NodeName: "self",
+		Client: flannelAPI(t, srv, "https://"+p.addr()), NodeName: "self",
 		AnnotationPrefix: prefix, NetConfigPath: h.netConf,
 	})
 	if err != nil {
@@ -296,8 +311,15 @@ func (h *harness) Expire(t testing.TB, id lease.ID) {
 
 func (h *harness) Compact(t testing.TB) {
 	t.Helper()
+	compact(t, h.srv)
+}
+
+// compact compacts the API server's etcd up to now, as it does on its own
+// every few minutes: watches from before then get 410 Gone.
+func compact(t testing.TB, srv *kubetest.Server) {
+	t.Helper()
 	ctx := kubetest.Context(t, 10*time.Second)
-	c, err := clientv3.New(clientv3.Config{Endpoints: []string{h.srv.Etcd.ClientURL}, DialTimeout: 5 * time.Second})
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Etcd.ClientURL}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -407,7 +429,7 @@ func vxlanAttrs(ip, mac string) lease.Attrs {
 
 func newStore(t testing.TB, srv *kubetest.Server, node, netConf string) *Store {
 	t.Helper()
-	s, err := New(discard(), Config{Client: flannelClient(t, srv, srv.URL), NodeName: node,
+	s, err := New(discard(), Config{Client: flannelAPI(t, srv, srv.URL), NodeName: node,
 		AnnotationPrefix: prefix, NetConfigPath: netConf})
 	if err != nil {
 		t.Fatal(err)
@@ -624,7 +646,7 @@ func testNodeNameFromPod(t *testing.T, srv *kubetest.Server) {
 	if _, err := srv.Admin.CoreV1().Pods("kube-flannel").Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	c := flannelClient(t, srv, srv.URL)
+	c := flannelAPI(t, srv, srv.URL)
 	env := map[string]string{"POD_NAME": "kube-flannel-ds-abcde", "POD_NAMESPACE": "kube-flannel"}
 	if got, err := NodeName(ctx, c, func(k string) string { return env[k] }); err != nil || got != "worker-7" {
 		t.Errorf("NodeName from the pod = %q, %v; want worker-7", got, err)

@@ -26,6 +26,13 @@
 // reduced to its lease right away (entry), so 5,000 nodes cost a map of
 // small structs, not 5,000 Node objects; kubelet's status heartbeats, which
 // rewrite every node every few seconds, are dropped by comparing entries.
+//
+// The store reaches the API server through API, the five core/v1 calls it
+// makes. NewClient implements them on client-go's rest package with a
+// scheme holding core/v1 alone, not on the clientset
+// (k8s.io/client-go/kubernetes): the clientset's package init registers
+// every built-in API group, which flanneld would pay for in startup time
+// and resident memory on every start, in etcd mode too.
 package kubestore
 
 import (
@@ -43,8 +50,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -57,7 +62,8 @@ var ErrNoPodCIDR = errors.New("podCIDR not assigned: run kube-controller-manager
 
 // Config configures a Store.
 type Config struct {
-	Client kubernetes.Interface
+	// Client reaches the API server (NewClient).
+	Client API
 	// NodeName is this host's Node (see NodeName).
 	NodeName string
 	// AnnotationPrefix is --kube-annotation-prefix.
@@ -124,7 +130,7 @@ func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, er
 	s.fam = fam
 	s.mu.Unlock()
 
-	node, err := s.cfg.Client.CoreV1().Nodes().Get(ctx, s.cfg.NodeName, metav1.GetOptions{})
+	node, err := s.cfg.Client.GetNode(ctx, s.cfg.NodeName)
 	if err != nil {
 		return lease.Lease{}, fmt.Errorf("get node %s: %w", s.cfg.NodeName, err)
 	}
@@ -226,7 +232,7 @@ func (s *Store) patchAnnotations(ctx context.Context, set map[string]string) (*c
 	if err != nil {
 		return nil, fmt.Errorf("encode annotation patch: %w", err)
 	}
-	n, err := s.cfg.Client.CoreV1().Nodes().Patch(ctx, s.cfg.NodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+	n, err := s.cfg.Client.PatchNodeStatus(ctx, s.cfg.NodeName, patch)
 	if err != nil {
 		return nil, fmt.Errorf("patch annotations of node %s: %w", s.cfg.NodeName, err)
 	}
@@ -257,7 +263,7 @@ func (s *Store) SetNetworkAvailable(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("encode condition patch: %w", err)
 	}
-	if _, err := s.cfg.Client.CoreV1().Nodes().PatchStatus(ctx, s.cfg.NodeName, patch); err != nil {
+	if _, err := s.cfg.Client.PatchNodeStatus(ctx, s.cfg.NodeName, patch); err != nil {
 		return fmt.Errorf("set NetworkUnavailable=False on node %s: %w", s.cfg.NodeName, err)
 	}
 	return nil
@@ -267,7 +273,7 @@ func (s *Store) SetNetworkAvailable(ctx context.Context) error {
 // annotations (invalid when unset), which choose the underlay interface
 // like --public-ip does.
 func (s *Store) NodePublicIPs(ctx context.Context) (v4, v6 netip.Addr, err error) {
-	node, err := s.cfg.Client.CoreV1().Nodes().Get(ctx, s.cfg.NodeName, metav1.GetOptions{})
+	node, err := s.cfg.Client.GetNode(ctx, s.cfg.NodeName)
 	if err != nil {
 		return v4, v6, fmt.Errorf("get node %s: %w", s.cfg.NodeName, err)
 	}
@@ -317,7 +323,7 @@ func (s *Store) families() families {
 
 // NodeName finds this host's node: $NODE_NAME, else the node that the pod
 // $POD_NAMESPACE/$POD_NAME (kube-flannel's DaemonSet sets both) runs on.
-func NodeName(ctx context.Context, c kubernetes.Interface, getenv func(string) string) (string, error) {
+func NodeName(ctx context.Context, c API, getenv func(string) string) (string, error) {
 	if n := getenv("NODE_NAME"); n != "" {
 		return n, nil
 	}
@@ -325,7 +331,7 @@ func NodeName(ctx context.Context, c kubernetes.Interface, getenv func(string) s
 	if name == "" || ns == "" {
 		return "", errors.New("node name unknown: set NODE_NAME, or POD_NAME and POD_NAMESPACE")
 	}
-	pod, err := c.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+	pod, err := c.GetPod(ctx, ns, name)
 	if err != nil {
 		return "", fmt.Errorf("get pod %s/%s for its node name: %w", ns, name, err)
 	}

@@ -141,7 +141,7 @@ func FuzzDecode(f *testing.F) {
 
 func fakeStore(t *testing.T, c *fake.Clientset, name string) *Store {
 	t.Helper()
-	s, err := New(discard(), Config{Client: c, NodeName: name, AnnotationPrefix: prefix})
+	s, err := New(discard(), Config{Client: clientsetAPI{c}, NodeName: name, AnnotationPrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,11 +312,11 @@ func TestWatchListFailureRetries(t *testing.T) {
 func TestNodeNameErrors(t *testing.T) {
 	c := fake.NewClientset(&corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns"}})
 	env := map[string]string{"POD_NAME": "p", "POD_NAMESPACE": "ns"}
-	if _, err := NodeName(context.Background(), c, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "not scheduled") {
+	if _, err := NodeName(context.Background(), clientsetAPI{c}, func(k string) string { return env[k] }); err == nil || !strings.Contains(err.Error(), "not scheduled") {
 		t.Errorf("unscheduled pod: err = %v", err)
 	}
 	env["POD_NAME"] = "missing"
-	if _, err := NodeName(context.Background(), c, func(k string) string { return env[k] }); !apierrors.IsNotFound(err) {
+	if _, err := NodeName(context.Background(), clientsetAPI{c}, func(k string) string { return env[k] }); !apierrors.IsNotFound(err) {
 		t.Errorf("missing pod: err = %v", err)
 	}
 }

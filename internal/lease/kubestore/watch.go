@@ -95,7 +95,7 @@ func (w *watchState) list(ctx context.Context) (string, error) {
 	opts := metav1.ListOptions{Limit: w.s.page}
 	var rv string
 	for {
-		page, err := w.s.cfg.Client.CoreV1().Nodes().List(ctx, opts)
+		page, err := w.s.cfg.Client.ListNodes(ctx, opts)
 		if err != nil {
 			return "", fmt.Errorf("list nodes: %w", err)
 		}
@@ -126,7 +126,7 @@ func (w *watchState) list(ctx context.Context) (string, error) {
 // watch follows changes from rv until the stream ends. It returns the
 // resourceVersion to resume from and whether anything arrived.
 func (w *watchState) watch(ctx context.Context, rv string) (string, bool, error) {
-	wi, err := w.s.cfg.Client.CoreV1().Nodes().Watch(ctx, metav1.ListOptions{
+	wi, err := w.s.cfg.Client.WatchNodes(ctx, metav1.ListOptions{
 		ResourceVersion: rv,
 		// Bookmarks advance rv while nothing of ours changes, so a resume
 		// after a quiet hour does not hit compacted history.
