@@ -224,6 +224,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.delRoutes(desired, gone, kr, tr)
 	p.delNeighs(desired, gone, tn)
 	p.delFDB(desired, gone, tf)
+	p.delNexthops()
 	p.delLinks(gone)
 	return p.changes, errors.Join(p.errs...)
 }
@@ -237,6 +238,8 @@ type pass struct {
 	// ifindex caches name → ifindex for devices that are not ours
 	// (0: does not exist), so each is looked up once per pass.
 	ifindex map[string]int
+	// unusedNH are nexthop objects of ours for delNexthops to delete.
+	unusedNH []uint32
 }
 
 func (p *pass) fail(err error) { p.errs = append(p.errs, err) }
@@ -719,8 +722,9 @@ func takeStale[K comparable, V any](n *Netlink, m func(*nlIndex) map[K]V, want f
 	return out
 }
 
-// delRoutes deletes the routes desired no longer has, then the nexthop
-// objects of those deleted and any others of ours left unused. A route is
+// delRoutes deletes the routes desired no longer has, and leaves to
+// delNexthops the objects of those deleted and any others of ours found
+// unused. A route is
 // deleted by itself before its object, although deleting the object would
 // take the route along: the kernel announces a route it flushes that way
 // with no RTM_DELROUTE, and whoever watches routes (we, `ip monitor`,
@@ -773,6 +777,14 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 			})
 		}
 	}
+	p.unusedNH = unused
+}
+
+// delNexthops deletes the nexthop objects delRoutes left unused. It runs
+// last, after the neighbour and FDB deletions: nothing looks at an unused
+// object, so the objects that matter go first.
+func (p *pass) delNexthops() {
+	unused := p.unusedNH
 	nhReqs := make([]request, 0, len(unused))
 	for _, id := range unused {
 		nhReqs = append(nhReqs, func() *nl.NetlinkRequest { return nexthopDelRequest(id) })
