@@ -45,8 +45,10 @@ type Netlink struct {
 	// (nexthop_linux.go). nextNH and nhForeign are used under pass;
 	// nhOrphans (under mu) are objects of ours whose route the kernel
 	// lost, deleted by the next pass.
-	nhOK      bool
-	nextNH    uint32
+	nhOK   bool
+	nextNH uint32
+	// notes counts the notifications Subscribe has read.
+	notes     atomic.Uint64
 	nhForeign map[uint32]struct{}
 	nhOrphans []uint32
 }

@@ -2,24 +2,18 @@ package dataplane
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	// subscribeQueue buffers notifications between the library's reader
-	// goroutines and ours.
-	subscribeQueue = 256
-	// subscribeRcvBuf asks for a large socket buffer: one reconcile of
-	// thousands of peers causes as many notifications, and an overrun
-	// socket (ENOBUFS) loses them. Without CAP_NET_ADMIN the kernel caps
-	// the request at net.core.rmem_max.
+	// subscribeRcvBuf asks for a large socket buffer: a burst of changes
+	// causes as many notifications, and an overrun socket (ENOBUFS) loses
+	// them. Without CAP_NET_ADMIN the kernel caps the request at
+	// net.core.rmem_max.
 	subscribeRcvBuf = 4 << 20
 	// resubscribeDelay spaces attempts to re-establish a lost subscription.
 	resubscribeDelay = time.Second
@@ -31,9 +25,9 @@ const (
 // of ours turns non-permanent or changes MAC, it drops the object from the
 // index and calls kick, so that the caller's next Reconcile, even a
 // non-full one, writes it again. Notifications caused by Reconcile's own
-// writes are ignored.
+// writes are ignored (most never reach us: netlink_sub_linux.go).
 //
-// kick is also called once the subscriptions are established, because
+// kick is also called once the subscription is established, because
 // changes before that point were not observed. If the kernel drops
 // notifications (a full socket buffer), Subscribe re-subscribes, marks the
 // next Reconcile as full and kicks. It returns an error only if the first
@@ -58,91 +52,34 @@ func (n *Netlink) Subscribe(ctx context.Context, kick func()) error {
 	}
 }
 
-// watch runs one set of subscriptions until ctx ends or one of them fails.
+// watch runs one subscription until ctx ends or it fails.
 func (n *Netlink) watch(ctx context.Context, kick func()) (established bool, err error) {
-	var (
-		mu      sync.Mutex
-		lastErr error
-	)
-	onErr := func(err error) {
-		mu.Lock()
-		lastErr = err
-		mu.Unlock()
+	s, err := n.subscribe()
+	if err != nil {
+		return false, err
 	}
-	ended := func(what string) error {
-		mu.Lock()
-		defer mu.Unlock()
-		return fmt.Errorf("%s subscription ended: %w", what, errors.Join(lastErr, errors.New("channel closed")))
-	}
-	var ns *netns.NsHandle
-	if n.ns.IsOpen() {
-		ns = &n.ns
-	}
-
-	done := make(chan struct{})
-	var drains []func()
+	stop := context.AfterFunc(ctx, s.Close) // unblocks Receive
 	defer func() {
-		// Closing done closes the sockets; the library's readers then close
-		// their channels, and draining unblocks any reader stuck sending.
-		close(done)
-		for _, d := range drains {
-			d()
+		if stop() {
+			s.Close()
 		}
 	}()
-	links := make(chan netlink.LinkUpdate, subscribeQueue)
-	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{
-		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: subscribeRcvBuf,
-	}); err != nil {
-		return false, fmt.Errorf("subscribe to link updates: %w", err)
-	}
-	drains = append(drains, func() {
-		for range links {
-		}
-	})
-	routes := make(chan netlink.RouteUpdate, subscribeQueue)
-	if err := netlink.RouteSubscribeWithOptions(routes, done, netlink.RouteSubscribeOptions{
-		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: subscribeRcvBuf,
-	}); err != nil {
-		return false, fmt.Errorf("subscribe to route updates: %w", err)
-	}
-	drains = append(drains, func() {
-		for range routes {
-		}
-	})
-	// RTNLGRP_NEIGH carries both ARP/NDP entries and, with family
-	// AF_BRIDGE, the VXLAN driver's FDB entries.
-	neighs := make(chan netlink.NeighUpdate, subscribeQueue)
-	if err := netlink.NeighSubscribeWithOptions(neighs, done, netlink.NeighSubscribeOptions{
-		Namespace: ns, ErrorCallback: onErr, ReceiveBufferSize: subscribeRcvBuf,
-	}); err != nil {
-		return false, fmt.Errorf("subscribe to neighbour updates: %w", err)
-	}
-	drains = append(drains, func() {
-		for range neighs {
-		}
-	})
-
 	kick()
 	for {
-		var drift bool
-		select {
-		case <-ctx.Done():
+		msgs, _, err := s.Receive()
+		if ctx.Err() != nil {
 			return true, nil
-		case u, ok := <-links:
-			if !ok {
-				return true, ended("link")
+		}
+		if err != nil {
+			// ENOBUFS: the kernel dropped notifications.
+			return true, fmt.Errorf("netlink subscription: %w", err)
+		}
+		n.notes.Add(uint64(len(msgs)))
+		drift := false
+		for _, m := range msgs {
+			if n.notification(m.Header.Type, unix.NlMsghdr(m.Header), m.Data) {
+				drift = true
 			}
-			drift = n.linkEvent(u)
-		case u, ok := <-routes:
-			if !ok {
-				return true, ended("route")
-			}
-			drift = n.routeEvent(u)
-		case u, ok := <-neighs:
-			if !ok {
-				return true, ended("neighbour")
-			}
-			drift = n.neighEvent(u)
 		}
 		if drift {
 			kick()
