@@ -217,6 +217,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.addFDB(entries(desired.FDB, tf))
 	p.addNeighs(entries(desired.Neighs, tn))
 	p.addRoutes(entries(desired.Routes, tr))
+	p.flush() // addRoutes flushes; this only guards against a path that did not
 	// Deletions are not interrupted once started: each takes its batch
 	// out of the index first, and stopping halfway would lose track of
 	// objects still in the kernel.
@@ -226,6 +227,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.delRoutes(desired, gone, kr, tr)
 	p.delNeighs(desired, gone, tn)
 	p.delFDB(desired, gone, tf)
+	p.flush()
 	p.delNexthops()
 	p.delLinks(gone)
 	return p.changes, errors.Join(p.errs...)
@@ -242,6 +244,8 @@ type pass struct {
 	ifindex map[string]int
 	// unusedNH are nexthop objects of ours for delNexthops to delete.
 	unusedNH []uint32
+	// q are the writes queued for the next flush.
+	q []queued
 }
 
 func (p *pass) fail(err error) { p.errs = append(p.errs, err) }
@@ -445,11 +449,11 @@ type added[K comparable, V comparable] struct {
 	had       bool
 }
 
-// flushAdds records the queued entries in the index (before the writes,
-// so the notifications they cause find it agreeing), sends the requests
-// and restores the entries whose write failed; ok is called for each
-// success, fail for each failure.
-func flushAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, items []added[K, V], reqs []request, ok func(added[K, V]), fail func(added[K, V], error)) {
+// queueAdds records the entries in the index now (before the writes, so
+// the notifications they cause find it agreeing) and queues their
+// requests; at the flush, an entry whose write failed is restored, and
+// ok or fail is called for each.
+func queueAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, items []added[K, V], reqs []request, ok func(added[K, V]), fail func(added[K, V], error)) {
 	if len(items) == 0 {
 		return
 	}
@@ -458,20 +462,46 @@ func flushAdds[K comparable, V comparable](p *pass, m func(*nlIndex) map[K]V, it
 			m(x)[it.k] = it.want
 		}
 	})
-	errs := p.exec(reqs)
-	p.n.withIndex(func(x *nlIndex) {
-		for i, it := range items {
-			if errs[i] != nil {
-				restoreEntry(m(x), it.k, it.want, it.old, it.had)
-			}
-		}
-	})
 	for i, it := range items {
-		if errs[i] != nil {
-			fail(it, errs[i])
-		} else {
+		p.enqueue(reqs[i], func(err error) {
+			if err != nil {
+				p.n.withIndex(func(x *nlIndex) { restoreEntry(m(x), it.k, it.want, it.old, it.had) })
+				fail(it, err)
+				return
+			}
 			ok(it)
-		}
+		})
+	}
+}
+
+// queued is a write waiting for the pass's next flush, and what to do
+// with its outcome.
+type queued struct {
+	req  request
+	done func(error)
+}
+
+func (p *pass) enqueue(req request, done func(error)) { p.q = append(p.q, queued{req, done}) }
+
+// flush sends every queued write, in order, in as few datagrams as the
+// batch limits allow, and hands each its outcome. A pass flushes twice
+// in its add phase (FDB entries, neighbours and nexthop objects; then
+// the routes, which must not name an object that failed) and twice in
+// its delete phase (routes, neighbours, FDB entries; then the objects of
+// the routes deleted), so a single join or leave costs two round trips
+// to the kernel, not one per kind of object.
+func (p *pass) flush() {
+	if len(p.q) == 0 {
+		return
+	}
+	q := p.q
+	p.q = nil
+	reqs := make([]request, len(q))
+	for i := range q {
+		reqs[i] = q[i].req
+	}
+	for i, err := range p.exec(reqs) {
+		q[i].done(err)
 	}
 }
 
@@ -503,7 +533,7 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND)
 		})
 	}
-	flushAdds(p, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }, items, reqs,
+	queueAdds(p, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }, items, reqs,
 		func(added[FDBKey, nlFDB]) { p.changes.FDBAdded++ },
 		func(it added[FDBKey, nlFDB], err error) {
 			f := it.want
@@ -540,7 +570,7 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
 		})
 	}
-	flushAdds(p, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }, items, reqs,
+	queueAdds(p, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }, items, reqs,
 		func(added[NeighKey, nlNeigh]) { p.changes.NeighsAdded++ },
 		func(it added[NeighKey, nlNeigh], err error) {
 			nb := it.want
@@ -584,15 +614,21 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 		}
 		items = append(items, added[RouteKey, nlRoute]{k, want, old, had})
 	}
-	// The nexthop objects first: a route naming a missing one is refused.
+	// The nexthop objects go with the FDB entries and neighbours queued
+	// before them; the routes only once their objects are in: a route
+	// must not name an object whose create failed (EEXIST: one of another
+	// program's, made since our last read).
 	failed := map[int]bool{}
-	for i, err := range p.exec(nhReqs) {
-		if err != nil {
-			it := items[nhItems[i]]
-			failed[nhItems[i]] = true
-			p.fail(fmt.Errorf("add nexthop %d for route %s: %w", it.want.nhid, it.want.Route, err))
-		}
+	for i, req := range nhReqs {
+		idx := nhItems[i]
+		p.enqueue(req, func(err error) {
+			if err != nil {
+				failed[idx] = true
+				p.fail(fmt.Errorf("add nexthop %d for route %s: %w", items[idx].want.nhid, items[idx].want.Route, err))
+			}
+		})
 	}
+	p.flush()
 	reqs := make([]request, 0, len(items))
 	kept := items[:0]
 	for i, it := range items {
@@ -616,7 +652,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	}
 	var cleanups []cleanup
 	var dels []request
-	flushAdds(p, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, kept, reqs,
+	queueAdds(p, func(x *nlIndex) map[RouteKey]nlRoute { return x.routes }, kept, reqs,
 		func(it added[RouteKey, nlRoute]) {
 			p.changes.RoutesAdded++
 			if !it.had {
@@ -638,6 +674,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 				dels = append(dels, func() *nl.NetlinkRequest { return nexthopDelRequest(it.want.nhid) })
 			}
 		})
+	p.flush()
 	for i, err := range p.exec(dels) {
 		if err != nil && !alreadyGone(err) {
 			p.fail(fmt.Errorf("delete %s: %w", cleanups[i].what, err))
@@ -756,30 +793,30 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 	// Unused objects of ours: found by a full read, or left behind by a
 	// route the kernel lost (an object whose device is gone went with it).
 	n.mu.Lock()
-	unused := append(kr.nhStrays, n.nhOrphans...)
+	p.unusedNH = append(kr.nhStrays, n.nhOrphans...)
 	n.nhOrphans = nil
 	n.mu.Unlock()
-	for i, err := range p.exec(reqs) {
-		it := items[i]
-		if err == nil || alreadyGone(err) {
-			if err == nil {
-				p.changes.RoutesRemoved++
-			}
-			if it.r.nhid != 0 && !gone[it.r.Dev] {
-				unused = append(unused, it.r.nhid)
-			}
-			continue
-		}
-		p.fail(fmt.Errorf("delete route %s: %w", it.r.Route, err))
-		if !it.stray {
-			n.withIndex(func(x *nlIndex) {
-				if _, ok := x.routes[it.k]; !ok {
-					x.routes[it.k] = it.r
+	for i, it := range items {
+		p.enqueue(reqs[i], func(err error) {
+			if err == nil || alreadyGone(err) {
+				if err == nil {
+					p.changes.RoutesRemoved++
 				}
-			})
-		}
+				if it.r.nhid != 0 && !gone[it.r.Dev] {
+					p.unusedNH = append(p.unusedNH, it.r.nhid)
+				}
+				return
+			}
+			p.fail(fmt.Errorf("delete route %s: %w", it.r.Route, err))
+			if !it.stray {
+				n.withIndex(func(x *nlIndex) {
+					if _, ok := x.routes[it.k]; !ok {
+						x.routes[it.k] = it.r
+					}
+				})
+			}
+		})
 	}
-	p.unusedNH = unused
 }
 
 // delNexthops deletes the nexthop objects delRoutes left unused. It runs
@@ -798,29 +835,24 @@ func (p *pass) delNexthops() {
 	}
 }
 
-// delStale deletes the taken stale neighbours or FDB entries in one batch,
-// putting back into the index those whose deletion failed.
+// delStale queues the deletion of the taken stale neighbours or FDB
+// entries; at the flush, those whose deletion failed go back into the
+// index.
 func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*nlIndex) map[K]V, req func(V) *nl.NetlinkRequest, removed *int, fail func(V, error)) {
-	keys := make([]K, 0, len(stale))
-	reqs := make([]request, 0, len(stale))
 	for k, v := range stale {
-		keys = append(keys, k)
-		reqs = append(reqs, func() *nl.NetlinkRequest { return req(v) })
-	}
-	errs := p.exec(reqs)
-	for i, k := range keys {
-		switch err := errs[i]; {
-		case err == nil:
-			*removed++
-		case !alreadyGone(err):
-			v := stale[k]
-			p.n.withIndex(func(x *nlIndex) {
-				if _, ok := m(x)[k]; !ok {
-					m(x)[k] = v
-				}
-			})
-			fail(v, err)
-		}
+		p.enqueue(func() *nl.NetlinkRequest { return req(v) }, func(err error) {
+			switch {
+			case err == nil:
+				*removed++
+			case !alreadyGone(err):
+				p.n.withIndex(func(x *nlIndex) {
+					if _, ok := m(x)[k]; !ok {
+						m(x)[k] = v
+					}
+				})
+				fail(v, err)
+			}
+		})
 	}
 }
 
