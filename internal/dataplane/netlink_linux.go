@@ -483,6 +483,18 @@ type queued struct {
 
 func (p *pass) enqueue(req request, done func(error)) { p.q = append(p.q, queued{req, done}) }
 
+// passChunk bounds how many objects a pass prepares before writing them:
+// a pass over 20,000 peers would otherwise hold every prepared write of a
+// phase at once (tens of MiB at the moment the heap peaks).
+const passChunk = 1024
+
+// flushIfFull flushes once a chunk's worth of writes is queued.
+func (p *pass) flushIfFull() {
+	if len(p.q) >= passChunk {
+		p.flush()
+	}
+}
+
 // flush sends every queued write, in order, in as few datagrams as the
 // batch limits allow, and hands each its outcome. A pass flushes twice
 // in its add phase (FDB entries, neighbours and nexthop objects; then
@@ -532,13 +544,22 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 		reqs = append(reqs, func() *nl.NetlinkRequest {
 			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND)
 		})
+		if len(items) == passChunk {
+			items, reqs = p.queueFDB(items, reqs)
+		}
 	}
+	p.queueFDB(items, reqs)
+}
+
+func (p *pass) queueFDB(items []added[FDBKey, nlFDB], reqs []request) ([]added[FDBKey, nlFDB], []request) {
 	queueAdds(p, func(x *nlIndex) map[FDBKey]nlFDB { return x.fdb }, items, reqs,
 		func(added[FDBKey, nlFDB]) { p.changes.FDBAdded++ },
 		func(it added[FDBKey, nlFDB], err error) {
 			f := it.want
 			p.fail(fmt.Errorf("add fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
 		})
+	p.flushIfFull()
+	return items[:0], reqs[:0]
 }
 
 func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
@@ -569,13 +590,22 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 		reqs = append(reqs, func() *nl.NetlinkRequest {
 			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
 		})
+		if len(items) == passChunk {
+			items, reqs = p.queueNeighs(items, reqs)
+		}
 	}
+	p.queueNeighs(items, reqs)
+}
+
+func (p *pass) queueNeighs(items []added[NeighKey, nlNeigh], reqs []request) ([]added[NeighKey, nlNeigh], []request) {
 	queueAdds(p, func(x *nlIndex) map[NeighKey]nlNeigh { return x.neighs }, items, reqs,
 		func(added[NeighKey, nlNeigh]) { p.changes.NeighsAdded++ },
 		func(it added[NeighKey, nlNeigh], err error) {
 			nb := it.want
 			p.fail(fmt.Errorf("set neighbour %s lladdr %s dev %s: %w", nb.IP, nb.MAC, nb.Dev, err))
 		})
+	p.flushIfFull()
+	return items[:0], reqs[:0]
 }
 
 func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
@@ -613,7 +643,18 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			nhReqs = append(nhReqs, func() *nl.NetlinkRequest { return nexthopRequest(want.nhid, ifi, r.Gw, r.OnLink) })
 		}
 		items = append(items, added[RouteKey, nlRoute]{k, want, old, had})
+		if len(items) == passChunk {
+			p.writeRoutes(items, nhReqs, nhItems)
+			items, nhReqs, nhItems = items[:0], nhReqs[:0], nhItems[:0]
+		}
 	}
+	p.writeRoutes(items, nhReqs, nhItems)
+}
+
+// writeRoutes writes a chunk of routes: their nexthop objects (with
+// whatever FDB entries and neighbours are queued), then the routes, then
+// the cleanups the replacements leave.
+func (p *pass) writeRoutes(items []added[RouteKey, nlRoute], nhReqs []request, nhItems []int) {
 	// The nexthop objects go with the FDB entries and neighbours queued
 	// before them; the routes only once their objects are in: a route
 	// must not name an object whose create failed (EEXIST: one of another
@@ -816,6 +857,7 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 				})
 			}
 		})
+		p.flushIfFull()
 	}
 }
 
@@ -853,6 +895,7 @@ func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*nlIndex) map[
 				fail(v, err)
 			}
 		})
+		p.flushIfFull()
 	}
 }
 
