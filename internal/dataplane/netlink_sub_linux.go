@@ -19,23 +19,58 @@ import (
 // announces each one to every listener; the index already agrees with
 // them (Reconcile records an object before writing it), so reading and
 // parsing them was pure cost (~15% of the daemon's CPU time in a cold
-// start, and as many short-lived allocations). Notifications name the
-// netlink port of the socket whose request caused them, which is what
-// the filter matches. What others do (a user, another agent, the kernel
-// itself, or our own link writes on the library handle) still arrives.
+// start, and as many short-lived allocations). Route and neighbour
+// notifications name the netlink port of the socket whose request caused
+// them, which is what the filter matches; FDB additions name none, and
+// the filter drops the permanent ones by content. What others do (a
+// user, another agent, the kernel itself, or our own link writes on the
+// library handle) still arrives, FDB deletions included (ours too: they
+// cannot be told apart, and cost a parse each).
 
 // ownWritesFilter is a classic BPF program that drops netlink messages
-// whose nlmsg_pid is pid, and accepts the rest.
+// whose nlmsg_pid is pid, and permanent FDB entries being added (which
+// the VXLAN driver announces with no port at all, so that the port test
+// cannot catch ours; an FDB entry added permanent is never drift either:
+// Subscribe acts on FDB deletions only). Everything else is accepted.
 func ownWritesFilter(pid uint32) []unix.SockFilter {
-	// BPF_ABS loads read big-endian; nlmsg_pid is in host order.
+	const (
+		ld  = unix.BPF_LD | unix.BPF_ABS
+		jeq = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		ret = unix.BPF_RET | unix.BPF_K
+		// Offsets: struct nlmsghdr {len u32; type u16; flags u16; seq
+		// u32; pid u32}, then struct ndmsg {family u8; pad u8, u16;
+		// ifindex s32; state u16; …}.
+		offType   = 4
+		offPid    = 12
+		offFamily = unix.NLMSG_HDRLEN
+		offState  = unix.NLMSG_HDRLEN + 8
+	)
+	// BPF_ABS loads read big-endian; the header fields are host order.
 	var b [4]byte
 	binary.NativeEndian.PutUint32(b[:], pid)
-	k := binary.BigEndian.Uint32(b[:])
+	pidBE := binary.BigEndian.Uint32(b[:])
+	binary.NativeEndian.PutUint16(b[:2], unix.RTM_NEWNEIGH)
+	typeBE := uint32(binary.BigEndian.Uint16(b[:2]))
+	// The byte of ndm_state that holds NUD_PERMANENT (0x80).
+	binary.NativeEndian.PutUint16(b[:2], unix.NUD_PERMANENT)
+	stateByte := uint32(offState)
+	if b[0] == 0 {
+		stateByte++
+	}
+	// Jump offsets count the instructions skipped after the jump.
+	const accept, drop = 8, 9
+	to := func(from, target int) uint8 { return uint8(target - from - 1) }
 	return []unix.SockFilter{
-		{Code: unix.BPF_LD | unix.BPF_W | unix.BPF_ABS, K: 12}, // offsetof(struct nlmsghdr, nlmsg_pid)
-		{Code: unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K, Jt: 0, Jf: 1, K: k},
-		{Code: unix.BPF_RET | unix.BPF_K, K: 0},
-		{Code: unix.BPF_RET | unix.BPF_K, K: 0xffffffff},
+		/* 0 */ {Code: ld | unix.BPF_W, K: offPid},
+		/* 1 */ {Code: jeq, Jt: to(1, drop), K: pidBE},
+		/* 2 */ {Code: ld | unix.BPF_H, K: offType},
+		/* 3 */ {Code: jeq, Jf: to(3, accept), K: typeBE},
+		/* 4 */ {Code: ld | unix.BPF_B, K: offFamily},
+		/* 5 */ {Code: jeq, Jf: to(5, accept), K: unix.AF_BRIDGE},
+		/* 6 */ {Code: ld | unix.BPF_B, K: stateByte},
+		/* 7 */ {Code: unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K, Jt: to(7, drop), K: unix.NUD_PERMANENT},
+		/* 8 */ {Code: ret, K: 0xffffffff}, // accept
+		/* 9 */ {Code: ret, K: 0}, // drop
 	}
 }
 
