@@ -170,6 +170,11 @@ func (a *Attrs) UnmarshalJSON(data []byte) error {
 	if err := json.Unmarshal(data, &w); err != nil {
 		return err
 	}
+	return a.fromWire(w)
+}
+
+// fromWire checks and converts the decoded wire form.
+func (a *Attrs) fromWire(w wireAttrs) error {
 	var out Attrs
 	if w.PublicIP != "" {
 		ip, err := netip.ParseAddr(w.PublicIP)
@@ -226,7 +231,16 @@ func Decode(key string, value []byte) (Lease, error) {
 		return Lease{}, err
 	}
 	l := Lease{Subnet: v4, IPv6Subnet: v6}
-	if err := json.Unmarshal(value, &l.Attrs); err != nil {
+	// Into the wire form directly, not through Attrs.UnmarshalJSON:
+	// encoding/json would scan the value once to validate it before the
+	// method, and the method scan it again (a start at 5,000 leases
+	// decodes them all).
+	var w wireAttrs
+	err = json.Unmarshal(value, &w)
+	if err == nil {
+		err = l.Attrs.fromWire(w)
+	}
+	if err != nil {
 		return l, fmt.Errorf("lease %s: bad value: %w", l.Key(), err)
 	}
 	return l, nil
