@@ -43,14 +43,14 @@ type Netlink struct {
 
 	// nhOK: IPv4 gateway routes go through nexthop objects
 	// (nexthop_linux.go). nextNH and nhForeign are used under pass;
-	// nhOrphans (under mu) are objects of ours whose route the kernel
-	// lost, deleted by the next pass.
-	nhOK   bool
-	nextNH uint32
-	// notes counts the notifications Subscribe has read.
-	notes     atomic.Uint64
+	// nhFreed (under mu) are objects of ours that no route uses any more,
+	// deleted in bulk (see delNexthops).
+	nhOK      bool
+	nextNH    uint32
 	nhForeign map[uint32]struct{}
-	nhOrphans []uint32
+	nhFreed   []uint32
+	// notes counts the notifications Subscribe has read.
+	notes atomic.Uint64
 }
 
 // NetlinkOption adjusts a Netlink.
@@ -178,7 +178,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 		}
 		n.mu.Lock()
 		n.idx = x
-		n.nhOrphans = nil // the read found every unused object of ours
+		n.nhFreed = nil // the read finds every unused object of ours
 		n.mu.Unlock()
 		kr, p.ifindex = r, r.byName
 		if n.nhOK {
@@ -242,7 +242,8 @@ type pass struct {
 	// ifindex caches name → ifindex for devices that are not ours
 	// (0: does not exist), so each is looked up once per pass.
 	ifindex map[string]int
-	// unusedNH are nexthop objects of ours for delNexthops to delete.
+	// unusedNH are the unused nexthop objects of ours a full read found,
+	// for delNexthops.
 	unusedNH []uint32
 	// q are the writes queued for the next flush.
 	q []queued
@@ -831,12 +832,7 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 			reqs = append(reqs, func() *nl.NetlinkRequest { return routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0) })
 		}
 	}
-	// Unused objects of ours: found by a full read, or left behind by a
-	// route the kernel lost (an object whose device is gone went with it).
-	n.mu.Lock()
-	p.unusedNH = append(kr.nhStrays, n.nhOrphans...)
-	n.nhOrphans = nil
-	n.mu.Unlock()
+	p.unusedNH = kr.nhStrays
 	for i, it := range items {
 		p.enqueue(reqs[i], func(err error) {
 			if err == nil || alreadyGone(err) {
@@ -844,7 +840,9 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 					p.changes.RoutesRemoved++
 				}
 				if it.r.nhid != 0 && !gone[it.r.Dev] {
-					p.unusedNH = append(p.unusedNH, it.r.nhid)
+					n.mu.Lock()
+					n.nhFreed = append(n.nhFreed, it.r.nhid)
+					n.mu.Unlock()
 				}
 				return
 			}
@@ -861,11 +859,25 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 	}
 }
 
-// delNexthops deletes the nexthop objects delRoutes left unused. It runs
-// last, after the neighbour and FDB deletions: nothing looks at an unused
-// object, so the objects that matter go first.
+// nhFreeBatch is how many unused nexthop objects may wait for deletion.
+const nhFreeBatch = 8192
+
+// delNexthops deletes unused nexthop objects of ours: those a full read
+// found, and those freed since (routes deleted, or lost by the kernel) once
+// nhFreeBatch have accumulated. Nothing looks at an unused object, so
+// deleting it is not worth a write on the way of the changes that matter:
+// during a mass leave it would be a fourth write per peer beside the
+// route, neighbour and FDB entry. Full passes (start, every
+// --resync-period) collect the rest; a restart finds them as strays.
 func (p *pass) delNexthops() {
 	unused := p.unusedNH
+	n := p.n
+	n.mu.Lock()
+	if len(n.nhFreed) >= nhFreeBatch {
+		unused = append(unused, n.nhFreed...)
+		n.nhFreed = nil
+	}
+	n.mu.Unlock()
 	nhReqs := make([]request, 0, len(unused))
 	for _, id := range unused {
 		nhReqs = append(nhReqs, func() *nl.NetlinkRequest { return nexthopDelRequest(id) })

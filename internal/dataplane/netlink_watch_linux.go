@@ -129,8 +129,8 @@ func (n *Netlink) routeEvent(u netlink.RouteUpdate) bool {
 	delete(n.idx.routes, k)
 	if r.nhid != 0 {
 		// Re-adding the route makes a new object; this one, if still
-		// there, is deleted by the next pass.
-		n.nhOrphans = append(n.nhOrphans, r.nhid)
+		// there, is unused (see delNexthops).
+		n.nhFreed = append(n.nhFreed, r.nhid)
 	}
 	n.mu.Unlock()
 	n.log.Warn("route of ours deleted behind our back", "dst", dst, "dev", r.Dev)

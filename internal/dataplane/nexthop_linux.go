@@ -31,8 +31,9 @@ import (
 //
 // Each route gets a nexthop object of its own (same gateway, device and
 // onlink flag the route would carry), created just before the route and
-// carrying our route protocol, and deleted just after it. IPv6 routes,
-// which have no such shared lookup, and blackholes stay plain routes.
+// carrying our route protocol; once the route is deleted the object is
+// unused, and is deleted in bulk later (delNexthops). IPv6 routes, which
+// have no such shared lookup, and blackholes stay plain routes.
 //
 // The kernel's route dumps and notifications describe such a route with
 // its gateway and device inline as long as net.ipv4.nexthop_compat_mode

@@ -99,14 +99,16 @@ func TestNexthopObjects(t *testing.T) {
 		t.Errorf("objects after restart %v, want %v", got, before)
 	}
 
-	// A peer that leaves takes its object along.
+	// A peer that leaves: its route goes at once, its object (unused by
+	// then) with the next full pass.
 	delete(tp.Peers, 1)
 	c := dataplanetest.Reconcile(t, dp, tp.State(), false)
-	if c.RoutesRemoved != 2 {
+	if c.RoutesRemoved != 2 || h.HasRoute(dataplanetest.Subnet4(1)) {
 		t.Errorf("removing peer 1: %+v, want its 2 routes removed", c)
 	}
+	dataplanetest.WantChanges(t, "full pass after peer 1 left", dataplanetest.Reconcile(t, dp, tp.State(), true), dataplane.Changes{})
 	if got := ids(h.nexthops()); slices.Contains(got, nh1) || len(got) != 2 {
-		t.Errorf("objects after peer 1 left: %v, want 2 without %d", got, nh1)
+		t.Errorf("objects after peer 1 left and a full pass: %v, want 2 without %d", got, nh1)
 	}
 
 	// An unused object of ours is collected by a full pass; another
