@@ -45,10 +45,11 @@ type Netlink struct {
 	// (nexthop_linux.go). nextNH and nhForeign are used under pass;
 	// nhFreed (under mu) are objects of ours that no route uses any more,
 	// deleted in bulk (see delNexthops).
-	nhOK      bool
-	nextNH    uint32
-	nhForeign map[uint32]struct{}
-	nhFreed   []uint32
+	nhOK        bool
+	nextNH      uint32
+	nhForeign   map[uint32]struct{}
+	nhFreed     []uint32
+	nhFreeBatch int
 	// notes counts the notifications Subscribe has read.
 	notes atomic.Uint64
 }
@@ -96,7 +97,7 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 		h.Close()
 		return nil, err
 	}
-	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex()}
+	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch}
 	if !o.plainRoutes {
 		ok, why := n.nexthopsUsable()
 		n.nhOK = ok
@@ -859,7 +860,8 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 	}
 }
 
-// nhFreeBatch is how many unused nexthop objects may wait for deletion.
+// nhFreeBatch is how many unused nexthop objects may wait for deletion
+// (Netlink.nhFreeBatch; a field so that a test can make it small).
 const nhFreeBatch = 8192
 
 // delNexthops deletes unused nexthop objects of ours: those a full read
@@ -873,7 +875,7 @@ func (p *pass) delNexthops() {
 	unused := p.unusedNH
 	n := p.n
 	n.mu.Lock()
-	if len(n.nhFreed) >= nhFreeBatch {
+	if len(n.nhFreed) >= n.nhFreeBatch {
 		unused = append(unused, n.nhFreed...)
 		n.nhFreed = nil
 	}

@@ -100,3 +100,90 @@ func TestSubscriptionFiltersOwnWrites(t *testing.T) {
 		waitFor("the repair kick after "+strings.Join(drift[3:], " "), func() bool { return kicks.Load() > k })
 	}
 }
+
+// TestUnusedNexthopsDeletedInBulk: the objects of deleted routes wait
+// until nhFreeBatch of them have accumulated (or a full pass), then go.
+func TestUnusedNexthopsDeletedInBulk(t *testing.T) {
+	name := "wt-nhb-" + strings.ToLower(rand.Text()[:8])
+	sh := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	sh("link", "add", "eth0", "type", "bridge")
+	sh("addr", "add", "192.168.252.2/24", "dev", "eth0")
+	sh("link", "set", "eth0", "up")
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	n, err := NewNetlink(nil, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	if !n.UsesNexthops() {
+		t.Fatal("this kernel has nexthop objects, yet Netlink does not use them")
+	}
+	n.nhFreeBatch = 3
+
+	state := func(peers ...int) *State {
+		s := NewState()
+		s.Links["flannel.1"] = VXLAN{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.252.2"),
+			MAC: MAC{2, 0, 0, 0, 0, 1}, Addr: netip.MustParsePrefix("10.244.0.0/32")}
+		for _, i := range peers {
+			gw := netip.AddrFrom4([4]byte{10, 244, byte(i), 0})
+			s.AddRoute(Route{Dst: netip.PrefixFrom(gw, 24), Gw: gw, Dev: "flannel.1", OnLink: true})
+		}
+		return s
+	}
+	objects := func() int {
+		out := strings.TrimSpace(sh("nexthop", "show"))
+		if out == "" {
+			return 0
+		}
+		return len(strings.Split(out, "\n"))
+	}
+	ctx := context.Background()
+	if _, err := n.Reconcile(ctx, state(1, 2, 3, 4, 5), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := objects(); got != 5 {
+		t.Fatalf("%d nexthop objects for 5 routes", got)
+	}
+	// Two routes go: their objects wait (2 < 3).
+	if _, err := n.Reconcile(ctx, state(1, 2, 3), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := objects(); got != 5 {
+		t.Errorf("%d objects after 2 of 5 routes went; want all 5 still there", got)
+	}
+	// A third: three are waiting, and they go together.
+	if _, err := n.Reconcile(ctx, state(1, 2), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := objects(); got != 2 {
+		t.Errorf("%d objects after 3 of 5 routes went; want 2", got)
+	}
+	// Below the batch again; a full pass collects it regardless.
+	if _, err := n.Reconcile(ctx, state(1), false); err != nil {
+		t.Fatal(err)
+	}
+	if got := objects(); got != 2 {
+		t.Errorf("%d objects after a fourth route went; want 2 until a full pass", got)
+	}
+	if _, err := n.Reconcile(ctx, state(1), true); err != nil {
+		t.Fatal(err)
+	}
+	if got := objects(); got != 1 {
+		t.Errorf("%d objects after a full pass with 1 route; want 1", got)
+	}
+}

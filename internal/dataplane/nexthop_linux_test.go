@@ -1,6 +1,7 @@
 package dataplane_test
 
 import (
+	"context"
 	"encoding/json"
 	"os/exec"
 	"slices"
@@ -175,4 +176,46 @@ func TestNexthopUpgradeFromPlainRoutes(t *testing.T) {
 	}
 	dataplanetest.WantKernel(t, h, tp.State())
 	dataplanetest.WantChanges(t, "full pass after the upgrade", dataplanetest.Reconcile(t, dp, tp.State(), true), dataplane.Changes{})
+}
+
+// TestNexthopIDTaken: another program creates an object under the ID we
+// would allocate next (after our last full read, so we cannot know). The
+// exclusive create fails, and the route must not be written naming the
+// other program's object; the retry takes the next ID.
+func TestNexthopIDTaken(t *testing.T) {
+	h := newNS(t)
+	tp := dataplanetest.NewTopology(h.u)
+	dataplanetest.Reconcile(t, h.dp, tp.State(), true)
+	next := slices.Max(ids(h.nexthops())) + 1
+	out, err := exec.Command("ip", "-n", h.name, "nexthop", "add", "id", strconv.FormatUint(uint64(next), 10),
+		"via", "10.244.99.0", "dev", dataplanetest.Dev4, "onlink", "proto", "static").CombinedOutput()
+	h.check("add foreign nexthop: "+string(out), err)
+
+	tp.Peers[4] = 4
+	if _, err := h.dp.ReconcileDelta(context.Background(), tp.State(), touchedPeer(4)); err == nil {
+		t.Fatal("the pass succeeded although the nexthop ID it allocated was taken")
+	}
+	if h.HasRoute(dataplanetest.Subnet4(4)) {
+		t.Fatalf("peer 4's route was written anyway (object %d)", h.routeNH(dataplanetest.Subnet4(4).String()))
+	}
+	// The daemon follows a failed pass with a complete diff.
+	dataplanetest.Reconcile(t, h.dp, tp.State(), false)
+	if id := h.routeNH(dataplanetest.Subnet4(4).String()); id == 0 || id == next {
+		t.Errorf("peer 4's route uses object %d; want one of ours, not the foreign %d", id, next)
+	}
+	if got := ids(h.nexthops()); !slices.Contains(got, next) {
+		t.Errorf("the foreign object %d is gone: %v", next, got)
+	}
+	dataplanetest.WantKernel(t, h, tp.State())
+}
+
+// touchedPeer is the delta a daemon records when peer id joins or leaves.
+func touchedPeer(id int) *dataplane.Delta {
+	d := dataplane.NewDelta()
+	gw4, gw6 := dataplanetest.Subnet4(id).Addr(), dataplanetest.Subnet6(id).Addr()
+	d.Routes[dataplane.RouteKey{Dst: dataplanetest.Subnet4(id)}] = struct{}{}
+	d.Routes[dataplane.RouteKey{Dst: dataplanetest.Subnet6(id)}] = struct{}{}
+	d.Neighs[dataplane.NeighKey{Dev: dataplanetest.Dev4, IP: gw4}] = struct{}{}
+	d.Neighs[dataplane.NeighKey{Dev: dataplanetest.Dev6, IP: gw6}] = struct{}{}
+	return d
 }
