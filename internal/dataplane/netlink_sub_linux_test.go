@@ -13,34 +13,45 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// TestSubscriptionFiltersOwnWrites: the routes and neighbours a pass
-// writes are not announced back to our subscription; the same changes
-// made by someone else are.
-func TestSubscriptionFiltersOwnWrites(t *testing.T) {
-	name := "wt-sub-" + strings.ToLower(rand.Text()[:8])
-	sh := func(args ...string) {
+// newTestNetlink makes a namespace (name prefix, then random) with a
+// bridge eth0 holding addr as underlay, and a Netlink on it; sh runs
+// `ip -n NAME args…` and returns its output.
+func newTestNetlink(t *testing.T, prefix, addr string) (name string, sh func(args ...string) string, n *Netlink) {
+	t.Helper()
+	name = prefix + strings.ToLower(rand.Text()[:8])
+	sh = func(args ...string) string {
 		t.Helper()
-		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
+		out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput()
+		if err != nil {
 			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
+		return string(out)
 	}
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
 	sh("link", "add", "eth0", "type", "bridge")
-	sh("addr", "add", "192.168.251.2/24", "dev", "eth0")
+	sh("addr", "add", addr, "dev", "eth0")
 	sh("link", "set", "eth0", "up")
 	ns, err := netns.GetFromName(name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ns.Close() })
-	n, err := NewNetlink(nil, ns)
+	n, err = NewNetlink(nil, ns)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(n.Close)
+	return name, sh, n
+}
+
+// TestSubscriptionFiltersOwnWrites: the routes and neighbours a pass
+// writes are not announced back to our subscription; the same changes
+// made by someone else are.
+func TestSubscriptionFiltersOwnWrites(t *testing.T) {
+	name, sh, n := newTestNetlink(t, "wt-sub-", "192.168.251.2/24")
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var kicks atomic.Int64
@@ -104,32 +115,7 @@ func TestSubscriptionFiltersOwnWrites(t *testing.T) {
 // TestUnusedNexthopsDeletedInBulk: the objects of deleted routes wait
 // until nhFreeBatch of them have accumulated (or a full pass), then go.
 func TestUnusedNexthopsDeletedInBulk(t *testing.T) {
-	name := "wt-nhb-" + strings.ToLower(rand.Text()[:8])
-	sh := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return string(out)
-	}
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	sh("link", "add", "eth0", "type", "bridge")
-	sh("addr", "add", "192.168.252.2/24", "dev", "eth0")
-	sh("link", "set", "eth0", "up")
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	n, err := NewNetlink(nil, ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
+	_, sh, n := newTestNetlink(t, "wt-nhb-", "192.168.252.2/24")
 	if !n.UsesNexthops() {
 		t.Fatal("this kernel has nexthop objects, yet Netlink does not use them")
 	}

@@ -6,12 +6,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 
 	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/weft-net/weft/internal/nsrun"
 )
 
 // Why IPv4 gateway routes go through nexthop objects (Linux ≥ 5.3):
@@ -187,39 +188,19 @@ func (n *Netlink) nexthopsUsable() (bool, string) {
 // readSysctlIn reads a /proc/sys/net file as seen from namespace ns:
 // those files show the values of the reading thread's namespace.
 func readSysctlIn(ns netns.NsHandle, path string) (string, error) {
-	if !ns.IsOpen() {
-		b, err := os.ReadFile(path)
-		return strings.TrimSpace(string(b)), err
+	var b []byte
+	read := func() error {
+		var err error
+		b, err = os.ReadFile(path)
+		return err
 	}
-	type result struct {
-		v   string
-		err error
+	var err error
+	if ns.IsOpen() {
+		err = nsrun.Do(ns, read)
+	} else {
+		err = read()
 	}
-	ch := make(chan result, 1)
-	// A thread of its own that never returns to the pool unless it is
-	// back in its original namespace.
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		b, err := os.ReadFile(path)
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		ch <- result{strings.TrimSpace(string(b)), err}
-	}()
-	r := <-ch
-	return r.v, r.err
+	return strings.TrimSpace(string(b)), err
 }
 
 // allocNexthop returns the next ID of our range that no other program's

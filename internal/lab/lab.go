@@ -22,13 +22,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/nsrun"
 )
 
 // Options describe a cluster.
@@ -291,47 +292,20 @@ func sysctl(ns, key, val string) error {
 
 // listenIn opens a TCP listener inside the named namespace. A socket keeps
 // the namespace it was created in, so only the listen call runs on a
-// thread switched into the namespace. The thread is locked for the switch
-// and, should switching back fail, left locked so the runtime discards it
-// rather than reuse a thread in the wrong namespace.
+// thread switched into the namespace.
 func listenIn(ns, addr string) (net.Listener, error) {
-	type result struct {
-		l   net.Listener
-		err error
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("namespace %s: %w", ns, err)
 	}
-	ch := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		defer orig.Close()
-		target, err := netns.GetFromName(ns)
-		if err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: fmt.Errorf("namespace %s: %w", ns, err)}
-			return
-		}
-		defer target.Close()
-		if err := netns.Set(target); err != nil {
-			runtime.UnlockOSThread()
-			ch <- result{err: err}
-			return
-		}
-		l, lerr := net.Listen("tcp", addr)
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it dies with this goroutine.
-			ch <- result{l: l, err: lerr}
-			return
-		}
-		runtime.UnlockOSThread()
-		ch <- result{l: l, err: lerr}
-	}()
-	r := <-ch
-	return r.l, r.err
+	defer target.Close()
+	var l net.Listener
+	err = nsrun.Do(target, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
 }
 
 // relay copies each connection accepted on l to target until l closes.
