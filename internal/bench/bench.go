@@ -38,6 +38,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lab"
 )
@@ -395,7 +396,7 @@ func (x *runner) singles(ctx context.Context, ps []peer) (join, leave, acks []fl
 			} else {
 				leave = append(leave, ms)
 			}
-			if err := sleepCtx(ctx, sampleGap); err != nil {
+			if err := ctxsleep.For(ctx, sampleGap); err != nil {
 				return join, leave, acks, err
 			}
 		}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -64,7 +65,7 @@ func (x *runner) waitDevice(ctx context.Context) error {
 		if time.Now().After(deadline) {
 			return fmt.Errorf("no %s after %s", device, phaseTimeout)
 		}
-		if err := sleepCtx(ctx, pollEvery); err != nil {
+		if err := ctxsleep.For(ctx, pollEvery); err != nil {
 			return err
 		}
 	}
@@ -83,7 +84,7 @@ func (x *runner) waitSubnetEnv(ctx context.Context) (netip.Prefix, error) {
 		if time.Now().After(deadline) {
 			return netip.Prefix{}, fmt.Errorf("no %s after %s", x.h.SubnetFile, phaseTimeout)
 		}
-		if err := sleepCtx(ctx, pollEvery); err != nil {
+		if err := ctxsleep.For(ctx, pollEvery); err != nil {
 			return netip.Prefix{}, err
 		}
 	}
@@ -127,7 +128,7 @@ func findPid(ctx context.Context, subnetFile string) (int, error) {
 		if time.Now().After(deadline) {
 			return 0, errors.New("find daemon: no process with " + strings.TrimSuffix(string(arg), "\x00"))
 		}
-		if err := sleepCtx(ctx, 20*time.Millisecond); err != nil {
+		if err := ctxsleep.For(ctx, 20*time.Millisecond); err != nil {
 			return 0, err
 		}
 	}
@@ -171,17 +172,6 @@ func fileSize(path string) int64 {
 }
 
 func secs(d time.Duration) float64 { return d.Seconds() }
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
 
 // sanitize makes a daemon name usable in a directory name.
 func sanitize(s string) string {

@@ -30,6 +30,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
@@ -173,7 +174,7 @@ func (d *daemon) networkConfig(ctx context.Context) (*config.Network, error) {
 			d.log.Warn("network config not available, retrying", "err", err)
 			warned = true
 		}
-		if err := sleep(ctx, time.Second); err != nil {
+		if err := ctxsleep.For(ctx, time.Second); err != nil {
 			return nil, err
 		}
 	}
@@ -284,21 +285,10 @@ func (d *daemon) acquire(ctx context.Context, attrs lease.Attrs, reuse func(leas
 			return err
 		}
 		d.log.Warn("acquire lease failed, retrying", "err", err, "in", backoff)
-		if err := sleep(ctx, backoff); err != nil {
+		if err := ctxsleep.For(ctx, backoff); err != nil {
 			return err
 		}
 		backoff = min(backoff*2, 30*time.Second)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
 
@@ -458,7 +448,7 @@ func (d *daemon) renewIn(l lease.Lease) time.Duration {
 // to the control loop through renewed.
 func (d *daemon) renewLoop(ctx context.Context, l lease.Lease, renewed chan lease.Lease) error {
 	for {
-		if err := sleep(ctx, d.renewIn(l)); err != nil {
+		if err := ctxsleep.For(ctx, d.renewIn(l)); err != nil {
 			return err
 		}
 		next, err := d.renew(ctx, l)
@@ -495,7 +485,7 @@ func (d *daemon) renew(ctx context.Context, l lease.Lease) (lease.Lease, error) 
 			return l, fmt.Errorf("%w: expired while renewal kept failing: %v", ErrOwnLeaseLost, err)
 		}
 		d.log.Warn("lease renewal failed, retrying", "err", err)
-		if err := sleep(ctx, min(time.Duration(attempt+1)*time.Second, 10*time.Second)); err != nil {
+		if err := ctxsleep.For(ctx, min(time.Duration(attempt+1)*time.Second, 10*time.Second)); err != nil {
 			return l, err
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/watch"
 
+	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -40,7 +41,7 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 			s.setDown(true)
 			s.restarted("list_failed")
 			s.log.Warn("listing nodes failed, retrying", "err", err, "in", backoff)
-			if err := sleep(ctx, backoff); err != nil {
+			if err := ctxsleep.For(ctx, backoff); err != nil {
 				return err
 			}
 			backoff = min(2*backoff, maxBackoff)
@@ -68,7 +69,7 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 				s.setDown(true)
 				s.log.Warn("node watch failed, resuming", "err", err, "resource_version", rv, "in", backoff)
 			}
-			if err := sleep(ctx, backoff); err != nil {
+			if err := ctxsleep.For(ctx, backoff); err != nil {
 				return err
 			}
 			if err != nil {
@@ -241,16 +242,5 @@ func (w *watchState) send(ctx context.Context, b lease.Batch) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
 	}
 }
