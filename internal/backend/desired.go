@@ -29,9 +29,9 @@ import (
 // owns it. State returns the live map set, which is mutated in place.
 type Desired struct {
 	state    *dataplane.State
-	base     dataplane.Objects
-	fallback dataplane.Objects
-	peers    map[lease.ID]dataplane.Objects
+	base     contribution
+	fallback contribution
+	peers    map[lease.ID]*contribution
 
 	routes claims[dataplane.RouteKey, dataplane.Route]
 	neighs claims[dataplane.NeighKey, dataplane.Neigh]
@@ -39,9 +39,18 @@ type Desired struct {
 }
 
 // source identifies who declared an object; see Desired for the order.
+// Each source exists once, inside its contribution, and the claims refer
+// to it by pointer: a key's owner then costs 8 bytes in the claim maps
+// instead of the 72 of the value (three maps of K keys each).
 type source struct {
 	rank uint8 // rankBase, rankPeer or rankFallback
 	id   lease.ID
+}
+
+// contribution is what one source declares.
+type contribution struct {
+	src  source
+	objs dataplane.Objects
 }
 
 const (
@@ -50,7 +59,7 @@ const (
 	rankFallback
 )
 
-func (a source) less(b source) bool {
+func (a *source) less(b *source) bool {
 	if a.rank != b.rank {
 		return a.rank < b.rank
 	}
@@ -83,7 +92,7 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 	}
 	d := &Desired{
 		state:  s,
-		peers:  make(map[lease.ID]dataplane.Objects, peers),
+		peers:  make(map[lease.ID]*contribution, peers),
 		routes: newClaims[dataplane.RouteKey, dataplane.Route](s.Routes, peers),
 		neighs: newClaims[dataplane.NeighKey, dataplane.Neigh](s.Neighs, peers),
 		fdb:    newClaims[dataplane.FDBKey, dataplane.FDB](s.FDB, peers),
@@ -91,15 +100,17 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 	// Map order is fine here: the winner of a key does not depend on
 	// the order sources are added in.
 	for _, r := range base.Routes {
-		d.base.AddRoute(r)
+		d.base.objs.AddRoute(r)
 	}
 	for _, n := range base.Neighs {
-		d.base.AddNeigh(n)
+		d.base.objs.AddNeigh(n)
 	}
 	for _, f := range base.FDB {
-		d.base.AddFDB(f)
+		d.base.objs.AddFDB(f)
 	}
-	d.add(source{rank: rankBase}, d.base, nil)
+	d.base.src = source{rank: rankBase}
+	d.fallback.src = source{rank: rankFallback}
+	d.add(&d.base.src, d.base.objs, nil)
 	return d
 }
 
@@ -116,49 +127,54 @@ func (d *Desired) Peers() int { return len(d.peers) }
 // contribution (a renewal) touches nothing.
 func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
 	id := peer.ID()
-	src := source{rank: rankPeer, id: id}
-	if old, ok := d.peers[id]; ok {
-		if old.Equal(objs) {
+	c, ok := d.peers[id]
+	if ok {
+		if c.objs.Equal(objs) {
 			return
 		}
-		d.remove(src, old, touched)
+		d.remove(&c.src, c.objs, touched)
+	} else {
+		c = &contribution{src: source{rank: rankPeer, id: id}}
+		d.peers[id] = c
 	}
-	d.peers[id] = objs
-	d.add(src, objs, touched)
+	c.objs = objs
+	d.add(&c.src, objs, touched)
 }
 
 // RemovePeer drops id's contribution, if any.
 func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
-	old, ok := d.peers[id]
+	c, ok := d.peers[id]
 	if !ok {
 		return
 	}
 	delete(d.peers, id)
-	d.remove(source{rank: rankPeer, id: id}, old, touched)
+	d.remove(&c.src, c.objs, touched)
 }
 
 // SetFallback replaces the fallback objects: those that apply only where
 // neither the base nor a peer declares the key (the daemon's blackhole
 // routes for our own subnets, which must never displace a planned route).
 func (d *Desired) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
-	src := source{rank: rankFallback}
-	d.remove(src, d.fallback, touched)
-	d.fallback = objs
-	d.add(src, objs, touched)
+	d.remove(&d.fallback.src, d.fallback.objs, touched)
+	d.fallback.objs = objs
+	d.add(&d.fallback.src, objs, touched)
 }
 
 // objects returns what src declared.
-func (d *Desired) objects(src source) dataplane.Objects {
+func (d *Desired) objects(src *source) dataplane.Objects {
 	switch src.rank {
 	case rankBase:
-		return d.base
+		return d.base.objs
 	case rankFallback:
-		return d.fallback
+		return d.fallback.objs
 	}
-	return d.peers[src.id]
+	if c, ok := d.peers[src.id]; ok {
+		return c.objs
+	}
+	return dataplane.Objects{}
 }
 
-func (d *Desired) add(src source, o dataplane.Objects, touched *dataplane.Delta) {
+func (d *Desired) add(src *source, o dataplane.Objects, touched *dataplane.Delta) {
 	var tr map[dataplane.RouteKey]struct{}
 	var tn map[dataplane.NeighKey]struct{}
 	var tf map[dataplane.FDBKey]struct{}
@@ -176,7 +192,7 @@ func (d *Desired) add(src source, o dataplane.Objects, touched *dataplane.Delta)
 	}
 }
 
-func (d *Desired) remove(src source, o dataplane.Objects, touched *dataplane.Delta) {
+func (d *Desired) remove(src *source, o dataplane.Objects, touched *dataplane.Delta) {
 	var tr map[dataplane.RouteKey]struct{}
 	var tn map[dataplane.NeighKey]struct{}
 	var tf map[dataplane.FDBKey]struct{}
@@ -184,17 +200,17 @@ func (d *Desired) remove(src source, o dataplane.Objects, touched *dataplane.Del
 		tr, tn, tf = touched.Routes, touched.Neighs, touched.FDB
 	}
 	for _, r := range o.Routes {
-		d.routes.remove(src, r.Key(), tr, func(s source) (dataplane.Route, bool) {
+		d.routes.remove(src, r.Key(), tr, func(s *source) (dataplane.Route, bool) {
 			return find(d.objects(s).Routes, r.Key(), dataplane.Route.Key)
 		})
 	}
 	for _, n := range o.Neighs {
-		d.neighs.remove(src, n.Key(), tn, func(s source) (dataplane.Neigh, bool) {
+		d.neighs.remove(src, n.Key(), tn, func(s *source) (dataplane.Neigh, bool) {
 			return find(d.objects(s).Neighs, n.Key(), dataplane.Neigh.Key)
 		})
 	}
 	for _, f := range o.FDB {
-		d.fdb.remove(src, f.Key(), tf, func(s source) (dataplane.FDB, bool) {
+		d.fdb.remove(src, f.Key(), tf, func(s *source) (dataplane.FDB, bool) {
 			return find(d.objects(s).FDB, f.Key(), dataplane.FDB.Key)
 		})
 	}
@@ -215,15 +231,15 @@ func find[K comparable, V any](objs []V, k K, key func(V) K) (V, bool) {
 // holds in the live map, and the other sources that declare it too.
 type claims[K comparable, V any] struct {
 	live   map[K]V
-	winner map[K]source
-	losers map[K][]source // only for contested keys
+	winner map[K]*source
+	losers map[K][]*source // only for contested keys
 }
 
 func newClaims[K comparable, V any](live map[K]V, n int) claims[K, V] {
-	return claims[K, V]{live: live, winner: make(map[K]source, n), losers: map[K][]source{}}
+	return claims[K, V]{live: live, winner: make(map[K]*source, n), losers: map[K][]*source{}}
 }
 
-func (c *claims[K, V]) add(src source, k K, v V, touched map[K]struct{}) {
+func (c *claims[K, V]) add(src *source, k K, v V, touched map[K]struct{}) {
 	w, ok := c.winner[k]
 	switch {
 	case !ok:
@@ -243,7 +259,7 @@ func (c *claims[K, V]) add(src source, k K, v V, touched map[K]struct{}) {
 
 // remove withdraws src's claim on k; if src held it, the next source in
 // order takes it with its own value (value looks it up).
-func (c *claims[K, V]) remove(src source, k K, touched map[K]struct{}, value func(source) (V, bool)) {
+func (c *claims[K, V]) remove(src *source, k K, touched map[K]struct{}, value func(*source) (V, bool)) {
 	w, ok := c.winner[k]
 	if !ok {
 		return
@@ -281,7 +297,7 @@ func (c *claims[K, V]) remove(src source, k K, touched map[K]struct{}, value fun
 	}
 }
 
-func (c *claims[K, V]) setLosers(k K, ls []source) {
+func (c *claims[K, V]) setLosers(k K, ls []*source) {
 	if len(ls) == 0 {
 		delete(c.losers, k)
 	} else {
