@@ -262,6 +262,21 @@ func (p *pass) stopped() bool {
 	return err != nil
 }
 
+// ownLink reports whether dev is one of our VXLAN devices. Only routes
+// on those get nexthop objects: the kernel flushes an object, and the
+// routes using it, without a notification when its device loses carrier,
+// where a plain IPv4 route only turns linkdown. On the underlay (host-gw,
+// DirectRouting routes) a cable or switch flap would then drop the routes
+// until the next full pass. A VXLAN device has no carrier of its own (it
+// follows the admin state, whose loss flushes plain routes as well), and
+// it is where thousands of routes share one device (nexthop_linux.go).
+func (p *pass) ownLink(dev string) bool {
+	p.n.mu.Lock()
+	defer p.n.mu.Unlock()
+	_, ok := p.n.idx.links[dev]
+	return ok
+}
+
 // resolve returns dev's ifindex, preferring our own links' (which may have
 // just been recreated).
 func (p *pass) resolve(dev string) (int, error) {
@@ -637,7 +652,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			}
 		}
 		want := nlRoute{Route: r, ifindex: ifi, proto: RouteProtocol, prio: prio}
-		if n.nhOK && usesNexthop(r) {
+		if n.nhOK && usesNexthop(r) && p.ownLink(r.Dev) {
 			// A fresh object even when only the metric changed: the old
 			// one goes with the old route.
 			want.nhid = n.allocNexthop()
@@ -836,7 +851,9 @@ func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, to
 	p.unusedNH = kr.nhStrays
 	for i, it := range items {
 		p.enqueue(reqs[i], func(err error) {
-			if err == nil || alreadyGone(err) {
+			// EINVAL for a route named with its object: the object is gone
+			// ("Nexthop id does not exist"), and its routes went with it.
+			if err == nil || alreadyGone(err) || (it.r.nhid != 0 && errors.Is(err, unix.EINVAL)) {
 				if err == nil {
 					p.changes.RoutesRemoved++
 				}

@@ -7,6 +7,8 @@ import (
 	"net/netip"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -170,35 +172,37 @@ type kernelRead struct {
 
 func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err error) {
 	x, kr.strays, kr.byName, err = n.readObjects(names)
-	if err != nil || !n.nhOK {
-		return x, kr, err
-	}
-	nhs, err := n.dumpNexthops()
 	if err != nil {
 		return nil, kr, err
 	}
-	// Our nexthop objects, by what they point at: a route read back from
-	// the kernel shows its gateway and device, not the object's ID (the
-	// library does not parse RTA_NH_ID), so it is matched by those.
-	ours := map[nhKey][]uint32{}
+	// Even when we install plain routes, routes of ours may name objects
+	// (made by a run that used them): those must be told from others'.
+	nhs, err := n.dumpNexthops()
+	if err != nil {
+		if n.nhOK {
+			return nil, kr, err
+		}
+		nhs = nil // no nexthop objects on this kernel: no route names one
+	}
+	// Our objects, and which of them a route of ours names (the dump says
+	// exactly which: dumpRoutes). A route naming an object that is not ours
+	// keeps no nhid, so that deleting it never frees that object.
+	ours := map[uint32]bool{}
 	kr.nhForeign = map[uint32]struct{}{}
 	for _, nh := range nhs {
-		if nh.proto != uint8(RouteProtocol) || !nh.gw.Is4() {
+		if nh.proto != uint8(RouteProtocol) {
 			kr.nhForeign[nh.id] = struct{}{}
 			continue
 		}
-		k := nhKey{nh.ifindex, nh.gw, nh.onlink}
-		ours[k] = append(ours[k], nh.id)
+		ours[nh.id] = false
 		kr.nhMax = max(kr.nhMax, nh.id)
 	}
 	claim := func(r *nlRoute) {
-		if r.proto != RouteProtocol || !usesNexthop(r.Route) {
+		if _, mine := ours[r.nhid]; !mine {
+			r.nhid = 0
 			return
 		}
-		k := nhKey{r.ifindex, r.Gw, r.OnLink}
-		if ids := ours[k]; len(ids) > 0 {
-			r.nhid, ours[k] = ids[len(ids)-1], ids[:len(ids)-1]
-		}
+		ours[r.nhid] = true
 	}
 	for k, r := range x.routes {
 		claim(&r)
@@ -207,8 +211,10 @@ func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err er
 	for i := range kr.strays {
 		claim(&kr.strays[i])
 	}
-	for _, ids := range ours {
-		kr.nhStrays = append(kr.nhStrays, ids...)
+	for id, used := range ours {
+		if !used {
+			kr.nhStrays = append(kr.nhStrays, id)
+		}
 	}
 	return x, kr, nil
 }
@@ -247,17 +253,17 @@ func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRou
 		}
 	}
 
-	// Without a filter the library keeps only the main table, which is the
-	// only one we write.
-	routes, err := dump("routes", func() ([]netlink.Route, error) { return n.h.RouteList(nil, netlink.FAMILY_ALL) })
+	routes, err := n.dumpRoutes()
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	for _, r := range routes {
+	for _, kr := range routes {
+		r := kr.Route
 		rec, ok := routeFromKernel(r, byIndex)
 		if !ok {
 			continue
 		}
+		rec.nhid = kr.nhid
 		_, onOurs := ours[r.LinkIndex]
 		// Routes the kernel derives from addresses (proto kernel), and the
 		// fe80::/64 it adds to every IPv6 device, are not ours to collect.
@@ -303,6 +309,40 @@ func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRou
 		}
 	}
 	return x, strays, byName, nil
+}
+
+// dumpedRoute is a route as a dump reports it, with the nexthop object it
+// names (0: none).
+type dumpedRoute struct {
+	netlink.Route
+	nhid uint32
+}
+
+// dumpRoutes reads every route of both families. It parses the dump
+// itself (parseRoute) rather than through the library, which does not
+// report the nexthop object a route names: matching our routes to our
+// objects by gateway and device instead would pair two routes through one
+// gateway with each other's objects half the time. Tables other than main
+// are dropped by routeFromKernel.
+func (n *Netlink) dumpRoutes() ([]dumpedRoute, error) {
+	s, err := nl.GetNetlinkSocketAt(n.ns, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink socket: %w", err)
+	}
+	defer s.Close()
+	return dump("routes", func() ([]dumpedRoute, error) {
+		req := nl.NewNetlinkRequest(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
+		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+		req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC}})
+		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWROUTE)
+		out := make([]dumpedRoute, 0, len(msgs))
+		for _, m := range msgs {
+			if r, nhid, ok := parseRoute(m); ok {
+				out = append(out, dumpedRoute{r, nhid})
+			}
+		}
+		return out, err
+	})
 }
 
 // readLink reads one device by name. found is false when it does not

@@ -117,29 +117,32 @@ func (n *Netlink) notification(typ uint16, hdr unix.NlMsghdr, data []byte) bool 
 		}
 		return n.neighEvent(netlink.NeighUpdate{Type: typ, Neigh: *nb})
 	case unix.RTM_DELROUTE:
-		r, ok := parseRoute(data)
+		r, nhid, ok := parseRoute(data)
 		if !ok {
 			return false
 		}
-		return n.routeEvent(netlink.RouteUpdate{Type: typ, Route: r})
+		return n.routeEvent(netlink.RouteUpdate{Type: typ, Route: r}, nhid)
 	}
 	// New links and routes: only deletions of ours matter (a replaced
 	// route of ours is seen by the next full pass).
 	return false
 }
 
-// parseRoute reads what routeEvent looks at from an RTM_*ROUTE body:
-// family, destination, table, type, gateway, output device and metric
-// (the library's route parser is not exported).
-func parseRoute(b []byte) (netlink.Route, bool) {
+// parseRoute reads a route message (a notification or a dump entry) as
+// far as this package looks at routes: family, destination, table, type,
+// protocol, scope, flags, gateway, output device, metric, whether it is
+// multipath, and the nexthop object it names (RTA_NH_ID, which the
+// library's parser, not exported anyway, does not read).
+func parseRoute(b []byte) (r netlink.Route, nhid uint32, ok bool) {
 	if len(b) < unix.SizeofRtMsg {
-		return netlink.Route{}, false
+		return netlink.Route{}, 0, false
 	}
 	msg := nl.DeserializeRtMsg(b)
-	r := netlink.Route{Family: int(msg.Family), Table: int(msg.Table), Type: int(msg.Type), Protocol: netlink.RouteProtocol(msg.Protocol)}
+	r = netlink.Route{Family: int(msg.Family), Table: int(msg.Table), Type: int(msg.Type),
+		Protocol: netlink.RouteProtocol(msg.Protocol), Scope: netlink.Scope(msg.Scope), Flags: int(msg.Flags)}
 	attrs, err := nl.ParseRouteAttr(b[unix.SizeofRtMsg:])
 	if err != nil {
-		return netlink.Route{}, false
+		return netlink.Route{}, 0, false
 	}
 	for _, a := range attrs {
 		switch a.Attr.Type {
@@ -159,7 +162,14 @@ func parseRoute(b []byte) (netlink.Route, bool) {
 			if len(a.Value) >= 4 {
 				r.Table = int(binary.NativeEndian.Uint32(a.Value))
 			}
+		case unix.RTA_MULTIPATH:
+			// Only its presence matters here: such routes are not ours.
+			r.MultiPath = []*netlink.NexthopInfo{{}}
+		case rtaNHID:
+			if len(a.Value) >= 4 {
+				nhid = binary.NativeEndian.Uint32(a.Value)
+			}
 		}
 	}
-	return r, true
+	return r, nhid, true
 }

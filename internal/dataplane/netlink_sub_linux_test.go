@@ -173,3 +173,60 @@ func TestUnusedNexthopsDeletedInBulk(t *testing.T) {
 		t.Errorf("%d objects after a full pass with 1 route; want 1", got)
 	}
 }
+
+// TestNexthopPairingAfterRestart: two routes through one gateway have an
+// object each. A restarted Netlink must learn which object each route
+// names (not guess by gateway), or deleting one route would free the
+// other's object and the kernel would flush the other route with it.
+// Guessing picks the wrong pair half the time; six rounds catch it.
+func TestNexthopPairingAfterRestart(t *testing.T) {
+	name, sh, n := newTestNetlink(t, "wt-nhp-", "192.168.253.2/24")
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	ctx := context.Background()
+	base := func() *State {
+		s := NewState()
+		s.Links["flannel.1"] = VXLAN{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.253.2"),
+			MAC: MAC{2, 0, 0, 0, 0, 1}, Addr: netip.MustParsePrefix("10.244.0.0/32")}
+		return s
+	}
+	for round := 1; round <= 6; round++ {
+		gw := netip.AddrFrom4([4]byte{10, 244, byte(round), 0})
+		d1 := netip.PrefixFrom(gw, 24)
+		d2 := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 245, byte(round), 0}), 24)
+		both := base()
+		both.AddRoute(Route{Dst: d1, Gw: gw, Dev: "flannel.1", OnLink: true})
+		both.AddRoute(Route{Dst: d2, Gw: gw, Dev: "flannel.1", OnLink: true})
+		if _, err := n.Reconcile(ctx, both, true); err != nil {
+			t.Fatal(err)
+		}
+		// Restart, with unused objects deleted at once.
+		next, err := NewNetlink(nil, ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(next.Close)
+		n = next
+		n.nhFreeBatch = 1
+		if _, err := n.Reconcile(ctx, both, true); err != nil {
+			t.Fatal(err)
+		}
+		one := base()
+		one.AddRoute(Route{Dst: d2, Gw: gw, Dev: "flannel.1", OnLink: true})
+		if _, err := n.Reconcile(ctx, one, false); err != nil {
+			t.Fatal(err)
+		}
+		if strings.TrimSpace(sh("route", "show", d2.String())) == "" {
+			t.Fatalf("round %d: deleting %s took %s (same gateway) with it", round, d1, d2)
+		}
+		if strings.TrimSpace(sh("route", "show", d1.String())) != "" {
+			t.Fatalf("round %d: %s is still there", round, d1)
+		}
+		if _, err := n.Reconcile(ctx, base(), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -107,7 +107,9 @@ func (n *Netlink) linkEvent(u netlink.LinkUpdate) bool {
 	return true
 }
 
-func (n *Netlink) routeEvent(u netlink.RouteUpdate) bool {
+// routeEvent handles a route notification; nhid is the nexthop object it
+// names (0: none).
+func (n *Netlink) routeEvent(u netlink.RouteUpdate, nhid uint32) bool {
 	if u.Type != unix.RTM_DELROUTE || (u.Table != 0 && u.Table != unix.RT_TABLE_MAIN) {
 		return false
 	}
@@ -121,8 +123,10 @@ func (n *Netlink) routeEvent(u netlink.RouteUpdate) bool {
 	r, ok := n.idx.routes[k]
 	// A blackhole's notification names no device (IPv4) or lo (IPv6); its
 	// type and metric identify it.
+	// The object tells our route from an older copy of it whose deletion
+	// is announced late.
 	if !ok || r.Blackhole != (u.Route.Type == unix.RTN_BLACKHOLE) ||
-		(!r.Blackhole && r.ifindex != u.LinkIndex) || r.Gw != gw || r.prio != u.Priority {
+		(!r.Blackhole && r.ifindex != u.LinkIndex) || r.Gw != gw || r.prio != u.Priority || r.nhid != nhid {
 		n.mu.Unlock()
 		return false
 	}

@@ -30,11 +30,12 @@ import (
 // instead, so each insert is O(1), and the objects themselves live in a
 // tree keyed by ID.
 //
-// Each route gets a nexthop object of its own (same gateway, device and
-// onlink flag the route would carry), created just before the route and
-// carrying our route protocol; once the route is deleted the object is
-// unused, and is deleted in bulk later (delNexthops). IPv6 routes, which
-// have no such shared lookup, and blackholes stay plain routes.
+// Only routes on our own VXLAN devices get objects (pass.ownLink says
+// why not those on the underlay). Each gets one of its own (same gateway,
+// device and onlink flag the route would carry), created just before the
+// route and carrying our route protocol; once the route is deleted the
+// object is unused, and is deleted in bulk later (delNexthops). IPv6
+// routes, which have no such shared lookup, and blackholes stay plain.
 //
 // The kernel's route dumps and notifications describe such a route with
 // its gateway and device inline as long as net.ipv4.nexthop_compat_mode

@@ -69,24 +69,27 @@ func TestNexthopObjects(t *testing.T) {
 	tp := dataplanetest.NewTopology(h.u)
 	dataplanetest.Reconcile(t, h.dp, tp.State(), true)
 
-	// Peers 1 and 2 over flannel.1 (onlink), peer 3 direct over eth0; the
-	// IPv6 routes stay plain.
+	// Peers 1 and 2 over flannel.1 (onlink) get objects; peer 3's route,
+	// direct over the underlay eth0, stays plain (a carrier flap would
+	// flush an object and its route silently), as do the IPv6 routes.
 	nhs := h.nexthops()
-	if len(nhs) != 3 {
-		t.Fatalf("nexthop objects: %+v, want 3", nhs)
+	if len(nhs) != 2 {
+		t.Fatalf("nexthop objects: %+v, want 2", nhs)
 	}
 	for _, nh := range nhs {
 		if nh.Protocol != "87" && nh.Protocol != "0x57" {
 			t.Errorf("nexthop %d has protocol %q, want ours (87)", nh.ID, nh.Protocol)
 		}
-		onlink := slices.Contains(nh.Flags, "onlink")
-		if (nh.Dev == dataplanetest.Dev4) != onlink {
-			t.Errorf("nexthop %+v: onlink flag wrong", nh)
+		if nh.Dev != dataplanetest.Dev4 || !slices.Contains(nh.Flags, "onlink") {
+			t.Errorf("nexthop %+v: want an onlink object on %s", nh, dataplanetest.Dev4)
 		}
 	}
 	nh1 := h.routeNH(dataplanetest.Subnet4(1).String())
-	if nh1 == 0 || h.routeNH(dataplanetest.Subnet4(3).String()) == 0 {
-		t.Fatal("IPv4 gateway routes do not use nexthop objects")
+	if nh1 == 0 || h.routeNH(dataplanetest.Subnet4(2).String()) == 0 {
+		t.Fatal("IPv4 routes on flannel.1 do not use nexthop objects")
+	}
+	if h.routeNH(dataplanetest.Subnet4(3).String()) != 0 {
+		t.Error("the route over the underlay uses a nexthop object; it should stay plain")
 	}
 	if h.routeNH(dataplanetest.Subnet6(1).String()) != 0 {
 		t.Error("an IPv6 route uses a nexthop object; it should stay plain")
@@ -108,8 +111,8 @@ func TestNexthopObjects(t *testing.T) {
 		t.Errorf("removing peer 1: %+v, want its 2 routes removed", c)
 	}
 	dataplanetest.WantChanges(t, "full pass after peer 1 left", dataplanetest.Reconcile(t, dp, tp.State(), true), dataplane.Changes{})
-	if got := ids(h.nexthops()); slices.Contains(got, nh1) || len(got) != 2 {
-		t.Errorf("objects after peer 1 left and a full pass: %v, want 2 without %d", got, nh1)
+	if got := ids(h.nexthops()); slices.Contains(got, nh1) || len(got) != 1 {
+		t.Errorf("objects after peer 1 left and a full pass: %v, want peer 2's alone, without %d", got, nh1)
 	}
 
 	// An unused object of ours is collected by a full pass; another
