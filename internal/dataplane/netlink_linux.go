@@ -218,7 +218,6 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.addFDB(entries(desired.FDB, tf))
 	p.addNeighs(entries(desired.Neighs, tn))
 	p.addRoutes(entries(desired.Routes, tr))
-	p.flush() // addRoutes flushes; this only guards against a path that did not
 	// Deletions are not interrupted once started: each takes its batch
 	// out of the index first, and stopping halfway would lose track of
 	// objects still in the kernel.
@@ -665,6 +664,8 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 			items, nhReqs, nhItems = items[:0], nhReqs[:0], nhItems[:0]
 		}
 	}
+	// Always, even with no routes left: this flush also sends the FDB
+	// entries and neighbours queued before.
 	p.writeRoutes(items, nhReqs, nhItems)
 }
 

@@ -325,20 +325,32 @@ type dumpedRoute struct {
 // gateway with each other's objects half the time. Tables other than main
 // are dropped by routeFromKernel.
 func (n *Netlink) dumpRoutes() ([]dumpedRoute, error) {
+	return rawDump(n, "routes", unix.RTM_GETROUTE, &nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC}}, unix.RTM_NEWROUTE,
+		func(m []byte) (dumpedRoute, bool) {
+			r, nhid, ok := parseRoute(m)
+			return dumpedRoute{r, nhid}, ok
+		})
+}
+
+// rawDump dumps one kind of object (request typ with header hdr, answers
+// of type resType) on a socket of its own in n's namespace, and parses
+// each answer with parse (false: skip it). It is for what the library's
+// dumps do not report (nexthop objects; the object a route names).
+func rawDump[T any](n *Netlink, what string, typ int, hdr nl.NetlinkRequestData, resType uint16, parse func([]byte) (T, bool)) ([]T, error) {
 	s, err := nl.GetNetlinkSocketAt(n.ns, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("open netlink socket: %w", err)
 	}
 	defer s.Close()
-	return dump("routes", func() ([]dumpedRoute, error) {
-		req := nl.NewNetlinkRequest(unix.RTM_GETROUTE, unix.NLM_F_DUMP)
+	return dump(what, func() ([]T, error) {
+		req := nl.NewNetlinkRequest(typ, unix.NLM_F_DUMP)
 		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
-		req.AddData(&nl.RtMsg{RtMsg: unix.RtMsg{Family: unix.AF_UNSPEC}})
-		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWROUTE)
-		out := make([]dumpedRoute, 0, len(msgs))
+		req.AddData(hdr)
+		msgs, err := req.Execute(unix.NETLINK_ROUTE, resType)
+		out := make([]T, 0, len(msgs))
 		for _, m := range msgs {
-			if r, nhid, ok := parseRoute(m); ok {
-				out = append(out, dumpedRoute{r, nhid})
+			if v, ok := parse(m); ok {
+				out = append(out, v)
 			}
 		}
 		return out, err

@@ -119,24 +119,7 @@ func nexthopDelRequest(id uint32) *nl.NetlinkRequest {
 // ones fully; groups and others only by ID, so allocation avoids them).
 // On a kernel without nexthop objects it fails with EINVAL or EOPNOTSUPP.
 func (n *Netlink) dumpNexthops() ([]nlNexthop, error) {
-	s, err := nl.GetNetlinkSocketAt(n.ns, netns.None(), unix.NETLINK_ROUTE)
-	if err != nil {
-		return nil, fmt.Errorf("open netlink socket: %w", err)
-	}
-	defer s.Close()
-	return dump("nexthops", func() ([]nlNexthop, error) {
-		req := nl.NewNetlinkRequest(unix.RTM_GETNEXTHOP, unix.NLM_F_DUMP)
-		req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
-		req.AddData(&nhMsg{family: unix.AF_UNSPEC})
-		msgs, err := req.Execute(unix.NETLINK_ROUTE, unix.RTM_NEWNEXTHOP)
-		var out []nlNexthop
-		for _, m := range msgs {
-			if nh, ok := parseNexthop(m); ok {
-				out = append(out, nh)
-			}
-		}
-		return out, err
-	})
+	return rawDump(n, "nexthops", unix.RTM_GETNEXTHOP, &nhMsg{family: unix.AF_UNSPEC}, unix.RTM_NEWNEXTHOP, parseNexthop)
 }
 
 func parseNexthop(b []byte) (nlNexthop, bool) {
