@@ -66,6 +66,10 @@ type Host struct {
 	// Env is extra environment for this host's flanneld, e.g. NODE_NAME
 	// in Kubernetes mode.
 	Env []string
+	// Flanneld, if set, is the daemon binary this host runs instead of the
+	// cluster's (Options.Flanneld): mixed clusters run upstream flanneld on
+	// some hosts, and a takeover swaps it between two Starts.
+	Flanneld string
 
 	mu   sync.Mutex
 	proc *exec.Cmd
@@ -360,7 +364,11 @@ func (c *Cluster) Start(h *Host, extra ...string) error {
 	if err != nil {
 		return err
 	}
-	args := append([]string{"netns", "exec", h.NS, c.opts.Flanneld,
+	bin := c.opts.Flanneld
+	if h.Flanneld != "" {
+		bin = h.Flanneld
+	}
+	args := append([]string{"netns", "exec", h.NS, bin,
 		"--etcd-endpoints=" + c.EtcdEndpoint,
 		"--iface=eth0",
 		"--subnet-file=" + h.SubnetFile,
