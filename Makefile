@@ -2,7 +2,7 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build test lint fuzz clean demo demo-down
+.PHONY: all build test lint fuzz clean demo demo-down deps
 
 all: build
 
@@ -20,10 +20,16 @@ CNI_PLUGINS := \
 build:
 	CGO_ENABLED=0 $(GO) build -o $(BIN)/ ./cmd/... $(CNI_PLUGINS)
 
+# The Debian packages the demo and the tests run (ip, ping, iperf3, iptables,
+# nft, curl, gcc for upstream flanneld): installed when missing. The one list
+# is in tools/deps.sh; .ci/run uses it too.
+deps:
+	@bash tools/deps.sh
+
 # A whole cluster (etcd, 3 hosts, 2 pods each) in network namespaces, tested
 # end to end: lease table, pod-to-pod ping matrix, iperf3. Needs root.
 # DEMO_FLAGS passes flags, e.g. DEMO_FLAGS="--backend host-gw --keep".
-demo: build
+demo: deps build
 	$(BIN)/weft demo $(DEMO_FLAGS)
 
 demo-down: build
@@ -31,7 +37,7 @@ demo-down: build
 
 # The whole suite. Privileged tests (network namespaces, netlink) need root;
 # CI runs as root, so they run there rather than skip.
-test:
+test: deps
 	$(GO) test -count=1 -timeout 20m ./...
 
 lint:

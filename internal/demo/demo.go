@@ -163,7 +163,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	for _, t := range []string{"ip", "ping", "iperf3"} {
 		if _, err := exec.LookPath(t); err != nil {
-			return nil, fmt.Errorf("%s not found: install iproute2, iputils-ping and iperf3", t)
+			return nil, fmt.Errorf("%s not found: run `make demo` (it installs them) or `bash tools/deps.sh`", t)
 		}
 	}
 	if _, err := lab.Teardown(o.StateDir, o.Name); err != nil {
