@@ -25,8 +25,6 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	types100 "github.com/containernetworking/cni/pkg/types/100"
-
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
@@ -95,7 +93,7 @@ type Pod struct {
 	Host string `json:"host"`
 	IPv4 string `json:"ipv4,omitempty"`
 	IPv6 string `json:"ipv6,omitempty"`
-	host *lab.Host
+	pod  *lab.Pod
 	ns   string
 }
 
@@ -357,21 +355,12 @@ func (r *run) readLeases(ctx context.Context, cli *clientv3.Client) error {
 	return nil
 }
 
-// conflist is kube-flannel's cni-conf.json, with paths of this demo.
-func (r *run) conflist(h *lab.Host) []byte {
-	return []byte(fmt.Sprintf(`{
-  "name": "cbr0",
-  "cniVersion": "1.0.0",
-  "plugins": [
-    {"type": "flannel", "subnetFile": %q, "dataDir": %q,
-     "delegate": {"hairpinMode": true, "isDefaultGateway": true}},
-    {"type": "portmap", "capabilities": {"portMappings": true}}
-  ]
-}`, h.SubnetFile, filepath.Join(filepath.Dir(h.SubnetFile), "cni")))
+func (r *run) pods() lab.Pods {
+	return lab.Pods{Runtime: podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}, BinDir: r.o.BinDir}
 }
 
 func (r *run) addPods(ctx context.Context) error {
-	client := podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}
+	pods := r.pods()
 	var mu sync.Mutex
 	errs := make([]error, len(r.c.Hosts))
 	var wg sync.WaitGroup
@@ -380,7 +369,7 @@ func (r *run) addPods(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for p := 1; p <= r.o.Pods; p++ {
-				pod, err := r.addPod(ctx, client, h, p)
+				pod, err := r.addPod(ctx, pods, h, p)
 				if err != nil {
 					errs[i] = err
 					return
@@ -396,37 +385,18 @@ func (r *run) addPods(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (r *run) addPod(ctx context.Context, client podrt.Client, h *lab.Host, p int) (Pod, error) {
+func (r *run) addPod(ctx context.Context, pods lab.Pods, h *lab.Host, p int) (Pod, error) {
 	name := fmt.Sprintf("%s-p%d", strings.TrimPrefix(h.NS, r.o.Name+"-"), p)
-	ns := fmt.Sprintf("%s-%s", r.o.Name, name)
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
-		return Pod{}, fmt.Errorf("ip netns add %s: %w: %s", ns, err, out)
-	}
-	_ = exec.CommandContext(ctx, "ip", "-n", ns, "link", "set", "lo", "up").Run()
-	raw, err := client.Do(ctx, h.NS, podrt.Request{
-		Op: "add", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(h.SubnetFile), "cache"),
-		Conflist: r.conflist(h), ContainerID: ns, NetNS: "/run/netns/" + ns, IfName: "eth0",
-	})
+	lp, err := pods.Add(ctx, h, fmt.Sprintf("%s-%s", r.o.Name, name))
 	if err != nil {
-		return Pod{}, fmt.Errorf("%s: CNI ADD: %w", name, err)
+		return Pod{}, err
 	}
-	res, err := types100.NewResult(raw)
-	var cur *types100.Result
-	if err == nil {
-		cur, err = types100.NewResultFromResult(res)
+	pod := Pod{Name: name, Host: h.NS, pod: lp, ns: lp.NS}
+	if lp.IPv4.IsValid() {
+		pod.IPv4 = lp.IPv4.String()
 	}
-	if err != nil {
-		return Pod{}, fmt.Errorf("%s: CNI ADD result: %w", name, err)
-	}
-	pod := Pod{Name: name, Host: h.NS, host: h, ns: ns}
-	for _, ipc := range cur.IPs {
-		if a, ok := netip.AddrFromSlice(ipc.Address.IP); ok {
-			if a.Unmap().Is4() {
-				pod.IPv4 = a.Unmap().String()
-			} else {
-				pod.IPv6 = a.String()
-			}
-		}
+	if lp.IPv6.IsValid() {
+		pod.IPv6 = lp.IPv6.String()
 	}
 	return pod, nil
 }
@@ -434,26 +404,17 @@ func (r *run) addPod(ctx context.Context, client podrt.Client, h *lab.Host, p in
 // delPods detaches every pod through CNI DEL, as a runtime does when a
 // pod stops (releasing its address), and removes its namespace.
 func (r *run) delPods() {
-	client := podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, p := range r.res.PodList {
-		_, _ = client.Do(ctx, p.host.NS, podrt.Request{
-			Op: "del", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(p.host.SubnetFile), "cache"),
-			Conflist: r.conflist(p.host), ContainerID: p.ns, NetNS: "/run/netns/" + p.ns, IfName: "eth0",
-		})
-		_ = exec.Command("ip", "netns", "del", p.ns).Run()
+		_ = r.pods().Del(ctx, p.pod)
 	}
 }
 
 func (r *run) checkPods(ctx context.Context) error {
-	client := podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}
 	for _, p := range r.res.PodList {
-		if _, err := client.Do(ctx, p.host.NS, podrt.Request{
-			Op: "check", BinDir: r.o.BinDir, CacheDir: filepath.Join(filepath.Dir(p.host.SubnetFile), "cache"),
-			Conflist: r.conflist(p.host), ContainerID: p.ns, NetNS: "/run/netns/" + p.ns, IfName: "eth0",
-		}); err != nil {
-			return fmt.Errorf("%s: CNI CHECK: %w", p.Name, err)
+		if err := r.pods().Check(ctx, p.pod); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -554,11 +515,11 @@ func (r *run) throughput(ctx context.Context) *Throughput {
 		tp.Error = "pod-to-pod: " + err.Error()
 		return tp
 	}
-	hostDst := b.host.IP.String()
+	hostDst := b.pod.Host.IP.String()
 	if r.o.IPv6Only {
-		hostDst = b.host.IPv6.String()
+		hostDst = b.pod.Host.IPv6.String()
 	}
-	if tp.HostToHostMbps, err = iperf(ctx, a.host.NS, b.host.NS, hostDst); err != nil {
+	if tp.HostToHostMbps, err = iperf(ctx, a.pod.Host.NS, b.pod.Host.NS, hostDst); err != nil {
 		tp.Error = "host-to-host: " + err.Error()
 		return tp
 	}
