@@ -118,6 +118,22 @@ func (d unitDuration) Set(s string) error {
 	return nil
 }
 
+// The accepted range of --subnet-lease-renew-margin: at least a minute, and
+// less than the 24 h lease lifetime.
+const (
+	minRenewMargin = time.Minute
+	maxRenewMargin = 24*time.Hour - time.Minute
+)
+
+// flagOrigin names a flag in an error, with the environment variable that
+// set it if one did.
+func flagOrigin(name string, fromEnv map[string]string) string {
+	if v, ok := fromEnv[name]; ok {
+		return fmt.Sprintf("--%s (from %s)", name, v)
+	}
+	return "--" + name
+}
+
 // ParseOptions parses args (without the program name). Flags not given on
 // the command line are taken from FLANNELD_* variables looked up with
 // getenv. The error is flag.ErrHelp for -h/--help; usage goes to out.
@@ -181,6 +197,7 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	fromEnv := map[string]string{} // flag name → the variable that set it
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || envErr != nil {
@@ -203,6 +220,7 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 		if err := f.Value.Set(v); err != nil {
 			envErr = fmt.Errorf("environment %s: %w", name, err)
 		}
+		fromEnv[f.Name] = name
 	})
 	if envErr != nil {
 		return o, envErr
@@ -224,6 +242,13 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	}
 	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
 		return o, fmt.Errorf("flags: --healthz-port: %d is not a port number", o.HealthzPort)
+	}
+	// The lease lives 24 h and is renewed this long before it expires:
+	// 0 would renew only once it has lapsed, 24 h or more at once and
+	// forever. Upstream refuses the same range.
+	if m := o.SubnetLeaseRenewMargin; m < minRenewMargin || m > maxRenewMargin {
+		return o, fmt.Errorf("flags: %s: %d minutes is outside %d..%d", flagOrigin("subnet-lease-renew-margin", fromEnv),
+			int64(m/time.Minute), int64(minRenewMargin/time.Minute), int64(maxRenewMargin/time.Minute))
 	}
 	if o.ResyncPeriod <= 0 {
 		return o, fmt.Errorf("flags: --resync-period: must be positive, got %s", o.ResyncPeriod)

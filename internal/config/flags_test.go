@@ -81,3 +81,31 @@ func TestParseOptionsErrors(t *testing.T) {
 		t.Errorf("-h: err = %v, want flag.ErrHelp", err)
 	}
 }
+
+// Upstream refuses a renew margin outside 1..1439 minutes: with a 24 h
+// lease, 0 would renew only at expiry and 1440 or more never in time.
+func TestParseOptionsRenewMarginRange(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		env     map[string]string
+		wantErr string // "" = accepted
+	}{
+		{args: []string{"--subnet-lease-renew-margin=1"}},
+		{args: []string{"--subnet-lease-renew-margin=1439"}},
+		{args: []string{"--subnet-lease-renew-margin=0"}, wantErr: "flags: --subnet-lease-renew-margin: 0 minutes is outside 1..1439"},
+		{args: []string{"--subnet-lease-renew-margin=1440"}, wantErr: "flags: --subnet-lease-renew-margin: 1440 minutes is outside 1..1439"},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "0"},
+			wantErr: "flags: --subnet-lease-renew-margin (from FLANNELD_SUBNET_LEASE_RENEW_MARGIN): 0 minutes is outside 1..1439"},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "2000"},
+			wantErr: "flags: --subnet-lease-renew-margin (from FLANNELD_SUBNET_LEASE_RENEW_MARGIN): 2000 minutes is outside 1..1439"},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "1439"}},
+	} {
+		_, err := ParseOptions(tc.args, env(tc.env), io.Discard)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("ParseOptions(%v, %v): %v", tc.args, tc.env, err)
+		case tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr):
+			t.Errorf("ParseOptions(%v, %v): err = %v, want %q", tc.args, tc.env, err, tc.wantErr)
+		}
+	}
+}
