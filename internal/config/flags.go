@@ -208,15 +208,9 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 		if v == "" {
 			return
 		}
-		// Repeatable flags take a comma-separated list from the environment.
-		if _, ok := f.Value.(stringList); ok {
-			for _, item := range strings.Split(v, ",") {
-				if item = strings.TrimSpace(item); item != "" {
-					_ = f.Value.Set(item)
-				}
-			}
-			return
-		}
+		// The whole value goes to Set, as upstream does: a repeatable
+		// flag (--iface, --iface-regex) gets exactly one element from its
+		// variable, so a regex such as eth{0,3} keeps its comma.
 		if err := f.Value.Set(v); err != nil {
 			envErr = fmt.Errorf("environment %s: %w", name, err)
 		}
