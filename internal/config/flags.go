@@ -141,6 +141,10 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	var o Options
 	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
 	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintln(out, "Usage: flanneld [OPTION]...")
+		fs.PrintDefaults()
+	}
 
 	o.EtcdEndpoints = nil
 	etcdEndpoints := "http://127.0.0.1:4001,http://127.0.0.1:2379"
