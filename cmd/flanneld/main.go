@@ -52,6 +52,7 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logIgnored(log, opts.Ignored)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -83,6 +84,18 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	// keeps flowing while we restart.
 	log.Info("stopped; kernel state left in place")
 	return nil
+}
+
+// logIgnored reports the settings upstream takes and weft does not need:
+// at debug level, or as a warning when the value is malformed.
+func logIgnored(log *slog.Logger, ignored []config.Ignored) {
+	for _, ig := range ignored {
+		if ig.Err != nil {
+			log.Warn("setting ignored, and its value is malformed", "name", ig.Name, "value", ig.Value, "err", ig.Err, "reason", ig.Reason)
+			continue
+		}
+		log.Debug("setting ignored", "name", ig.Name, "value", ig.Value, "reason", ig.Reason)
+	}
 }
 
 func writeHeapProfile(log *slog.Logger, path string) {

@@ -2,8 +2,12 @@ package main
 
 import (
 	"bytes"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
+
+	"github.com/weft-net/weft/internal/config"
 )
 
 func noEnv(string) string { return "" }
@@ -45,5 +49,26 @@ func TestVersion(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if code := flanneld([]string{"--version"}, noEnv, &stdout, &stderr); code != 0 || stdout.String() != version+"\n" {
 		t.Errorf("--version: exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+}
+
+func TestLogIgnored(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug,
+		ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+	logIgnored(log, []config.Ignored{
+		{Name: "--vmodule", Value: "main=2", Reason: "no per-file verbosity"},
+		{Name: "EVENT_QUEUE_DEPTH", Value: "lots", Reason: "no buffer", Err: errors.New("not a whole number")},
+	})
+	want := `level=DEBUG msg="setting ignored" name=--vmodule value="main=2" reason="no per-file verbosity"
+level=WARN msg="setting ignored, and its value is malformed" name=EVENT_QUEUE_DEPTH value=lots err="not a whole number" reason="no buffer"
+`
+	if buf.String() != want {
+		t.Errorf("log:\n%s\nwant:\n%s", buf.String(), want)
 	}
 }

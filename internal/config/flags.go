@@ -53,6 +53,11 @@ type Options struct {
 
 	Version   bool
 	Verbosity int
+
+	// Ignored lists the settings given that upstream takes and weft does
+	// not need (klog's -vmodule, EVENT_QUEUE_DEPTH, …), for the daemon to
+	// log with the reason.
+	Ignored []Ignored
 }
 
 // EnvPrefix is prepended to a flag's upper-cased name (dashes become
@@ -188,6 +193,7 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 	fs.IntVar(&o.Verbosity, "v", 0, "log verbosity: 0 info, 1 and above adds per-lease debug lines")
+	ignoredKlog := klogFlags(fs)
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -222,6 +228,10 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	})
 	if envErr != nil {
 		return o, envErr
+	}
+	o.Ignored = ignoredKlog(func(name string) bool { return set[name] || fromEnv[name] != "" })
+	if o.KubeSubnetMgr {
+		o.Ignored = append(o.Ignored, kubeEnv(getenv)...)
 	}
 
 	for _, e := range strings.Split(etcdEndpoints, ",") {
