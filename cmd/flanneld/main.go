@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -23,28 +24,35 @@ import (
 var version = "dev"
 
 func main() {
-	if err := run(); err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "flanneld:", err)
-		}
-		os.Exit(1)
-	}
+	os.Exit(flanneld(os.Args[1:], os.Getenv, os.Stdout, os.Stderr))
 }
 
-func run() error {
-	opts, err := config.ParseOptions(os.Args[1:], os.Getenv, os.Stderr)
+// flanneld runs the daemon and returns the process's exit status: 0 after
+// -h/--help (as upstream), 1 with a one-line error on stderr otherwise.
+func flanneld(args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	err := run(args, getenv, stdout, stderr)
+	if err == nil || errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	fmt.Fprintln(stderr, "flanneld:", err)
+	return 1
+}
+
+func run(args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	opts, err := config.ParseOptions(args, getenv, stderr)
 	if err != nil {
 		return err
 	}
 	if opts.Version {
-		fmt.Println(version)
+		fmt.Fprintln(stdout, version)
 		return nil
 	}
 	level := slog.LevelInfo
 	if opts.Verbosity > 0 {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logIgnored(log, opts.Ignored)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -52,7 +60,7 @@ func run() error {
 	// (docs/PERFORMANCE.md); "%p" in file becomes the process ID. An
 	// environment variable rather than a flag, so flanneld's flag set stays
 	// exactly upstream's.
-	if path := os.Getenv("WEFT_CPUPROFILE"); path != "" {
+	if path := getenv("WEFT_CPUPROFILE"); path != "" {
 		f, err := os.Create(strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
 		if err != nil {
 			return fmt.Errorf("cpu profile: %w", err)
@@ -65,7 +73,7 @@ func run() error {
 	}
 	// WEFT_MEMPROFILE=file writes a heap profile (live objects and
 	// everything allocated since start) when the daemon stops.
-	if path := os.Getenv("WEFT_MEMPROFILE"); path != "" {
+	if path := getenv("WEFT_MEMPROFILE"); path != "" {
 		defer writeHeapProfile(log, strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
 	}
 	log.Info("starting", "version", version)
@@ -76,6 +84,18 @@ func run() error {
 	// keeps flowing while we restart.
 	log.Info("stopped; kernel state left in place")
 	return nil
+}
+
+// logIgnored reports the settings upstream takes and weft does not need:
+// at debug level, or as a warning when the value is malformed.
+func logIgnored(log *slog.Logger, ignored []config.Ignored) {
+	for _, ig := range ignored {
+		if ig.Err != nil {
+			log.Warn("setting ignored, and its value is malformed", "name", ig.Name, "value", ig.Value, "err", ig.Err, "reason", ig.Reason)
+			continue
+		}
+		log.Debug("setting ignored", "name", ig.Name, "value", ig.Value, "reason", ig.Reason)
+	}
 }
 
 func writeHeapProfile(log *slog.Logger, path string) {

@@ -7,6 +7,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"os"
 	"os/exec"
 	"strconv"
 	"time"
@@ -87,6 +88,9 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 		return daemon.Run(ctx, daemon.Config{
 			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp,
 			Metrics: m, Health: health, Status: board, Observer: observe,
+			Preflight: func(n *config.Network) error {
+				return checkBridgeNetfilter(log, os.DirFS("/proc/sys"), n)
+			},
 			OpenRules: func(ctx context.Context, n *config.Network) (daemon.RuleSyncer, error) {
 				mode := masq.Select(n.EnableNFTables, exec.LookPath)
 				return masq.Open(ctx, log.With("component", "masq"), mode)

@@ -53,6 +53,11 @@ type Options struct {
 
 	Version   bool
 	Verbosity int
+
+	// Ignored lists the settings given that upstream takes and weft does
+	// not need (klog's -vmodule, EVENT_QUEUE_DEPTH, …), for the daemon to
+	// log with the reason.
+	Ignored []Ignored
 }
 
 // EnvPrefix is prepended to a flag's upper-cased name (dashes become
@@ -118,6 +123,22 @@ func (d unitDuration) Set(s string) error {
 	return nil
 }
 
+// The accepted range of --subnet-lease-renew-margin: at least a minute, and
+// less than the 24 h lease lifetime.
+const (
+	minRenewMargin = time.Minute
+	maxRenewMargin = 24*time.Hour - time.Minute
+)
+
+// flagOrigin names a flag in an error, with the environment variable that
+// set it if one did.
+func flagOrigin(name string, fromEnv map[string]string) string {
+	if v, ok := fromEnv[name]; ok {
+		return fmt.Sprintf("--%s (from %s)", name, v)
+	}
+	return "--" + name
+}
+
 // ParseOptions parses args (without the program name). Flags not given on
 // the command line are taken from FLANNELD_* variables looked up with
 // getenv. The error is flag.ErrHelp for -h/--help; usage goes to out.
@@ -125,6 +146,10 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	var o Options
 	fs := flag.NewFlagSet("flanneld", flag.ContinueOnError)
 	fs.SetOutput(out)
+	fs.Usage = func() {
+		fmt.Fprintln(out, "Usage: flanneld [OPTION]...")
+		fs.PrintDefaults()
+	}
 
 	o.EtcdEndpoints = nil
 	etcdEndpoints := "http://127.0.0.1:4001,http://127.0.0.1:2379"
@@ -168,6 +193,7 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 	fs.IntVar(&o.Verbosity, "v", 0, "log verbosity: 0 info, 1 and above adds per-lease debug lines")
+	ignoredKlog := klogFlags(fs)
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -181,6 +207,7 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	fromEnv := map[string]string{} // flag name → the variable that set it
 	var envErr error
 	fs.VisitAll(func(f *flag.Flag) {
 		if set[f.Name] || envErr != nil {
@@ -191,21 +218,20 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 		if v == "" {
 			return
 		}
-		// Repeatable flags take a comma-separated list from the environment.
-		if _, ok := f.Value.(stringList); ok {
-			for _, item := range strings.Split(v, ",") {
-				if item = strings.TrimSpace(item); item != "" {
-					_ = f.Value.Set(item)
-				}
-			}
-			return
-		}
+		// The whole value goes to Set, as upstream does: a repeatable
+		// flag (--iface, --iface-regex) gets exactly one element from its
+		// variable, so a regex such as eth{0,3} keeps its comma.
 		if err := f.Value.Set(v); err != nil {
 			envErr = fmt.Errorf("environment %s: %w", name, err)
 		}
+		fromEnv[f.Name] = name
 	})
 	if envErr != nil {
 		return o, envErr
+	}
+	o.Ignored = ignoredKlog(func(name string) bool { return set[name] || fromEnv[name] != "" })
+	if o.KubeSubnetMgr {
+		o.Ignored = append(o.Ignored, kubeEnv(getenv)...)
 	}
 
 	for _, e := range strings.Split(etcdEndpoints, ",") {
@@ -224,6 +250,13 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	}
 	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
 		return o, fmt.Errorf("flags: --healthz-port: %d is not a port number", o.HealthzPort)
+	}
+	// The lease lives 24 h and is renewed this long before it expires:
+	// 0 would renew only once it has lapsed, 24 h or more at once and
+	// forever. Upstream refuses the same range.
+	if m := o.SubnetLeaseRenewMargin; m < minRenewMargin || m > maxRenewMargin {
+		return o, fmt.Errorf("flags: %s: %d minutes is outside %d..%d", flagOrigin("subnet-lease-renew-margin", fromEnv),
+			int64(m/time.Minute), int64(minRenewMargin/time.Minute), int64(maxRenewMargin/time.Minute))
 	}
 	if o.ResyncPeriod <= 0 {
 		return o, fmt.Errorf("flags: --resync-period: must be positive, got %s", o.ResyncPeriod)

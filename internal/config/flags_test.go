@@ -7,6 +7,9 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func env(m map[string]string) func(string) string {
@@ -37,7 +40,7 @@ func TestParseOptionsFlagsBeatEnv(t *testing.T) {
 			"FLANNELD_IFACE":           "ignored",
 			"FLANNELD_ETCD_ENDPOINTS":  "http://a:2379, http://b:2379",
 			"FLANNELD_IPTABLES_RESYNC": "7",
-			"FLANNELD_IFACE_REGEX":     "^eth,^ens",
+			"FLANNELD_IFACE_REGEX":     "^ens",
 			"FLANNELD_PUBLIC_IPV6":     "2001:db8::1",
 		}), io.Discard)
 	if err != nil {
@@ -46,7 +49,7 @@ func TestParseOptionsFlagsBeatEnv(t *testing.T) {
 	if len(o.Iface) != 2 || o.Iface[0] != "eth1" || o.Iface[1] != "10.0.0.9" {
 		t.Errorf("Iface = %v", o.Iface)
 	}
-	if len(o.IfaceRegex) != 2 || o.IfaceRegex[1] != "^ens" {
+	if len(o.IfaceRegex) != 1 || o.IfaceRegex[0] != "^ens" {
 		t.Errorf("IfaceRegex = %v", o.IfaceRegex)
 	}
 	if len(o.EtcdEndpoints) != 2 || o.EtcdEndpoints[1] != "http://b:2379" {
@@ -79,5 +82,64 @@ func TestParseOptionsErrors(t *testing.T) {
 	}
 	if _, err := ParseOptions([]string{"-h"}, env(nil), io.Discard); !errors.Is(err, flag.ErrHelp) {
 		t.Errorf("-h: err = %v, want flag.ErrHelp", err)
+	}
+}
+
+// Upstream refuses a renew margin outside 1..1439 minutes: with a 24 h
+// lease, 0 would renew only at expiry and 1440 or more never in time.
+func TestParseOptionsRenewMarginRange(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		env     map[string]string
+		wantErr string // "" = accepted
+	}{
+		{args: []string{"--subnet-lease-renew-margin=1"}},
+		{args: []string{"--subnet-lease-renew-margin=1439"}},
+		{args: []string{"--subnet-lease-renew-margin=0"}, wantErr: "flags: --subnet-lease-renew-margin: 0 minutes is outside 1..1439"},
+		{args: []string{"--subnet-lease-renew-margin=1440"}, wantErr: "flags: --subnet-lease-renew-margin: 1440 minutes is outside 1..1439"},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "0"},
+			wantErr: "flags: --subnet-lease-renew-margin (from FLANNELD_SUBNET_LEASE_RENEW_MARGIN): 0 minutes is outside 1..1439"},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "2000"},
+			wantErr: "flags: --subnet-lease-renew-margin (from FLANNELD_SUBNET_LEASE_RENEW_MARGIN): 2000 minutes is outside 1..1439"},
+		{env: map[string]string{"FLANNELD_SUBNET_LEASE_RENEW_MARGIN": "1439"}},
+	} {
+		_, err := ParseOptions(tc.args, env(tc.env), io.Discard)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Errorf("ParseOptions(%v, %v): %v", tc.args, tc.env, err)
+		case tc.wantErr != "" && (err == nil || err.Error() != tc.wantErr):
+			t.Errorf("ParseOptions(%v, %v): err = %v, want %q", tc.args, tc.env, err, tc.wantErr)
+		}
+	}
+}
+
+// Upstream hands a FLANNELD_* value to the flag's Set as it is, so a
+// repeatable flag gets exactly one element from its variable: a regex may
+// contain commas, and "eth0,eth1" is one (unmatchable) interface name
+// there too. On the command line each occurrence is one element.
+func TestParseOptionsRepeatableFromEnvIsOneValue(t *testing.T) {
+	for _, tc := range []struct {
+		args          []string
+		env           map[string]string
+		iface, regexp []string
+	}{
+		{env: map[string]string{"FLANNELD_IFACE_REGEX": "eth{0,3}"}, regexp: []string{"eth{0,3}"}},
+		{env: map[string]string{"FLANNELD_IFACE_REGEX": "^(eth|ens)[0-9]{1,2}$"}, regexp: []string{"^(eth|ens)[0-9]{1,2}$"}},
+		{env: map[string]string{"FLANNELD_IFACE": "eth0,eth1"}, iface: []string{"eth0,eth1"}},
+		{env: map[string]string{"FLANNELD_IFACE": " eth0 "}, iface: []string{" eth0 "}},
+		{args: []string{"--iface-regex=eth{0,3}", "--iface-regex", "ens,x", "--iface=a,b"},
+			env:   map[string]string{"FLANNELD_IFACE_REGEX": "ignored", "FLANNELD_IFACE": "ignored"},
+			iface: []string{"a,b"}, regexp: []string{"eth{0,3}", "ens,x"}},
+	} {
+		o, err := ParseOptions(tc.args, env(tc.env), io.Discard)
+		if err != nil {
+			t.Fatalf("ParseOptions(%v, %v): %v", tc.args, tc.env, err)
+		}
+		if diff := cmp.Diff(tc.iface, o.Iface, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("ParseOptions(%v, %v): Iface (-want +got):\n%s", tc.args, tc.env, diff)
+		}
+		if diff := cmp.Diff(tc.regexp, o.IfaceRegex, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("ParseOptions(%v, %v): IfaceRegex (-want +got):\n%s", tc.args, tc.env, diff)
+		}
 	}
 }

@@ -63,6 +63,10 @@ type Config struct {
 	// OpenRules opens the masquerade/forward rule manager (iptables or
 	// nftables); nil disables rule management.
 	OpenRules func(ctx context.Context, n *config.Network) (RuleSyncer, error)
+	// Preflight, if set, checks the host against the network config
+	// before a lease is taken or the kernel touched (flanneld: that
+	// br_netfilter is loaded); its error stops the daemon.
+	Preflight func(n *config.Network) error
 	// Metrics, Health and Status may be nil.
 	Metrics *metrics.Metrics
 	Health  *httpapi.Health
@@ -125,6 +129,11 @@ func (d *daemon) run(ctx context.Context) error {
 		return err
 	}
 	d.net = net
+	if d.cfg.Preflight != nil {
+		if err := d.cfg.Preflight(net); err != nil {
+			return err
+		}
+	}
 	u, err := underlay.Select(d.cfg.System, underlay.Options{
 		Ifaces: d.opts.Iface, Regexes: d.opts.IfaceRegex, CanReach: d.opts.IfaceCanReach,
 		PublicIP: d.opts.PublicIP, PublicIPv6: d.opts.PublicIPv6,

@@ -52,6 +52,8 @@ type harness struct {
 	passes chan Pass
 	done   chan error
 	cancel context.CancelFunc
+	// preflight is Config.Preflight (nil: none).
+	preflight func(*config.Network) error
 }
 
 func newHarness(t *testing.T, netconf string) *harness {
@@ -94,6 +96,7 @@ func (h *harness) start2(ttl time.Duration) {
 	go func() {
 		h.done <- Run(ctx, Config{
 			Options: h.opts, Log: log, Store: h.store, Dataplane: h.dp, System: fakeSys{}, LeaseTTL: ttl,
+			Preflight: h.preflight,
 			Observer: func(p Pass) {
 				h.passes <- p
 			},
@@ -297,4 +300,35 @@ func TestDaemonRenewsWithoutBlockingReconcile(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatal("lease was not renewed")
+}
+
+// A failed preflight check stops the daemon after it has read the network
+// config and before it takes a lease or touches the kernel.
+func TestDaemonStopsOnPreflightError(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","EnableNFTables":true,"Backend":{"Type":"vxlan"}}`)
+	var got *config.Network
+	errHost := errors.New("host not ready")
+	h.preflight = func(n *config.Network) error {
+		got = n
+		return errHost
+	}
+	h.start()
+	select {
+	case err := <-h.done:
+		if !errors.Is(err, errHost) {
+			t.Fatalf("Run = %v, want %v", err, errHost)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("daemon did not stop on a preflight error")
+	}
+	h.done <- nil // for the cleanup
+	if got == nil || got.EnableNFTables == nil || !*got.EnableNFTables {
+		t.Errorf("preflight saw network %+v, want the parsed config", got)
+	}
+	if n := len(h.store.Leases()); n != 0 {
+		t.Errorf("%d leases after a failed preflight, want none", n)
+	}
+	if s := h.dp.Kernel().String(); strings.Contains(s, "flannel") {
+		t.Errorf("kernel touched after a failed preflight:\n%s", s)
+	}
 }

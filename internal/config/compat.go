@@ -1,0 +1,127 @@
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+// Ignored is a setting upstream flanneld takes that has no effect in weft.
+// It is accepted so that unit files and manifests written for upstream
+// keep working; the daemon logs it with the reason.
+type Ignored struct {
+	Name   string // "--vmodule", or an environment variable such as "EVENT_QUEUE_DEPTH"
+	Value  string
+	Reason string
+	// Err is set when the value is malformed where upstream does not
+	// stop for it either (an environment variable its kube subnet
+	// manager reads); weft goes on and the daemon warns.
+	Err error
+}
+
+// Upstream exposes three of klog's flags on its own flag set: -v (ours sets
+// the slog level), -vmodule and -log_backtrace_at. klog's other flags
+// (--logtostderr, --log_dir, …) are registered only on Go's global flag set,
+// which upstream never parses, so upstream's flanneld refuses them as
+// unknown flags; so do we, to keep one flag surface for both daemons.
+// Env: FLANNELD_VMODULE and FLANNELD_LOG_BACKTRACE_AT, as for every flag.
+const (
+	vmoduleReason   = "weft logs with log/slog; -v sets the level for the whole daemon, there is no per-file verbosity"
+	backtraceReason = "weft logs with log/slog, which has no per-call-site stack traces"
+)
+
+// vmoduleValue accepts klog's -vmodule syntax: a comma-separated list of
+// pattern=N with N a non-negative 32-bit integer; empty items are allowed.
+type vmoduleValue struct{ v *string }
+
+func (m vmoduleValue) String() string {
+	if m.v == nil {
+		return ""
+	}
+	return *m.v
+}
+
+func (m vmoduleValue) Set(s string) error {
+	for _, item := range strings.Split(s, ",") {
+		if item == "" {
+			continue
+		}
+		pattern, level, ok := strings.Cut(item, "=")
+		if !ok || pattern == "" || strings.Contains(level, "=") {
+			return fmt.Errorf("%q is not pattern=N", item)
+		}
+		n, err := strconv.ParseInt(level, 10, 32)
+		if err != nil || n < 0 {
+			return fmt.Errorf("%q: level must be a non-negative whole number", item)
+		}
+	}
+	*m.v = s
+	return nil
+}
+
+// backtraceValue accepts klog's -log_backtrace_at syntax: empty, or
+// file:N with a dot in file and N > 0.
+type backtraceValue struct{ v *string }
+
+func (b backtraceValue) String() string {
+	if b.v == nil {
+		return ""
+	}
+	return *b.v
+}
+
+func (b backtraceValue) Set(s string) error {
+	if s != "" {
+		file, line, ok := strings.Cut(s, ":")
+		n, err := strconv.Atoi(line)
+		if !ok || strings.Contains(line, ":") || !strings.Contains(file, ".") || err != nil || n <= 0 {
+			return fmt.Errorf("%q is not file.go:N", s)
+		}
+	}
+	*b.v = s
+	return nil
+}
+
+// klogFlags registers upstream's klog flags that weft accepts and ignores,
+// and returns a function that, after parsing, lists those that were set.
+func klogFlags(fs *flag.FlagSet) func(set func(name string) bool) []Ignored {
+	var vmodule, backtrace string
+	fs.Var(vmoduleValue{&vmodule}, "vmodule", "accepted for compatibility with upstream's klog flag; ignored")
+	fs.Var(backtraceValue{&backtrace}, "log_backtrace_at", "accepted for compatibility with upstream's klog flag; ignored")
+	return func(set func(string) bool) []Ignored {
+		var out []Ignored
+		if set("vmodule") {
+			out = append(out, Ignored{Name: "--vmodule", Value: vmodule, Reason: vmoduleReason})
+		}
+		if set("log_backtrace_at") {
+			out = append(out, Ignored{Name: "--log_backtrace_at", Value: backtrace, Reason: backtraceReason})
+		}
+		return out
+	}
+}
+
+// kubeEnv notes the environment variables upstream's kube subnet manager
+// reads. Neither has a counterpart in weft, and a bad value does not stop
+// the daemon (upstream refuses a non-integer EVENT_QUEUE_DEPTH at start).
+func kubeEnv(getenv func(string) string) []Ignored {
+	var out []Ignored
+	if v := getenv("EVENT_QUEUE_DEPTH"); v != "" {
+		ig := Ignored{Name: "EVENT_QUEUE_DEPTH", Value: v,
+			Reason: "upstream sizes its node event buffer with it; weft has no such buffer: node changes are read from the watch in batches and never dropped or queued behind a full buffer"}
+		if _, err := strconv.Atoi(v); err != nil {
+			ig.Err = errors.New("not a whole number")
+		}
+		out = append(out, ig)
+	}
+	if v := getenv("CONT_WHEN_CACHE_NOT_READY"); v != "" {
+		ig := Ignored{Name: "CONT_WHEN_CACHE_NOT_READY", Value: v,
+			Reason: "upstream stops when its node cache is not synced within a timeout unless this is true; weft has no such timeout: it retries listing nodes until it succeeds"}
+		if _, err := strconv.ParseBool(v); err != nil {
+			ig.Err = errors.New("not true or false")
+		}
+		out = append(out, ig)
+	}
+	return out
+}
