@@ -9,22 +9,6 @@ import (
 	"testing"
 )
 
-// buildAll builds weft, flanneld, the flannel CNI plugin and the reference
-// plugins into one directory, as `make build` does.
-func buildAll(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	args := []string{"build", "-o", dir + "/", "github.com/weft-net/weft/cmd/...",
-		"github.com/containernetworking/plugins/plugins/main/bridge",
-		"github.com/containernetworking/plugins/plugins/ipam/host-local",
-		"github.com/containernetworking/plugins/plugins/main/loopback",
-		"github.com/containernetworking/plugins/plugins/meta/portmap"}
-	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return dir
-}
-
 type demoResult struct {
 	OK     bool `json:"ok"`
 	Failed int  `json:"failedPings"`
@@ -46,7 +30,7 @@ type demoResult struct {
 // for each backend, and checks that the whole ping matrix passes and that
 // nothing is left behind.
 func TestDemo(t *testing.T) {
-	bin := buildAll(t)
+	bin := binDir
 	for _, tc := range []struct {
 		name string
 		args []string

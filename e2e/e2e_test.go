@@ -24,7 +24,9 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-var flanneldBin, weftBin string
+// binDir holds what `make build` builds: flanneld, weft, the flannel CNI
+// plugin and the reference plugins it delegates to.
+var binDir, flanneldBin, weftBin string
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
@@ -36,10 +38,15 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	flanneldBin, weftBin = filepath.Join(dir, "flanneld"), filepath.Join(dir, "weft")
-	out, err := exec.Command("go", "build", "-o", dir+"/", "github.com/weft-net/weft/cmd/flanneld", "github.com/weft-net/weft/cmd/weft").CombinedOutput()
+	binDir, flanneldBin, weftBin = dir, filepath.Join(dir, "flanneld"), filepath.Join(dir, "weft")
+	args := []string{"build", "-o", dir + "/", "github.com/weft-net/weft/cmd/...",
+		"github.com/containernetworking/plugins/plugins/main/bridge",
+		"github.com/containernetworking/plugins/plugins/ipam/host-local",
+		"github.com/containernetworking/plugins/plugins/main/loopback",
+		"github.com/containernetworking/plugins/plugins/meta/portmap"}
+	out, err := exec.Command("go", args...).CombinedOutput()
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "build flanneld: %v\n%s", err, out)
+		fmt.Fprintf(os.Stderr, "build: %v\n%s", err, out)
 		os.Exit(1)
 	}
 	code := m.Run()
