@@ -129,7 +129,7 @@ func ParseNetwork(data []byte) (*Network, error) {
 		}
 		n.IPv6Network, n.IPv6SubnetLen, n.IPv6SubnetMin, n.IPv6SubnetMax = f.net, f.len, f.min, f.max
 	}
-	b, err := parseBackend(raw.Backend)
+	b, err := parseBackend(raw.Backend, n.EnableIPv4, n.EnableIPv6)
 	if err != nil {
 		return nil, wrapNet(err)
 	}
@@ -293,7 +293,7 @@ func addPow2(a netip.Addr, shift int) netip.Addr {
 	return r
 }
 
-func parseBackend(data json.RawMessage) (Backend, error) {
+func parseBackend(data json.RawMessage, v4, v6 bool) (Backend, error) {
 	b := Backend{Type: BackendVXLAN, VNI: 1}
 	if len(data) == 0 || string(data) == "null" {
 		// Upstream's docs say a missing Backend means vxlan (its code says udp,
@@ -326,10 +326,39 @@ func parseBackend(data json.RawMessage) (Backend, error) {
 		return b, fieldErr("Backend.Port", "must be between 0 and 65535, got %d", rb.Port)
 	}
 	b.Port = uint16(rb.Port)
-	if rb.MTU != 0 && (rb.MTU < 68 || rb.MTU > 65535) {
-		return b, fieldErr("Backend.MTU", "must be between 68 and 65535, got %d", rb.MTU)
-	}
-	b.MTU = rb.MTU
+	if b.Type == BackendVXLAN {
+		if err := checkVXLANMTU(rb.MTU, b.VNI, v4, v6); err != nil {
+			return b, err
+		}
+		b.MTU = rb.MTU
+	} // host-gw ignores MTU, as upstream does: routes carry packets as they are.
 	b.GBP, b.Learning, b.DirectRouting = rb.GBP, rb.Learning, rb.DirectRouting
 	return b, nil
+}
+
+// VXLAN outer-header allowances per underlay family: a VXLAN device's MTU
+// is Backend.MTU (or the underlay interface's) less these. See
+// internal/backend/vxlan for why IPv6 is 70 where upstream says 50.
+const (
+	VXLANOverheadIPv4 = 50
+	VXLANOverheadIPv6 = 70
+)
+
+// checkVXLANMTU validates Backend.MTU, the underlay MTU the VXLAN devices
+// are carved from (0: the interface's): what is left for each device in
+// use must reach its family's minimum, 68 for IPv4 and 1280 for IPv6.
+func checkVXLANMTU(mtu int, vni uint32, v4, v6 bool) error {
+	switch {
+	case mtu == 0:
+		return nil
+	case mtu < 0:
+		return fieldErr("Backend.MTU", "must not be negative, got %d", mtu)
+	case mtu > 65535:
+		return fieldErr("Backend.MTU", "must be at most 65535, got %d", mtu)
+	case v4 && mtu-VXLANOverheadIPv4 < 68:
+		return fieldErr("Backend.MTU", "%d leaves %d for flannel.%d, below IPv4's minimum 68", mtu, mtu-VXLANOverheadIPv4, vni)
+	case v6 && mtu-VXLANOverheadIPv6 < 1280:
+		return fieldErr("Backend.MTU", "%d leaves %d for flannel-v6.%d, below IPv6's minimum 1280", mtu, mtu-VXLANOverheadIPv6, vni)
+	}
+	return nil
 }

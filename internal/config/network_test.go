@@ -65,6 +65,39 @@ func TestParseNetworkDefaults(t *testing.T) {
 	}
 }
 
+// TestBackendMTU: Backend.MTU is the underlay MTU the VXLAN devices are
+// carved from (50 bytes less over IPv4, 70 over IPv6), so the smallest
+// valid value leaves the family's minimum device MTU: 68 over IPv4, 1280
+// over IPv6. host-gw ignores the field, as upstream does.
+func TestBackendMTU(t *testing.T) {
+	const dual = `"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"`
+	for _, tc := range []struct {
+		json string
+		want string // "" accepted, else the whole error
+	}{
+		{`{"Network":"10.0.0.0/16","Backend":{"MTU":118}}`, ""},
+		{`{"Network":"10.0.0.0/16","Backend":{"MTU":117}}`,
+			"network config: Backend.MTU: 117 leaves 67 for flannel.1, below IPv4's minimum 68"},
+		{`{` + dual + `,"Backend":{"MTU":1350}}`, ""},
+		{`{` + dual + `,"Backend":{"VNI":4,"MTU":1349}}`,
+			"network config: Backend.MTU: 1349 leaves 1279 for flannel-v6.4, below IPv6's minimum 1280"},
+		{`{"Network":"10.0.0.0/16","Backend":{"MTU":65536}}`,
+			"network config: Backend.MTU: must be at most 65535, got 65536"},
+		{`{"Network":"10.0.0.0/16","Backend":{"MTU":-1}}`,
+			"network config: Backend.MTU: must not be negative, got -1"},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw","MTU":20}}`, ""},
+	} {
+		_, err := ParseNetwork([]byte(tc.json))
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if got != tc.want {
+			t.Errorf("ParseNetwork(%s):\n got %q\nwant %q", tc.json, got, tc.want)
+		}
+	}
+}
+
 func TestParseNetworkErrorsNameTheField(t *testing.T) {
 	tests := []struct{ json, field string }{
 		{`{}`, "Network"},

@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"slices"
+	"strings"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -209,6 +210,11 @@ func (d *daemon) makeBackend(u backend.Underlay) (lease.Attrs, func(lease.Lease)
 			return lease.Attrs{}, nil, err
 		}
 		b := vxlan.New(d.net, u, mac4, mac6)
+		// Before the kernel sees it: the kernel would clamp the device
+		// MTU at creation and refuse it on every later pass.
+		if err := b.CheckUnderlay(); err != nil {
+			return lease.Attrs{}, nil, wrapNetConfig(err)
+		}
 		d.backend = b
 		// The device is gone (a reboot) but our lease survived: take the MAC
 		// back from the lease, so peers' tables stay right.
@@ -366,7 +372,9 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 	d.touched = dataplane.NewDelta()
 	statusReqs, detach := d.cfg.Status.attach()
 	defer detach()
-	d.prepare(ctx)
+	if err := d.prepare(ctx); err != nil {
+		return err
+	}
 
 	resync := time.NewTicker(d.opts.ResyncPeriod)
 	defer resync.Stop()
@@ -621,21 +629,40 @@ func sameOwner(a, b lease.Attrs) bool {
 // network: the CNI plugin can attach pods while thousands of peers are
 // still being installed (at 5,000 peers the first full pass takes seconds).
 // It only adds: the index is empty, so nothing can be taken for garbage;
-// the first full pass then reads the kernel as usual. A failure is left to
-// that pass.
-func (d *daemon) prepare(ctx context.Context) {
+// the first full pass then reads the kernel as usual.
+//
+// A device the kernel refuses (an MTU above what its underlay allows, a
+// foreign VXLAN device holding our VNI and port) is fatal, as it is for
+// upstream, which exits when it cannot register its backend: a daemon that
+// kept running would hold a lease and look alive with no overlay and no
+// subnet.env, so pods would fail to start with no clue why. After a
+// successful start, failed passes are retried instead (with /readyz
+// false): what worked once is worth waiting for.
+func (d *daemon) prepare(ctx context.Context) error {
 	ch, err := d.cfg.Dataplane.ReconcileDelta(ctx, d.desired.State(), dataplane.NewDelta())
 	if err != nil {
-		d.log.Warn("bring up own device", "err", err)
-		return
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("set up own %s device: %w", d.backend.Type(), oneLine{err})
 	}
 	d.log.Debug("own device ready", "writes", ch.Total())
 	if err := d.writeSubnetEnv(); err != nil {
 		d.log.Error("write subnet file", "err", err)
-		return
+		return nil // retried after each pass
 	}
 	d.wrote = true
+	return nil
 }
+
+// oneLine renders an errors.Join of dataplane failures on one line, for
+// the daemon's exit message.
+type oneLine struct{ err error }
+
+func (e oneLine) Error() string { return strings.ReplaceAll(e.err.Error(), "\n", "; ") }
+func (e oneLine) Unwrap() error { return e.err }
+
+func wrapNetConfig(err error) error { return fmt.Errorf("network config: %w", err) }
 
 func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) error {
 	start := time.Now()

@@ -482,3 +482,28 @@ func TestNetlinkRepairs(t *testing.T) {
 		t.Errorf("%s lost its link-local address: %v", dataplanetest.Dev6, addrs)
 	}
 }
+
+// TestNetlinkRefusedMTU pins the kernel's VXLAN MTU rule the vxlan backend
+// and the daemon's start-up check rely on: a device's MTU may be at most
+// its lower device's less 50 bytes over IPv4 and 70 over IPv6 (upstream's
+// 50 for IPv6 is over the limit). Creation clamps silently; setting the
+// MTU is refused, and the pass reports it naming the device and value.
+func TestNetlinkRefusedMTU(t *testing.T) {
+	h := newNS(t)
+	tp := dataplanetest.NewTopology(h.u)
+	tp.MTU4, tp.MTU6 = 1500-50+1, 1500-50 // the bridge underlay's MTU is 1500
+	_, err := h.dp.Reconcile(context.Background(), tp.State(), true)
+	for _, want := range []string{
+		"set mtu 1451 on " + dataplanetest.Dev4 + ": invalid argument",
+		"set mtu 1450 on " + dataplanetest.Dev6 + ": invalid argument",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Reconcile = %v\nwant an error containing %q", err, want)
+		}
+	}
+	for dev, want := range map[string]int{dataplanetest.Dev4: 1450, dataplanetest.Dev6: 1430} {
+		if got := h.link(dev).Attrs().MTU; got != want {
+			t.Errorf("%s mtu %d, want the kernel's clamp %d", dev, got, want)
+		}
+	}
+}

@@ -23,10 +23,16 @@
 // link is reached without encapsulation: "peerSubnet via peerPublicIP dev
 // <underlay>", and no neighbour or FDB entry.
 //
-// The device MTU is the underlay MTU less the outer headers: 50 bytes over
-// IPv4 (14 Ethernet + 20 IPv4 + 8 UDP + 8 VXLAN) and 70 over IPv6 (40-byte
-// IPv6 header). Upstream subtracts 50 for both, so its v6 device
-// fragments or drops full-size packets.
+// MTU. The network config's Backend.MTU means what it means upstream: the
+// MTU of the underlay the overlay is carved from (unset or 0: the chosen
+// interface's MTU). The device MTU is that less the outer headers: 50
+// bytes over IPv4 (14 Ethernet + 20 IPv4 + 8 UDP + 8 VXLAN) and 70 over
+// IPv6 (a 40-byte IPv6 header). Upstream subtracts 50 for both, so its v6
+// device gets clamped by the kernel below the FLANNEL_MTU it publishes and
+// full-size pod packets are dropped; we keep the correct 70. FLANNEL_MTU
+// is the smallest device MTU in use. The kernel refuses a VXLAN device
+// MTU above its lower device's MTU less those same 50/70 bytes
+// (__vxlan_change_mtu), which CheckUnderlay reports before we try.
 package vxlan
 
 import (
@@ -43,8 +49,8 @@ import (
 
 // Outer header overheads per underlay family.
 const (
-	OverheadIPv4 = 50
-	OverheadIPv6 = 70
+	OverheadIPv4 = config.VXLANOverheadIPv4
+	OverheadIPv6 = config.VXLANOverheadIPv6
 )
 
 // Data is the lease's BackendData / BackendV6Data for vxlan, in upstream's
@@ -111,15 +117,57 @@ func (b *Backend) Type() string { return config.BackendVXLAN }
 func (b *Backend) v4() bool { return b.net.EnableIPv4 }
 func (b *Backend) v6() bool { return b.net.EnableIPv6 }
 
-// mtu returns the device MTU for a family.
+// mtu returns the device MTU for a family: the configured underlay MTU
+// (default: the interface's) less the outer headers.
 func (b *Backend) mtu(v6 bool) int {
+	return b.underlayMTU() - overhead(v6)
+}
+
+func (b *Backend) underlayMTU() int {
 	if b.net.Backend.MTU > 0 {
 		return b.net.Backend.MTU
 	}
+	return b.underlay.MTU
+}
+
+func overhead(v6 bool) int {
 	if v6 {
-		return b.underlay.MTU - OverheadIPv6
+		return OverheadIPv6
 	}
-	return b.underlay.MTU - OverheadIPv4
+	return OverheadIPv4
+}
+
+// CheckUnderlay reports a device MTU the kernel would refuse over this
+// underlay (Backend.MTU above the interface's MTU) or one below its
+// family's minimum (68, IPv6's 1280), as a one-line error naming the
+// setting to change.
+func (b *Backend) CheckUnderlay() error {
+	for _, v6 := range []bool{false, true} {
+		if v6 && !b.v6() || !v6 && !b.v4() {
+			continue
+		}
+		dev, mtu := DeviceName(b.net.Backend.VNI, v6), b.mtu(v6)
+		if limit := b.underlay.MTU - overhead(v6); mtu > limit {
+			return &config.FieldError{Field: "Backend.MTU", Reason: fmt.Sprintf("%d leaves %d for %s, above the %d the kernel allows over %s (MTU %d)",
+				b.net.Backend.MTU, mtu, dev, limit, b.underlay.Name, b.underlay.MTU)}
+		}
+		floor, family := 68, "IPv4"
+		if v6 {
+			floor, family = 1280, "IPv6"
+		}
+		if mtu >= floor {
+			continue
+		}
+		// A configured MTU too small is caught by config validation; this
+		// is the interface's own.
+		if b.net.Backend.MTU > 0 {
+			return &config.FieldError{Field: "Backend.MTU", Reason: fmt.Sprintf("%d leaves %d for %s, below %s's minimum %d",
+				b.net.Backend.MTU, mtu, dev, family, floor)}
+		}
+		return fmt.Errorf("interface %s: MTU %d leaves %d for %s, below %s's minimum %d; set a larger MTU on %s",
+			b.underlay.Name, b.underlay.MTU, mtu, dev, family, floor, b.underlay.Name)
+	}
+	return nil
 }
 
 // MTU is the pod MTU: the smallest device MTU in use, so a pod's packet

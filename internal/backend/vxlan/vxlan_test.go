@@ -84,7 +84,7 @@ func TestPlan(t *testing.T) {
 			},
 			want: []string{
 				"fdb 0a:00:00:00:00:03 dst 172.16.0.3 dev flannel.4 self permanent",
-				"link flannel.4 vxlan id 4 dstport 4789 local 192.168.1.10 dev#7 mtu 1400 mac 0a:00:00:00:00:01 gbp addr 10.5.1.0/32",
+				"link flannel.4 vxlan id 4 dstport 4789 local 192.168.1.10 dev#7 mtu 1350 mac 0a:00:00:00:00:01 gbp addr 10.5.1.0/32",
 				"neigh 10.5.3.0 lladdr 0a:00:00:00:00:03 dev flannel.4 permanent",
 				"route 10.5.2.0/24 via 192.168.1.11 dev eth0",
 				"route 10.5.3.0/24 via 10.5.3.0 dev flannel.4 onlink",
@@ -133,18 +133,66 @@ func TestPlan(t *testing.T) {
 	}
 }
 
+// TestMTU pins upstream's meaning of Backend.MTU: the underlay MTU the
+// overlay is carved from, not the device MTU. The device gets it less the
+// outer headers (50 bytes over IPv4; 70 over IPv6, where upstream says 50),
+// and FLANNEL_MTU is the smallest device MTU in use.
 func TestMTU(t *testing.T) {
+	const dual = `"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"`
+	const v6only = `"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"`
+	for _, tc := range []struct {
+		net             string
+		dev4, dev6, pod int // device MTUs (0: no device) and FLANNEL_MTU
+	}{
+		{`{"Network":"10.5.0.0/16"}`, 1450, 0, 1450},
+		{`{` + dual + `}`, 1450, 1430, 1430},
+		{`{` + v6only + `}`, 0, 1430, 1430},
+		// The kube-flannel Helm chart's mtu: 1500 on a 1500-byte underlay.
+		{`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1500}}`, 1450, 0, 1450},
+		{`{"Network":"10.5.0.0/16","Backend":{"MTU":1300}}`, 1250, 0, 1250},
+		{`{` + dual + `,"Backend":{"MTU":1400}}`, 1350, 1330, 1330},
+		{`{` + v6only + `,"Backend":{"MTU":1400}}`, 0, 1330, 1330},
+		// 0 is unset: the underlay's MTU (upstream would subtract 50 from 0).
+		{`{"Network":"10.5.0.0/16","Backend":{"MTU":0}}`, 1450, 0, 1450},
+	} {
+		b := New(network(t, tc.net), underlay, mac1, mac6)
+		if got := b.MTU(); got != tc.pod {
+			t.Errorf("%s: MTU = %d, want %d", tc.net, got, tc.pod)
+		}
+		base := b.PlanBase(lease.Lease{})
+		if got := base.Links["flannel.1"].MTU; got != tc.dev4 {
+			t.Errorf("%s: flannel.1 mtu %d, want %d", tc.net, got, tc.dev4)
+		}
+		if got := base.Links["flannel-v6.1"].MTU; got != tc.dev6 {
+			t.Errorf("%s: flannel-v6.1 mtu %d, want %d", tc.net, got, tc.dev6)
+		}
+		if err := b.CheckUnderlay(); err != nil {
+			t.Errorf("%s: CheckUnderlay = %v", tc.net, err)
+		}
+	}
+}
+
+// TestCheckUnderlay: a device MTU the kernel would refuse (above the
+// underlay's MTU less the outer headers), or one too small for its
+// family, is a one-line error naming Backend.MTU or the interface.
+func TestCheckUnderlay(t *testing.T) {
+	small := underlay
+	small.MTU = 1300
 	for _, tc := range []struct {
 		net  string
-		want int
+		u    backend.Underlay
+		want string
 	}{
-		{`{"Network":"10.5.0.0/16"}`, 1450},
-		{`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, 1430},
-		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48"}`, 1430},
-		{`{"Network":"10.5.0.0/16","Backend":{"MTU":1300}}`, 1300},
+		{`{"Network":"10.5.0.0/16","Backend":{"MTU":1600}}`, underlay,
+			"Backend.MTU: 1600 leaves 1550 for flannel.1, above the 1450 the kernel allows over eth0 (MTU 1500)"},
+		{`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"MTU":1501}}`, underlay,
+			"Backend.MTU: 1501 leaves 1431 for flannel-v6.1, above the 1430 the kernel allows over eth0 (MTU 1500)"},
+		{`{"Network":"10.5.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"}`, small,
+			"interface eth0: MTU 1300 leaves 1230 for flannel-v6.1, below IPv6's minimum 1280; set a larger MTU on eth0"},
 	} {
-		if got := New(network(t, tc.net), underlay, mac1, mac6).MTU(); got != tc.want {
-			t.Errorf("%s: MTU = %d, want %d", tc.net, got, tc.want)
+		err := New(network(t, tc.net), tc.u, mac1, mac6).CheckUnderlay()
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("%s over MTU %d:\n got %v\nwant %s", tc.net, tc.u.MTU, err, tc.want)
 		}
 	}
 }

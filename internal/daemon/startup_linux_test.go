@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
+)
+
+// TestDaemonExitsWhenKernelRefusesDevice runs the daemon against the real
+// kernel in a scratch namespace where a foreign VXLAN device already holds
+// VNI 1 on port 8472 over the same underlay address, so the kernel refuses
+// to create flannel.1. The daemon must stop with a one-line error naming
+// the device, not run on with no overlay and no subnet.env (upstream exits
+// when it cannot register its backend).
+func TestDaemonExitsWhenKernelRefusesDevice(t *testing.T) {
+	name := "wt-dm-" + strings.ToLower(rand.Text()[:10])
+	ip := func(args ...string) {
+		t.Helper()
+		args = append([]string{"-n", name}, args...)
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
+	ip("link", "add", "eth0", "type", "bridge") // a bridge needs no peer
+	ip("addr", "add", "192.168.77.10/24", "dev", "eth0")
+	ip("link", "set", "eth0", "up")
+	ip("link", "add", "other", "type", "vxlan", "id", "1", "local", "192.168.77.10", "dev", "eth0", "dstport", "8472", "nolearning")
+
+	ns, err := netns.GetFromName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ns.Close() })
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	dp, err := dataplane.NewNetlink(log, ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(dp.Close)
+
+	store := lease.NewFake(nil)
+	store.SetNetworkConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`))
+	opts := config.Options{
+		SubnetFile:             filepath.Join(t.TempDir(), "subnet.env"),
+		SubnetLeaseRenewMargin: time.Hour,
+		ResyncPeriod:           time.Hour,
+		Iface:                  []string{"eth0"},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	err = Run(ctx, Config{Options: opts, Log: log, Store: store, Dataplane: dp, System: dp})
+	if ctx.Err() != nil {
+		t.Fatal("daemon kept running with its device refused")
+	}
+	if err == nil || !strings.Contains(err.Error(), "create link flannel.1: file exists") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Run = %v, want one line naming flannel.1's creation", err)
+	}
+	t.Logf("Run = %v", err)
+	if _, err := os.Stat(opts.SubnetFile); !os.IsNotExist(err) {
+		t.Errorf("subnet.env written (stat: %v)", err)
+	}
+}

@@ -1,0 +1,70 @@
+package daemon
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// waitExit waits for Run to return and hands its error back.
+func (h *harness) waitExit() error {
+	h.t.Helper()
+	select {
+	case err := <-h.done:
+		h.done <- err // for the cleanup
+		return err
+	case <-time.After(10 * time.Second):
+		h.t.Fatal("daemon kept running")
+		return nil
+	}
+}
+
+// TestDaemonRefusesBackendMTUAboveUnderlay: a Backend.MTU the kernel would
+// refuse over the chosen interface (1600 on eth0's 1500) stops the daemon
+// with a one-line error naming the field, before it takes a lease or
+// touches the kernel.
+func TestDaemonRefusesBackendMTUAboveUnderlay(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1600}}`)
+	h.start()
+	err := h.waitExit()
+	const want = "network config: Backend.MTU: 1600 leaves 1550 for flannel.1, above the 1450 the kernel allows over eth0 (MTU 1500)"
+	if err == nil || err.Error() != want {
+		t.Fatalf("Run = %v\nwant %s", err, want)
+	}
+	if n := len(h.store.Leases()); n != 0 {
+		t.Errorf("%d leases taken", n)
+	}
+	if s := h.dp.Kernel().String(); strings.Contains(s, "flannel.1") {
+		t.Errorf("device created:\n%s", s)
+	}
+}
+
+// TestDaemonStartsWithChartMTU: the kube-flannel chart's mtu: 1500 on a
+// 1500-byte underlay runs, with flannel.1 and FLANNEL_MTU at 1450.
+func TestDaemonStartsWithChartMTU(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan","MTU":1500}}`)
+	h.start()
+	h.waitState("device", func(s string) bool {
+		return strings.Contains(s, "link flannel.1 vxlan id 1") && strings.Contains(s, " mtu 1450 ")
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		env, err := subnetenv.Read(h.opts.SubnetFile)
+		if err == nil && env.MTU == 1450 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("subnet.env = %+v, %v; want FLANNEL_MTU=1450", env, err)
+		}
+	}
+}
+
+func TestOneLine(t *testing.T) {
+	inner := errors.New("b")
+	err := oneLine{errors.Join(errors.New("a"), inner)}
+	if err.Error() != "a; b" || !errors.Is(err, inner) {
+		t.Errorf("oneLine = %q, Is(inner) = %v", err, errors.Is(err, inner))
+	}
+}
