@@ -1,0 +1,277 @@
+package e2e
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/subnetenv"
+)
+
+// The takeover tests swap the daemon of a running host between upstream
+// flanneld v0.28.9 and ours, in both directions and ours to ours, while
+// traffic runs, and measure what the swap cost: pings at 100/s from a pod
+// on another host to a pod on the swapped host, a long-lived TCP stream
+// between them, and the swapped pod's masqueraded egress to a host outside
+// the cluster. Each swap must lose nothing, and must keep the lease, the
+// VTEP MAC and subnet.env, and never delete a route, neighbour or FDB entry
+// that is still wanted.
+
+const (
+	swapHealthz = 9102
+	// swapPings is each pinger's count at 100/s: long enough to cover a
+	// stop, a start and a settled second after it.
+	swapPings = 1000
+)
+
+type daemonKind struct {
+	name     string
+	bin      string
+	upstream bool
+}
+
+// swapResult is one swap's measurements.
+type swapResult struct {
+	from, to           string
+	sent, lost         int // pod on another host → pod on the swapped host (every family)
+	egressSent         int // swapped pod → outside host, masqueraded
+	egressLost         int
+	unmasqueraded      int // packets that reached the outside host with the pod's address
+	streamMaxGap       time.Duration
+	streamErr          error
+	took               time.Duration // stop → new daemon ready
+	deletedWanted      []string
+	before, after      hostState
+	newPodOK, oldPodOK bool
+}
+
+func (r swapResult) String() string {
+	return fmt.Sprintf("%s → %s: pod pings %d sent, %d lost; egress %d sent, %d lost, %d unmasqueraded; TCP longest gap %v, error %v; swap took %v",
+		r.from, r.to, r.sent, r.lost, r.egressSent, r.egressLost, r.unmasqueraded, r.streamMaxGap.Round(time.Millisecond), r.streamErr, r.took.Round(time.Millisecond))
+}
+
+// takeover is a two-host cluster: A keeps upstream flanneld throughout, B's
+// daemon is swapped. An outside host hangs off the underlay with no route
+// to the pod network, so a pod's packet to it is answered only if it was
+// masqueraded.
+type takeover struct {
+	*cluster
+	a, b       *lab.Host
+	podA, podB *lab.Pod
+	ext        string
+	extIP      netip.Addr
+	unmasq     func() int
+	stream     *tcpStream
+	current    daemonKind
+	nft        bool
+	pods       int
+	flags      []string
+}
+
+func newTakeover(t *testing.T, name string, n int, netconf, u6 string, nft bool, first daemonKind) *takeover {
+	c := newClusterV6(t, name, 2, fmt.Sprintf("198.18.%d.0/24", n), u6, netconf)
+	tk := &takeover{cluster: c, a: c.Hosts[0], b: c.Hosts[1], nft: nft,
+		ext: name + "-ext", extIP: netip.MustParseAddr(fmt.Sprintf("198.18.%d.200", n)),
+		flags: []string{"--ip-masq", "--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", swapHealthz)}}
+	for _, args := range [][]string{
+		{"netns", "add", tk.ext},
+		{"-n", c.Hub, "link", "add", "name", name + "-vx", "type", "veth", "peer", "name", "eth0", "netns", tk.ext},
+		{"-n", c.Hub, "link", "set", name + "-vx", "master", "br0", "up"},
+		{"-n", tk.ext, "addr", "add", tk.extIP.String() + "/24", "dev", "eth0"},
+		{"-n", tk.ext, "link", "set", "eth0", "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v\n%s", args, err, out)
+		}
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", tk.ext).Run() })
+	c.Hosts[0].Flanneld = first.bin // A: upstream throughout (set by the caller)
+	c.Hosts[1].Flanneld = first.bin
+	tk.current = first
+	c.startAll(tk.flags...)
+	tk.daemonReady(tk.b, first.upstream, 0, swapHealthz)
+	if !nft {
+		// Forwarding is refused unless a rule accepts it (as on a host
+		// with Docker): the daemon's forward rules must hold throughout.
+		c.sh(tk.b, "iptables", "-P", "FORWARD", "DROP")
+		if u6 != "" {
+			c.sh(tk.b, "ip6tables", "-P", "FORWARD", "DROP")
+		}
+	}
+	tk.podA = c.addPod(tk.a, "p1")
+	tk.podB = c.addPod(tk.b, "p1")
+	tk.unmasq = c.nftCounter(tk.ext, tk.podB.IPv4)
+	if n := c.podMatrix([]*lab.Pod{tk.podA, tk.podB}, 20*time.Second); n == 0 {
+		t.Fatal("pods do not reach each other before any swap")
+	}
+	if err := podPing(tk.podB, tk.extIP.String(), 10*time.Second); err != nil {
+		t.Fatalf("masqueraded egress before any swap: %v", err)
+	}
+	tk.stream = startStream(t, tk.podA, tk.podB, tk.podB.IPv4)
+	return tk
+}
+
+// swap replaces B's daemon by next while the traffic runs, and returns
+// what it cost.
+func (tk *takeover) swap(next daemonKind) swapResult {
+	t := tk.t
+	t.Helper()
+	r := swapResult{from: tk.current.name, to: next.name}
+	r.before = tk.hostState(tk.b)
+	mon := startMonitor(t, tk.b.NS)
+	_, _, _ = tk.stream.snapshot() // measure this swap's gap alone
+
+	var pingers []*pinger
+	pingers = append(pingers, startPing(t, "pod A → pod B", tk.podA.NS, netip.Addr{}, tk.podB.IPv4, swapPings))
+	if tk.podB.IPv6.IsValid() {
+		pingers = append(pingers, startPing(t, "pod A → pod B (IPv6)", tk.podA.NS, netip.Addr{}, tk.podB.IPv6, swapPings))
+	}
+	egress := startPing(t, "pod B → outside", tk.podB.NS, netip.Addr{}, tk.extIP, swapPings)
+	unmasqBefore := tk.unmasq()
+	start := time.Now()
+
+	time.Sleep(500 * time.Millisecond)
+	if err := tk.Stop(tk.b, syscall.SIGTERM); err != nil {
+		t.Errorf("%s on %s exited with %v on SIGTERM", tk.current.name, tk.b.NS, err)
+	}
+	from := logSize(tk.b)
+	tk.b.Flanneld = next.bin
+	if err := tk.Start(tk.b, tk.flags...); err != nil {
+		t.Fatal(err)
+	}
+	tk.daemonReady(tk.b, next.upstream, from, swapHealthz)
+	r.took = time.Since(start) - 500*time.Millisecond
+	if budget := time.Duration(swapPings)*10*time.Millisecond - 2*time.Second; time.Since(start) > budget {
+		t.Errorf("the swap took %v: the pingers (%v) did not cover a settled second after it", time.Since(start), budget)
+	}
+
+	for _, p := range pingers {
+		s, l := p.wait(t)
+		r.sent += s
+		r.lost += l
+	}
+	r.egressSent, r.egressLost = egress.wait(t)
+	r.unmasqueraded = tk.unmasq() - unmasqBefore
+	_, r.streamMaxGap, r.streamErr = tk.stream.snapshot()
+	r.after = tk.hostState(tk.b)
+
+	// Wanted state on B: the route to A's subnet(s), A's neighbour and FDB
+	// entry, our own device.
+	needles := []string{tk.subnets[0].String(), tk.a.IP.String(), r.before.VtepMAC, "flannel.1", "flannel-v6.1"}
+	if s := tk.subnets6[0]; s.IsValid() {
+		needles = append(needles, s.String())
+	}
+	if mac := tk.linkMAC(tk.a, "flannel.1"); mac != "" {
+		needles = append(needles, mac)
+	}
+	if mac := tk.linkMAC(tk.a, "flannel-v6.1"); mac != "" {
+		needles = append(needles, mac)
+	}
+	r.deletedWanted = mon.deleted(needles...)
+
+	// A pod created after the swap works both ways, and the old one still
+	// does.
+	tk.pods++
+	fresh := tk.addPod(tk.b, fmt.Sprintf("n%d", tk.pods))
+	r.newPodOK = tk.podMatrix([]*lab.Pod{tk.podA, fresh}, 10*time.Second) > 0
+	r.oldPodOK = podPing(tk.podB, tk.podA.IPv4.String(), 5*time.Second) == nil
+	tk.current = next
+	return r
+}
+
+// check fails the test for anything the swap broke.
+func (r swapResult) check(t *testing.T) {
+	t.Helper()
+	t.Log(r)
+	if r.lost != 0 || r.sent == 0 {
+		t.Errorf("%s → %s: %d of %d pod-to-pod pings lost", r.from, r.to, r.lost, r.sent)
+	}
+	if r.egressLost != 0 || r.egressSent == 0 || r.unmasqueraded != 0 {
+		t.Errorf("%s → %s: egress %d of %d lost, %d left unmasqueraded", r.from, r.to, r.egressLost, r.egressSent, r.unmasqueraded)
+	}
+	if r.streamErr != nil || r.streamMaxGap > time.Second {
+		t.Errorf("%s → %s: TCP stream: error %v, longest gap %v (limit 1s)", r.from, r.to, r.streamErr, r.streamMaxGap)
+	}
+	b, a := r.before, r.after
+	if a.Key != b.Key || a.CreateRevision != b.CreateRevision || a.Key == "" {
+		t.Errorf("%s → %s: lease %s (created at rev %d) became %s (rev %d): want the same key, renewed in place", r.from, r.to, b.Key, b.CreateRevision, a.Key, a.CreateRevision)
+	}
+	if a.VtepMAC != b.VtepMAC || a.VtepMACv6 != b.VtepMACv6 {
+		t.Errorf("%s → %s: VTEP MACs %s/%s became %s/%s", r.from, r.to, b.VtepMAC, b.VtepMACv6, a.VtepMAC, a.VtepMACv6)
+	}
+	if !sameSubnetEnv(t, b.SubnetEnv, a.SubnetEnv) {
+		t.Errorf("%s → %s: subnet.env changed:\n%s\nbecame\n%s", r.from, r.to, b.SubnetEnv, a.SubnetEnv)
+	}
+	if len(r.deletedWanted) > 0 {
+		t.Errorf("%s → %s: wanted kernel state deleted during the swap:\n%s", r.from, r.to, strings.Join(r.deletedWanted, "\n"))
+	}
+	if !r.newPodOK || !r.oldPodOK {
+		t.Errorf("%s → %s: pod created after the swap works: %v; pod from before: %v", r.from, r.to, r.newPodOK, r.oldPodOK)
+	}
+}
+
+// sameSubnetEnv compares what the CNI plugin reads from two subnet.env
+// files: the networks, the subnets, the MTU and the masquerade flag.
+func sameSubnetEnv(t *testing.T, x, y string) bool {
+	t.Helper()
+	dir := t.TempDir()
+	px, py := filepath.Join(dir, "x"), filepath.Join(dir, "y")
+	if os.WriteFile(px, []byte(x), 0o644) != nil || os.WriteFile(py, []byte(y), 0o644) != nil {
+		t.Fatal("write subnet.env copies")
+	}
+	ex, errx := subnetenv.Read(px)
+	ey, erry := subnetenv.Read(py)
+	if errx != nil || erry != nil {
+		t.Errorf("subnet.env: %v / %v", errx, erry)
+		return false
+	}
+	return fmt.Sprint(ex) == fmt.Sprint(ey)
+}
+
+// TestTakeover swaps one host's daemon upstream → weft → weft (restart) →
+// weft (a new binary) → upstream under traffic, for each backend, and
+// requires every swap to lose nothing.
+func TestTakeover(t *testing.T) {
+	up := daemonKind{"upstream", upstreamFlanneld(t), true}
+	ours := daemonKind{"weft", flanneldBin, false}
+	// An upgrade is a different binary at a different path.
+	newer := daemonKind{"weft (new binary)", filepath.Join(t.TempDir(), "flanneld-new"), false}
+	if b, err := os.ReadFile(flanneldBin); err != nil || os.WriteFile(newer.bin, b, 0o755) != nil {
+		t.Fatalf("copy flanneld: %v", err)
+	}
+	for i, tc := range []struct {
+		name, backend string
+		dual, nft     bool
+	}{
+		{"vxlan", `{"Type":"vxlan"}`, false, false},
+		{"vxlan-directrouting", `{"Type":"vxlan","DirectRouting":true}`, false, false},
+		{"host-gw", `{"Type":"host-gw"}`, false, false},
+		{"vxlan-dual-stack", `{"Type":"vxlan"}`, true, false},
+		{"vxlan-nftables", `{"Type":"vxlan"}`, false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n := 40 + i
+			extra := ""
+			if tc.nft {
+				extra = `"EnableNFTables":true,`
+			}
+			netconf := fmt.Sprintf(`{"Network":"10.%d.0.0/16",%s"Backend":%s}`, n, extra, tc.backend)
+			u6 := ""
+			if tc.dual {
+				netconf = fmt.Sprintf(`{"Network":"10.%d.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:%d::/56",%s"Backend":%s}`, n, n, extra, tc.backend)
+				u6 = fmt.Sprintf("fd18:%d::/64", n)
+			}
+			tk := newTakeover(t, fmt.Sprintf("wttk%d", i), n, netconf, u6, tc.nft, up)
+			for _, next := range []daemonKind{ours, ours, newer, up} {
+				tk.swap(next).check(t)
+			}
+		})
+	}
+}
