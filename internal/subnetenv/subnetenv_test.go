@@ -5,18 +5,23 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
+
+var equatePrefixes = cmpopts.EquateComparable(netip.Prefix{})
 
 func TestWriteReadRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "run", "flannel", "subnet.env")
 	e := Env{
-		Network:     netip.MustParsePrefix("10.5.0.0/16"),
-		Subnet:      GatewayOf(netip.MustParsePrefix("10.5.52.0/24")),
-		IPv6Network: netip.MustParsePrefix("fc00::/48"),
-		IPv6Subnet:  GatewayOf(netip.MustParsePrefix("fc00:0:0:7::/64")),
-		MTU:         1450,
-		IPMasq:      true,
+		Networks:     []netip.Prefix{netip.MustParsePrefix("10.5.0.0/16")},
+		Subnet:       GatewayOf(netip.MustParsePrefix("10.5.52.0/24")),
+		IPv6Networks: []netip.Prefix{netip.MustParsePrefix("fc00::/48")},
+		IPv6Subnet:   GatewayOf(netip.MustParsePrefix("fc00:0:0:7::/64")),
+		MTU:          1450,
+		IPMasq:       true,
 	}
 	if err := Write(path, e); err != nil {
 		t.Fatal(err)
@@ -35,8 +40,8 @@ func TestWriteReadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != e {
-		t.Errorf("Read = %+v, want %+v", got, e)
+	if diff := cmp.Diff(e, got, equatePrefixes); diff != "" {
+		t.Errorf("Read (-want +got):\n%s", diff)
 	}
 	if LeasedSubnet(got.Subnet) != netip.MustParsePrefix("10.5.52.0/24") {
 		t.Errorf("LeasedSubnet = %s", LeasedSubnet(got.Subnet))
