@@ -64,13 +64,21 @@ func LeasedSubnet(p netip.Prefix) netip.Prefix {
 // Marshal renders e as upstream's flanneld does: same keys, order and
 // formatting, so upstream's CNI plugin reads it, and a node with one
 // cluster network per family gets upstream's bytes exactly.
+// A key whose value is unset is left out rather than written as text no
+// reader could parse; the daemon always sets a family's pair together.
 func (e Env) Marshal() []byte {
 	var b bytes.Buffer
 	if len(e.Networks) > 0 {
-		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\n", joinPrefixes(e.Networks), e.Subnet)
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", joinPrefixes(e.Networks))
+	}
+	if e.Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", e.Subnet)
 	}
 	if len(e.IPv6Networks) > 0 {
-		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s\n", joinPrefixes(e.IPv6Networks), e.IPv6Subnet)
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", joinPrefixes(e.IPv6Networks))
+	}
+	if e.IPv6Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", e.IPv6Subnet)
 	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", e.MTU, e.IPMasq)
 	return b.Bytes()

@@ -74,19 +74,19 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"))
 	f.Add([]byte("FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\n"))
+	f.Add([]byte(upstreamMultiNetwork))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := Parse(data)
 		if err != nil {
 			return
 		}
-		// What parses must survive a round trip through our own writer
-		// (up to which keys were present).
+		// What parses must survive a round trip through our own writer.
 		again, err := Parse(e.Marshal())
 		if err != nil {
 			t.Fatalf("re-parse of %q: %v", e.Marshal(), err)
 		}
-		if again.MTU != e.MTU || again.IPMasq != e.IPMasq {
-			t.Fatalf("round trip changed %+v to %+v", e, again)
+		if diff := cmp.Diff(e, again, equatePrefixes); diff != "" {
+			t.Fatalf("round trip through %q changed (-before +after):\n%s", e.Marshal(), diff)
 		}
 	})
 }
