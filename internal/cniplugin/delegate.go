@@ -53,8 +53,8 @@ func BuildDelegate(n NetConf, env subnetenv.Env) (map[string]any, error) {
 
 // delegateIPAM completes the net conf's ipam section (possibly empty) with
 // the node's subnets as host-local range sets (one per family, so a
-// dual-stack pod gets one address of each) and routes to the cluster
-// networks.
+// dual-stack pod gets one address of each) and a route to each cluster
+// network subnet.env lists, IPv4 first, as upstream's plugin orders them.
 func delegateIPAM(base map[string]any, env subnetenv.Env) (map[string]any, error) {
 	ipam := maps.Clone(base)
 	if ipam == nil {
@@ -66,11 +66,11 @@ func delegateIPAM(base map[string]any, env subnetenv.Env) (map[string]any, error
 	var networks []netip.Prefix
 	if env.Subnet.IsValid() {
 		ranges = append(ranges, rangeSet(env.Subnet))
-		networks = append(networks, env.Network.Masked())
+		networks = appendMasked(networks, env.Networks)
 	}
 	if env.IPv6Subnet.IsValid() {
 		ranges = append(ranges, rangeSet(env.IPv6Subnet))
-		networks = append(networks, env.IPv6Network.Masked())
+		networks = appendMasked(networks, env.IPv6Networks)
 	}
 	ipam["ranges"] = ranges
 
@@ -80,6 +80,13 @@ func delegateIPAM(base map[string]any, env subnetenv.Env) (map[string]any, error
 	}
 	ipam["routes"] = routes
 	return ipam, nil
+}
+
+func appendMasked(dst, ps []netip.Prefix) []netip.Prefix {
+	for _, p := range ps {
+		dst = append(dst, p.Masked())
+	}
+	return dst
 }
 
 // rangeSet is a host-local range set holding the leased subnet; host-local
@@ -99,6 +106,7 @@ func withClusterRoutes(configured any, networks []netip.Prefix) ([]any, error) {
 	}
 	for _, nw := range networks {
 		if !have[nw] {
+			have[nw] = true
 			routes = append(routes, map[string]any{"dst": nw.String()})
 		}
 	}

@@ -23,24 +23,24 @@ const kubeFlannelConf = `{"name":"cbr0","cniVersion":"0.3.1","type":"flannel",
 
 var (
 	envV4 = subnetenv.Env{
-		Network: netip.MustParsePrefix("10.5.0.0/16"),
-		Subnet:  netip.MustParsePrefix("10.5.52.1/24"),
-		MTU:     1450,
-		IPMasq:  true,
+		Networks: []netip.Prefix{netip.MustParsePrefix("10.5.0.0/16")},
+		Subnet:   netip.MustParsePrefix("10.5.52.1/24"),
+		MTU:      1450,
+		IPMasq:   true,
 	}
 	envDual = subnetenv.Env{
-		Network:     netip.MustParsePrefix("10.5.0.0/16"),
-		Subnet:      netip.MustParsePrefix("10.5.52.1/24"),
-		IPv6Network: netip.MustParsePrefix("fc00:5::/48"),
-		IPv6Subnet:  netip.MustParsePrefix("fc00:5:0:34::1/64"),
-		MTU:         1450,
-		IPMasq:      true,
+		Networks:     []netip.Prefix{netip.MustParsePrefix("10.5.0.0/16")},
+		Subnet:       netip.MustParsePrefix("10.5.52.1/24"),
+		IPv6Networks: []netip.Prefix{netip.MustParsePrefix("fc00:5::/48")},
+		IPv6Subnet:   netip.MustParsePrefix("fc00:5:0:34::1/64"),
+		MTU:          1450,
+		IPMasq:       true,
 	}
 	envV6 = subnetenv.Env{
-		IPv6Network: netip.MustParsePrefix("fc00:5::/48"),
-		IPv6Subnet:  netip.MustParsePrefix("fc00:5:0:34::1/64"),
-		MTU:         1430,
-		IPMasq:      true,
+		IPv6Networks: []netip.Prefix{netip.MustParsePrefix("fc00:5::/48")},
+		IPv6Subnet:   netip.MustParsePrefix("fc00:5:0:34::1/64"),
+		MTU:          1430,
+		IPMasq:       true,
 	}
 )
 
@@ -115,9 +115,9 @@ func TestBuildDelegateErrors(t *testing.T) {
 		{"route bad dst", `{"name":"x","ipam":{"routes":[{"dst":"nonsense"}]}}`, envV4, `"ipam.routes"`},
 		{"no subnet", `{"name":"x"}`, subnetenv.Env{MTU: 1450}, "neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET"},
 		{"subnet without network", `{"name":"x"}`,
-			withEnv(envV4, func(e *subnetenv.Env) { e.Network = netip.Prefix{} }), "FLANNEL_NETWORK and FLANNEL_SUBNET"},
+			withEnv(envV4, func(e *subnetenv.Env) { e.Networks = nil }), "FLANNEL_NETWORK and FLANNEL_SUBNET"},
 		{"v6 subnet without network", `{"name":"x"}`,
-			withEnv(envDual, func(e *subnetenv.Env) { e.IPv6Network = netip.Prefix{} }), "FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET"},
+			withEnv(envDual, func(e *subnetenv.Env) { e.IPv6Networks = nil }), "FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -28,8 +28,8 @@
 //
 // The merge rules follow upstream's documentation. Fields the plugin
 // always sets: `name`, `cniVersion` and `ipam` (with `ranges` from
-// FLANNEL_SUBNET/FLANNEL_IPV6_SUBNET and routes to FLANNEL_NETWORK and
-// FLANNEL_IPV6_NETWORK). Fields set only when the `delegate` map does not:
+// FLANNEL_SUBNET/FLANNEL_IPV6_SUBNET and a route to every network that
+// FLANNEL_NETWORK and FLANNEL_IPV6_NETWORK list, comma-separated). Fields set only when the `delegate` map does not:
 // `type` (bridge), `ipMasq` (the inverse of FLANNEL_IPMASQ: when flanneld
 // masquerades, the bridge must not do it a second time), `mtu`, and for
 // bridge `isGateway`. The routes to the cluster networks are added whether

@@ -18,12 +18,15 @@ import (
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-// SupportedVersions are the CNI spec versions the plugin speaks: the
-// current ones and the 0.3.x/0.4.0 that kube-flannel's cni-conf.json
-// still declares. 0.1.0 and 0.2.0 are left out, as upstream's delegates
-// no longer produce their results reliably.
+// SupportedVersions are the CNI spec versions the plugin speaks: all
+// those containernetworking/cni implements, 0.1.0 to 1.1.0, which is what
+// upstream's plugin declares (it passes version.All to skel), so any
+// configuration upstream's plugin accepts, including one without a
+// cniVersion (0.1.0 to skel), is accepted here. The reference delegates
+// declare the same list, and the library converts results between all of
+// them.
 func SupportedVersions() version.PluginInfo {
-	return version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
+	return version.PluginSupports("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 }
 
 // Plugin runs the plugin's commands. The zero value runs the real delegate

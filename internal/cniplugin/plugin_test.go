@@ -17,6 +17,7 @@ import (
 	"github.com/containernetworking/cni/pkg/invoke"
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/google/go-cmp/cmp"
 
@@ -29,6 +30,9 @@ type fakeExec struct {
 	version.PluginDecoder
 	calls []delegateCall
 	fail  map[string]error // by CNI_COMMAND
+	// answerIn, if set, is the version ADD answers in whatever the
+	// config asked for, as a delegate that ignores cniVersion would.
+	answerIn string
 }
 
 type delegateCall struct {
@@ -60,7 +64,14 @@ func (f *fakeExec) ExecPlugin(_ context.Context, path string, stdin []byte, envi
 	if command != "ADD" {
 		return nil, nil
 	}
-	return fmt.Appendf(nil, `{"cniVersion":%q,"ips":[{"version":"4","address":"10.5.52.2/24","gateway":"10.5.52.1"}]}`, conf["cniVersion"]), nil
+	v, _ := conf["cniVersion"].(string)
+	if f.answerIn != "" {
+		v = f.answerIn
+	}
+	if ok, _ := version.GreaterThanOrEqualTo(v, "0.3.0"); !ok {
+		return fmt.Appendf(nil, `{"cniVersion":%q,"ip4":{"ip":"10.5.52.2/24","gateway":"10.5.52.1"}}`, v), nil
+	}
+	return fmt.Appendf(nil, `{"cniVersion":%q,"ips":[{"version":"4","address":"10.5.52.2/24","gateway":"10.5.52.1"}]}`, v), nil
 }
 
 func (f *fakeExec) commands() []string {
@@ -139,7 +150,7 @@ func wantCNIError(t *testing.T, err error, code uint, substrings ...string) {
 }
 
 func TestAddSavesThenDelegatesAndConverts(t *testing.T) {
-	for _, v := range []string{"0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"} {
+	for _, v := range version.All.SupportedVersions() {
 		t.Run(v, func(t *testing.T) {
 			fx := newFixture(t)
 			fx.writeEnv(t, envV4)
@@ -167,6 +178,63 @@ func TestAddSavesThenDelegatesAndConverts(t *testing.T) {
 				t.Errorf("result version = %s, want %s", res.Version(), v)
 			}
 		})
+	}
+}
+
+// TestEveryVersionConverts runs ADD, CHECK (from 0.4.0) and DEL at every
+// version upstream's plugin accepts, with a delegate answering ADD in
+// another version than the one asked for: the plugin must print the
+// result in the runtime's version, and tell the delegate that version on
+// every command.
+func TestEveryVersionConverts(t *testing.T) {
+	for _, v := range version.All.SupportedVersions() {
+		for _, answer := range []string{"0.2.0", "1.1.0"} {
+			t.Run(v+"/delegate-answers-"+answer, func(t *testing.T) {
+				fx := newFixture(t)
+				fx.writeEnv(t, envV4)
+				fx.exec.answerIn = answer
+				if err := fx.plugin.Add(fx.args(v, "")); err != nil {
+					t.Fatal(err)
+				}
+				var head struct {
+					CNIVersion string `json:"cniVersion"`
+				}
+				if err := json.Unmarshal(fx.out.Bytes(), &head); err != nil || head.CNIVersion != v {
+					t.Errorf("printed result version = %q (%v), want %q: %s", head.CNIVersion, err, v, fx.out.String())
+				}
+				res, err := version.NewResult(v, fx.out.Bytes())
+				if err != nil {
+					t.Fatalf("printed result does not parse as %s: %v", v, err)
+				}
+				cur, err := current.NewResultFromResult(res)
+				if err != nil || len(cur.IPs) != 1 || cur.IPs[0].Address.String() != "10.5.52.2/24" {
+					t.Errorf("printed result lost the address: %v (%v)", fx.out.String(), err)
+				}
+				want := []string{"bridge ADD"}
+				prev := fmt.Sprintf(`,"prevResult":%s`, fx.out.Bytes())
+				if ok, _ := version.GreaterThanOrEqualTo(v, "0.4.0"); ok {
+					if err := fx.plugin.Check(fx.args(v, prev)); err != nil {
+						t.Fatal(err)
+					}
+					want = append(want, "bridge CHECK")
+				}
+				if err := fx.plugin.Del(fx.args(v, prev)); err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, "bridge DEL")
+				if diff := cmp.Diff(want, fx.exec.commands()); diff != "" {
+					t.Fatalf("delegate calls (-want +got):\n%s", diff)
+				}
+				for _, c := range fx.exec.calls {
+					if c.Conf["cniVersion"] != v {
+						t.Errorf("delegate %s got cniVersion %v, want %s", c.Command, c.Conf["cniVersion"], v)
+					}
+				}
+				if fx.savedExists() {
+					t.Error("saved config not removed by DEL")
+				}
+			})
+		}
 	}
 }
 

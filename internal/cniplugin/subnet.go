@@ -51,10 +51,10 @@ func validateSubnetEnv(env subnetenv.Env) error {
 	if !env.Subnet.IsValid() && !env.IPv6Subnet.IsValid() {
 		return errors.New("neither FLANNEL_SUBNET nor FLANNEL_IPV6_SUBNET is set")
 	}
-	if env.Subnet.IsValid() != env.Network.IsValid() {
+	if env.Subnet.IsValid() != (len(env.Networks) > 0) {
 		return errors.New("FLANNEL_NETWORK and FLANNEL_SUBNET must be set together")
 	}
-	if env.IPv6Subnet.IsValid() != env.IPv6Network.IsValid() {
+	if env.IPv6Subnet.IsValid() != (len(env.IPv6Networks) > 0) {
 		return errors.New("FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET must be set together")
 	}
 	return nil

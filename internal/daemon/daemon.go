@@ -735,10 +735,10 @@ func (d *daemon) blackholes() dataplane.Objects {
 func (d *daemon) writeSubnetEnv() error {
 	e := subnetenv.Env{MTU: d.backend.MTU(), IPMasq: d.opts.IPMasq}
 	if d.net.EnableIPv4 {
-		e.Network, e.Subnet = d.net.Network, subnetenv.GatewayOf(d.self.Subnet)
+		e.Networks, e.Subnet = []netip.Prefix{d.net.Network}, subnetenv.GatewayOf(d.self.Subnet)
 	}
 	if d.net.EnableIPv6 {
-		e.IPv6Network, e.IPv6Subnet = d.net.IPv6Network, subnetenv.GatewayOf(d.self.IPv6Subnet)
+		e.IPv6Networks, e.IPv6Subnet = []netip.Prefix{d.net.IPv6Network}, subnetenv.GatewayOf(d.self.IPv6Subnet)
 	}
 	if err := subnetenv.Write(d.opts.SubnetFile, e); err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -79,7 +80,7 @@ func newHarness(t *testing.T, netconf string) *harness {
 		t.Fatal(err)
 	}
 	own := netip.PrefixFrom(n.SubnetMax, n.SubnetLen)
-	if err := subnetenv.Write(h.opts.SubnetFile, subnetenv.Env{Network: n.Network, Subnet: subnetenv.GatewayOf(own), MTU: 1}); err != nil {
+	if err := subnetenv.Write(h.opts.SubnetFile, subnetenv.Env{Networks: []netip.Prefix{n.Network}, Subnet: subnetenv.GatewayOf(own), MTU: 1}); err != nil {
 		t.Fatal(err)
 	}
 	return h
@@ -184,7 +185,7 @@ func TestDaemonProgramsPeersAndSkipsBadOnes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if env.Subnet != subnetenv.GatewayOf(own.Subnet) || env.MTU != 1450 || env.Network != netip.MustParsePrefix("10.5.0.0/16") {
+	if env.Subnet != subnetenv.GatewayOf(own.Subnet) || env.MTU != 1450 || !slices.Equal(env.Networks, []netip.Prefix{netip.MustParsePrefix("10.5.0.0/16")}) {
 		t.Errorf("subnet.env = %+v, own lease %s", env, own.Subnet)
 	}
 	if !strings.Contains(s, "link flannel.1 vxlan id 1") || !strings.Contains(s, "addr "+own.Subnet.Addr().String()+"/32") {

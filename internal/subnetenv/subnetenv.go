@@ -2,6 +2,19 @@
 // flanneld tells the CNI plugin (and an operator's scripts) which subnet
 // this host leased. The keys are upstream's, so upstream's CNI plugin can
 // read our file and ours can read upstream's.
+//
+// Upstream's flanneld writes, with no quoting, in this order and each line
+// ending in a newline: FLANNEL_NETWORK and FLANNEL_SUBNET when IPv4 is
+// enabled, FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET when IPv6 is,
+// then always FLANNEL_MTU and FLANNEL_IPMASQ (true or false). An IPv6-only
+// node's file has no FLANNEL_NETWORK or FLANNEL_SUBNET. The network keys
+// may hold a comma-separated list: upstream's CNI plugin, and flanneld's
+// own read-back, split them on commas (flanneld releases with
+// multi-cluster-CIDR support wrote one entry per cluster network), and
+// the plugin routes to each. Reading is more lenient than upstream's
+// plugin in what an operator's hand edit may bring — quotes, spaces
+// around keys and values, comments, CRLF — but never reads a value
+// upstream writes differently.
 package subnetenv
 
 import (
@@ -17,15 +30,18 @@ import (
 
 // Env is the content of subnet.env.
 type Env struct {
-	Network netip.Prefix // FLANNEL_NETWORK
+	// Networks is FLANNEL_NETWORK: the IPv4 cluster networks, usually
+	// one, in the order listed and without duplicates.
+	Networks []netip.Prefix
 	// Subnet is FLANNEL_SUBNET: the first usable address of the lease with
 	// the lease's prefix length (10.5.52.1/24), the gateway address the
 	// bridge takes.
-	Subnet      netip.Prefix
-	IPv6Network netip.Prefix // FLANNEL_IPV6_NETWORK
-	IPv6Subnet  netip.Prefix // FLANNEL_IPV6_SUBNET
-	MTU         int          // FLANNEL_MTU
-	IPMasq      bool         // FLANNEL_IPMASQ
+	Subnet netip.Prefix
+	// IPv6Networks is FLANNEL_IPV6_NETWORK, as Networks.
+	IPv6Networks []netip.Prefix
+	IPv6Subnet   netip.Prefix // FLANNEL_IPV6_SUBNET
+	MTU          int          // FLANNEL_MTU
+	IPMasq       bool         // FLANNEL_IPMASQ
 }
 
 // GatewayOf returns the FLANNEL_SUBNET form of a leased subnet: its first
@@ -45,14 +61,24 @@ func LeasedSubnet(p netip.Prefix) netip.Prefix {
 	return p.Masked()
 }
 
-// Marshal renders e in upstream's key order.
+// Marshal renders e as upstream's flanneld does: same keys, order and
+// formatting, so upstream's CNI plugin reads it, and a node with one
+// cluster network per family gets upstream's bytes exactly.
+// A key whose value is unset is left out rather than written as text no
+// reader could parse; the daemon always sets a family's pair together.
 func (e Env) Marshal() []byte {
 	var b bytes.Buffer
-	if e.Network.IsValid() {
-		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\nFLANNEL_SUBNET=%s\n", e.Network, e.Subnet)
+	if len(e.Networks) > 0 {
+		fmt.Fprintf(&b, "FLANNEL_NETWORK=%s\n", joinPrefixes(e.Networks))
 	}
-	if e.IPv6Network.IsValid() {
-		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\nFLANNEL_IPV6_SUBNET=%s\n", e.IPv6Network, e.IPv6Subnet)
+	if e.Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_SUBNET=%s\n", e.Subnet)
+	}
+	if len(e.IPv6Networks) > 0 {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_NETWORK=%s\n", joinPrefixes(e.IPv6Networks))
+	}
+	if e.IPv6Subnet.IsValid() {
+		fmt.Fprintf(&b, "FLANNEL_IPV6_SUBNET=%s\n", e.IPv6Subnet)
 	}
 	fmt.Fprintf(&b, "FLANNEL_MTU=%d\nFLANNEL_IPMASQ=%t\n", e.MTU, e.IPMasq)
 	return b.Bytes()
@@ -116,11 +142,11 @@ func Parse(data []byte) (Env, error) {
 		var err error
 		switch k {
 		case "FLANNEL_NETWORK":
-			e.Network, err = parsePrefix(v, true)
+			e.Networks, err = parsePrefixList(v, true)
 		case "FLANNEL_SUBNET":
 			e.Subnet, err = parsePrefix(v, true)
 		case "FLANNEL_IPV6_NETWORK":
-			e.IPv6Network, err = parsePrefix(v, false)
+			e.IPv6Networks, err = parsePrefixList(v, false)
 		case "FLANNEL_IPV6_SUBNET":
 			e.IPv6Subnet, err = parsePrefix(v, false)
 		case "FLANNEL_MTU":
@@ -138,6 +164,32 @@ func Parse(data []byte) (Env, error) {
 		}
 	}
 	return e, sc.Err()
+}
+
+// parsePrefixList parses a comma-separated list of prefixes of one
+// family, dropping repeats of a network as upstream's plugin does.
+func parsePrefixList(s string, v4 bool) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	seen := map[netip.Prefix]bool{}
+	for _, f := range strings.Split(s, ",") {
+		p, err := parsePrefix(strings.TrimSpace(f), v4)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[p.Masked()] {
+			seen[p.Masked()] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func joinPrefixes(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
 }
 
 func parsePrefix(s string, v4 bool) (netip.Prefix, error) {

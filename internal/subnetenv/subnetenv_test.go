@@ -5,18 +5,23 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
+
+var equatePrefixes = cmpopts.EquateComparable(netip.Prefix{})
 
 func TestWriteReadRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "run", "flannel", "subnet.env")
 	e := Env{
-		Network:     netip.MustParsePrefix("10.5.0.0/16"),
-		Subnet:      GatewayOf(netip.MustParsePrefix("10.5.52.0/24")),
-		IPv6Network: netip.MustParsePrefix("fc00::/48"),
-		IPv6Subnet:  GatewayOf(netip.MustParsePrefix("fc00:0:0:7::/64")),
-		MTU:         1450,
-		IPMasq:      true,
+		Networks:     []netip.Prefix{netip.MustParsePrefix("10.5.0.0/16")},
+		Subnet:       GatewayOf(netip.MustParsePrefix("10.5.52.0/24")),
+		IPv6Networks: []netip.Prefix{netip.MustParsePrefix("fc00::/48")},
+		IPv6Subnet:   GatewayOf(netip.MustParsePrefix("fc00:0:0:7::/64")),
+		MTU:          1450,
+		IPMasq:       true,
 	}
 	if err := Write(path, e); err != nil {
 		t.Fatal(err)
@@ -35,8 +40,8 @@ func TestWriteReadRoundTrip(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != e {
-		t.Errorf("Read = %+v, want %+v", got, e)
+	if diff := cmp.Diff(e, got, equatePrefixes); diff != "" {
+		t.Errorf("Read (-want +got):\n%s", diff)
 	}
 	if LeasedSubnet(got.Subnet) != netip.MustParsePrefix("10.5.52.0/24") {
 		t.Errorf("LeasedSubnet = %s", LeasedSubnet(got.Subnet))
@@ -69,19 +74,19 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 func FuzzParse(f *testing.F) {
 	f.Add([]byte("FLANNEL_NETWORK=10.5.0.0/16\nFLANNEL_SUBNET=10.5.52.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"))
 	f.Add([]byte("FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00::1/64\n"))
+	f.Add([]byte(upstreamMultiNetwork))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		e, err := Parse(data)
 		if err != nil {
 			return
 		}
-		// What parses must survive a round trip through our own writer
-		// (up to which keys were present).
+		// What parses must survive a round trip through our own writer.
 		again, err := Parse(e.Marshal())
 		if err != nil {
 			t.Fatalf("re-parse of %q: %v", e.Marshal(), err)
 		}
-		if again.MTU != e.MTU || again.IPMasq != e.IPMasq {
-			t.Fatalf("round trip changed %+v to %+v", e, again)
+		if diff := cmp.Diff(e, again, equatePrefixes); diff != "" {
+			t.Fatalf("round trip through %q changed (-before +after):\n%s", e.Marshal(), diff)
 		}
 	})
 }
