@@ -119,6 +119,23 @@ func (c *cluster) startAll(extra ...string) {
 	}
 }
 
+// startOneByOne starts flanneld on each host in turn, waiting for its
+// subnet.env before starting the next. Upstream flanneld needs this: two
+// instances allocating at the same moment can pick the same subnet, and
+// the loser of the create-if-absent exits ("subnet already exists").
+func (c *cluster) startOneByOne(extra ...string) {
+	c.t.Helper()
+	for _, h := range c.Hosts {
+		if err := c.Start(h, extra...); err != nil {
+			c.t.Fatal(err)
+		}
+		c.subnets[h.Index] = c.waitSubnet(h)
+		if e, err := subnetenv.Read(h.SubnetFile); err == nil {
+			c.subnets6[h.Index] = subnetenv.LeasedSubnet(e.IPv6Subnet)
+		}
+	}
+}
+
 func (c *cluster) waitSubnet(h *lab.Host) netip.Prefix {
 	c.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)

@@ -95,7 +95,7 @@ func newTakeover(t *testing.T, name string, n int, netconf, u6 string, nft bool,
 	c.Hosts[0].Flanneld = first.bin // A: upstream throughout (set by the caller)
 	c.Hosts[1].Flanneld = first.bin
 	tk.current = first
-	c.startAll(tk.flags...)
+	c.startOneByOne(tk.flags...)
 	tk.daemonReady(tk.b, first.upstream, 0, swapHealthz)
 	if !nft {
 		// Forwarding is refused unless a rule accepts it (as on a host
@@ -186,15 +186,28 @@ func (tk *takeover) swap(next daemonKind) swapResult {
 	return r
 }
 
-// check fails the test for anything the swap broke.
-func (r swapResult) check(t *testing.T) {
+// check fails the test for anything the swap broke. A swap to our daemon
+// must lose nothing. A swap to upstream's pays upstream's own start-up:
+// v0.28.9 flushes FLANNEL-POSTRTG and FLANNEL-FWD (ClearChain) and refills
+// them with a second iptables-restore ~0.1 s later, and in that window
+// pod traffic is dropped or leaves unmasqueraded — upstream restarting
+// over its own state costs the same (baseline, measured in the same
+// cluster). Such a swap may cost no more than that baseline (with a margin
+// for the noise of one ~0.1 s window at 100/s); anything weft left behind
+// that made upstream recreate its device or re-add routes would cost far
+// more.
+func (r swapResult) check(t *testing.T, baseline *swapResult) {
 	t.Helper()
 	t.Log(r)
-	if r.lost != 0 || r.sent == 0 {
-		t.Errorf("%s → %s: %d of %d pod-to-pod pings lost", r.from, r.to, r.lost, r.sent)
+	lost, egressLost, unmasq := 0, 0, 0
+	if baseline != nil {
+		lost, egressLost, unmasq = 2*baseline.lost+5, 2*baseline.egressLost+5, 2*baseline.unmasqueraded+5
 	}
-	if r.egressLost != 0 || r.egressSent == 0 || r.unmasqueraded != 0 {
-		t.Errorf("%s → %s: egress %d of %d lost, %d left unmasqueraded", r.from, r.to, r.egressLost, r.egressSent, r.unmasqueraded)
+	if r.lost > lost || r.sent == 0 {
+		t.Errorf("%s → %s: %d of %d pod-to-pod pings lost (allowed %d)", r.from, r.to, r.lost, r.sent, lost)
+	}
+	if r.egressLost > egressLost || r.egressSent == 0 || r.unmasqueraded > unmasq {
+		t.Errorf("%s → %s: egress %d of %d lost, %d left unmasqueraded (allowed %d and %d)", r.from, r.to, r.egressLost, r.egressSent, r.unmasqueraded, egressLost, unmasq)
 	}
 	if r.streamErr != nil || r.streamMaxGap > time.Second {
 		t.Errorf("%s → %s: TCP stream: error %v, longest gap %v (limit 1s)", r.from, r.to, r.streamErr, r.streamMaxGap)
@@ -269,9 +282,14 @@ func TestTakeover(t *testing.T) {
 				u6 = fmt.Sprintf("fd18:%d::/64", n)
 			}
 			tk := newTakeover(t, fmt.Sprintf("wttk%d", i), n, netconf, u6, tc.nft, up)
-			for _, next := range []daemonKind{ours, ours, newer, up} {
-				tk.swap(next).check(t)
+			// Upstream restarting over its own state: what a rollback to
+			// upstream is measured against.
+			baseline := tk.swap(up)
+			t.Logf("baseline (not weft): %v", baseline)
+			for _, next := range []daemonKind{ours, ours, newer} {
+				tk.swap(next).check(t, nil)
 			}
+			tk.swap(up).check(t, &baseline)
 		})
 	}
 }

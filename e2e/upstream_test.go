@@ -148,7 +148,7 @@ func TestMixedClusters(t *testing.T) {
 			c := newClusterV6(t, fmt.Sprintf("wtmx%d", i), 4, fmt.Sprintf("198.18.%d.0/24", n), u6, netconf)
 			// Hosts 1 and 2 run upstream, 3 and 4 ours.
 			c.Hosts[0].Flanneld, c.Hosts[1].Flanneld = up, up
-			c.startAll()
+			c.startOneByOne()
 			var pods []*lab.Pod
 			for _, h := range c.Hosts {
 				pods = append(pods, c.addPod(h, "p1"))
