@@ -2,7 +2,11 @@
 GO ?= go
 BIN := bin
 
-.PHONY: all build test lint fuzz clean demo demo-down deps
+.PHONY: all build test lint fuzz clean demo demo-down deps image
+
+# The release version, set in deploy/VERSION only (see deploy/Dockerfile).
+VERSION := $(shell cat deploy/VERSION)
+IMAGE ?= ghcr.io/weft-net/weft
 
 all: build
 
@@ -51,6 +55,10 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$pkg || exit 1; \
 	  done; \
 	done
+
+# The image deploy/kube-flannel.yml and deploy/chart run.
+image:
+	docker build -f deploy/Dockerfile -t $(IMAGE):$(VERSION) .
 
 clean:
 	rm -rf $(BIN)

@@ -14,7 +14,9 @@
 //     iptables-restore --noflush) owns the chains FLANNEL-POSTRTG (nat) and
 //     FLANNEL-FWD (filter), the jumps to them from POSTROUTING and FORWARD,
 //     and every rule commented "flanneld masq" or "flanneld forward" in
-//     those two built-in chains; the same for ip6tables.
+//     those two built-in chains; the same for ip6tables. Where both
+//     iptables variants are installed (as in the image), it uses the one
+//     whose kernel backend the kubelet and kube-proxy use ([OpenIPTables]).
 //
 // Table, chain and comment names are upstream flannel's, so that a host
 // can move from upstream to weft and back, and between the two modes, and

@@ -52,10 +52,27 @@ type IPTables struct {
 var _ Manager = (*IPTables)(nil)
 
 // OpenIPTables returns an IPTables using the host's iptables and
-// iptables-restore (whichever variant, legacy or nft, they are). iptables
-// is required; ip6tables only once a RuleSet asks for IPv6 rules.
-func OpenIPTables(log *slog.Logger) (*IPTables, error) {
-	return openIPTables(log, "iptables", "ip6tables")
+// iptables-restore, in the variant (legacy or nft) the host uses: see
+// chooseIPTables. If the other variant holds our chains, it removes them,
+// so that only one set of flannel rules is ever in force. iptables is
+// required; ip6tables only once a RuleSet asks for IPv6 rules.
+func OpenIPTables(ctx context.Context, log *slog.Logger) (*IPTables, error) {
+	ch := chooseIPTables(ctx, log, execIPTCommands())
+	log.Info("masq: iptables variant", "iptables", ch.bin4, "reason", ch.reason)
+	m, err := openIPTables(log, ch.bin4, ch.bin6)
+	if err != nil {
+		return nil, err
+	}
+	if ch.stale != nil {
+		if other, err := openIPTables(log, ch.stale[0], ch.stale[1]); err != nil {
+			log.Warn("masq: cannot open the other iptables variant to remove its flannel rules", "iptables", ch.stale[0], "err", err)
+		} else if err := other.Cleanup(ctx); err != nil {
+			log.Warn("masq: could not remove flannel rules from the other iptables variant", "iptables", ch.stale[0], "err", err)
+		} else {
+			log.Info("masq: removed flannel rules from the other iptables variant", "iptables", ch.stale[0])
+		}
+	}
+	return m, nil
 }
 
 // openIPTables uses the named binaries (and their -restore companions);

@@ -60,14 +60,14 @@ func Open(ctx context.Context, log *slog.Logger, mode Mode) (Manager, error) {
 		if err != nil {
 			return nil, err
 		}
-		if other, err := OpenIPTables(log); err != nil {
+		if other, err := OpenIPTables(ctx, log); err != nil {
 			log.Debug("masq: no iptables to clean up", "err", err)
 		} else if err := other.Cleanup(ctx); err != nil {
 			log.Warn("masq: could not remove iptables rules left by the iptables mode", "err", err)
 		}
 		return m, nil
 	case ModeIPTables:
-		m, err := OpenIPTables(log)
+		m, err := OpenIPTables(ctx, log)
 		if err != nil {
 			return nil, err
 		}

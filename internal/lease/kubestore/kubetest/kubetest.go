@@ -10,7 +10,6 @@
 package kubetest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -38,6 +37,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tooltest"
 )
 
 // FlannelUser is kube-flannel's service account, as the API server sees
@@ -80,103 +80,14 @@ type Server struct {
 }
 
 // Binary returns the kube-apiserver to run: $WEFT_KUBE_APISERVER, else the
-// cache path tools/kube-apiserver/build.sh uses. Under CI (CI=true) a
-// missing binary fails the test, never skips it, since .ci/run builds it
-// first; locally the build script is run (a cold build takes ~12 minutes,
-// then it is cached).
+// cache path tools/kube-apiserver/build.sh uses; under CI a missing binary
+// fails the test, and locally the build script is run (a cold build takes
+// ~12 minutes, then it is cached). See tooltest.Binary.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if p := os.Getenv(EnvBinary); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s=%s: %v", EnvBinary, p, err)
-		}
-		return p
-	}
-	script, err := buildScript()
-	if err != nil {
-		t.Fatalf("kube-apiserver: %v", err)
-	}
-	cached, err := cachePath(filepath.Dir(script))
-	if err != nil {
-		t.Fatalf("kube-apiserver: %v", err)
-	}
-	if _, err := os.Stat(cached); err == nil {
-		return cached
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("kube-apiserver binary not provided: CI must build it before the tests (bash %s) and export %s", script, EnvBinary)
-	}
-	t.Logf("%s unset: running %s (cached after the first build, which takes ~12 minutes)", EnvBinary, script)
-	cmd := exec.Command("bash", script)
-	var out bytes.Buffer
-	cmd.Stdout = &out
-	cmd.Stderr = testWriter{t}
-	start := time.Now()
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("build kube-apiserver with %s: %v", script, err)
-	}
-	p := strings.TrimSpace(out.String())
-	t.Logf("kube-apiserver at %s (build script took %v)", p, time.Since(start).Round(time.Second))
-	return p
-}
-
-// buildScript finds tools/kube-apiserver/build.sh above the working
-// directory (tests run in their package's directory).
-func buildScript() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		p := filepath.Join(dir, "tools", "kube-apiserver", "build.sh")
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", fmt.Errorf("tools/kube-apiserver/build.sh not found above the working directory")
-		}
-		dir = parent
-	}
-}
-
-// cachePath is where build.sh puts the binary: keyed by the version the
-// tools module requires, under $WEFT_CACHE_DIR, else the user cache dir.
-func cachePath(toolsDir string) (string, error) {
-	mod, err := os.ReadFile(filepath.Join(toolsDir, "go.mod"))
-	if err != nil {
-		return "", err
-	}
-	var version string
-	for _, line := range strings.Split(string(mod), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "k8s.io/kubernetes" {
-			version = f[1]
-			break
-		}
-	}
-	if version == "" {
-		return "", fmt.Errorf("no k8s.io/kubernetes requirement in %s/go.mod", toolsDir)
-	}
-	dir := os.Getenv("WEFT_CACHE_DIR")
-	if dir == "" {
-		base := os.Getenv("XDG_CACHE_HOME")
-		if base == "" {
-			home, err := os.UserHomeDir()
-			if err != nil {
-				return "", err
-			}
-			base = filepath.Join(home, ".cache")
-		}
-		dir = filepath.Join(base, "weft")
-	}
-	return filepath.Join(dir, "kube-apiserver-"+version, "kube-apiserver"), nil
-}
-
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
+	return tooltest.Binary(t, tooltest.Tool{
+		Name: "kube-apiserver", Module: "k8s.io/kubernetes", Env: EnvBinary, ColdBuild: "~12 minutes",
+	})
 }
 
 // Start starts etcd and kube-apiserver and waits until the server is
