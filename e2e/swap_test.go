@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -253,8 +254,13 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// deletedLink matches ip monitor's line for a deleted device of ours.
+var deletedLink = regexp.MustCompile(`^Deleted \d+: flannel[-.]`)
+
 // deleted stops the monitor and returns its "Deleted" lines that match
-// any of the needles (subnets, addresses, MACs, device names).
+// any of the needles (subnets, addresses, MACs), or that delete one of
+// our devices. The multicast neighbours the kernel keeps (and ages) on
+// every device itself (NOARP, 33:33:… for ff02::…) are not ours.
 func (m *monitor) deleted(needles ...string) []string {
 	time.Sleep(100 * time.Millisecond)
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
@@ -263,7 +269,12 @@ func (m *monitor) deleted(needles ...string) []string {
 	defer m.mu.Unlock()
 	var hits []string
 	for _, line := range strings.Split(m.out.String(), "\n") {
-		if !strings.HasPrefix(line, "Deleted") {
+		// The underlay's ARP/ND cache is the kernel's, not ours either.
+		if !strings.HasPrefix(line, "Deleted") || strings.Contains(line, "NOARP") || strings.Contains(line, "dev eth0 lladdr") {
+			continue
+		}
+		if deletedLink.MatchString(line) {
+			hits = append(hits, line)
 			continue
 		}
 		for _, n := range needles {
@@ -338,6 +349,15 @@ func (c *cluster) daemonReady(h *lab.Host, upstream bool, logFrom int64, healthz
 		b, err := os.ReadFile(h.LogFile)
 		return err == nil && int64(len(b)) > logFrom && strings.Contains(string(b[logFrom:]), "Running backend.")
 	})
+}
+
+func (c *cluster) linkMTU(h *lab.Host, dev string) int {
+	out, err := c.Exec(context.Background(), h, "cat", "/sys/class/net/"+dev+"/mtu")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.Atoi(strings.TrimSpace(out))
+	return n
 }
 
 func logSize(h *lab.Host) int64 {
