@@ -28,7 +28,7 @@ const (
 	swapHealthz = 9102
 	// swapPings is each pinger's count at 100/s: long enough to cover a
 	// stop, a start and a settled second after it.
-	swapPings = 1000
+	swapPings = 600
 )
 
 type daemonKind struct {

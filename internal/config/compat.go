@@ -23,10 +23,12 @@ type Ignored struct {
 
 // Upstream exposes three of klog's flags on its own flag set: -v (ours sets
 // the slog level), -vmodule and -log_backtrace_at. klog's other flags
-// (--logtostderr, --log_dir, …) are registered only on Go's global flag set,
-// which upstream never parses, so upstream's flanneld refuses them as
-// unknown flags; so do we, to keep one flag surface for both daemons.
-// Env: FLANNELD_VMODULE and FLANNELD_LOG_BACKTRACE_AT, as for every flag.
+// (--logtostderr, --log_dir, …) are registered on Go's global flag set,
+// which upstream never parses; unit files and older manifests written for
+// klog-era daemons still pass them, so weft accepts them too (typed as in
+// klog v2, so a malformed value is still an error naming the flag) and
+// logs that they are ignored.
+// Env: FLANNELD_VMODULE, FLANNELD_LOGTOSTDERR, …, as for every flag.
 const (
 	vmoduleReason   = "weft logs with log/slog; -v sets the level for the whole daemon, there is no per-file verbosity"
 	backtraceReason = "weft logs with log/slog, which has no per-call-site stack traces"
@@ -84,12 +86,66 @@ func (b backtraceValue) Set(s string) error {
 	return nil
 }
 
+// klogOther are klog v2's flags beyond -v, -vmodule and -log_backtrace_at,
+// with their value kinds.
+var klogOther = []struct{ name, kind string }{
+	{"logtostderr", "bool"}, {"alsologtostderr", "bool"}, {"add_dir_header", "bool"},
+	{"skip_headers", "bool"}, {"skip_log_headers", "bool"}, {"one_output", "bool"},
+	{"legacy_stderr_threshold_behavior", "bool"},
+	{"log_dir", "string"}, {"log_file", "string"},
+	{"log_file_max_size", "uint"},
+	{"stderrthreshold", "severity"}, {"alsologtostderrthreshold", "severity"},
+}
+
+const klogReason = "weft logs to stderr with log/slog; klog's output settings do not apply"
+
+// klogValue holds one of klog's output flags, checked as klog would.
+type klogValue struct {
+	kind string
+	v    *string
+}
+
+func (k klogValue) String() string {
+	if k.v == nil {
+		return ""
+	}
+	return *k.v
+}
+
+func (k klogValue) IsBoolFlag() bool { return k.kind == "bool" }
+
+func (k klogValue) Set(s string) error {
+	var err error
+	switch k.kind {
+	case "bool":
+		_, err = strconv.ParseBool(s)
+	case "uint":
+		_, err = strconv.ParseUint(s, 10, 64)
+	case "severity":
+		// klog takes a severity name or its number.
+		switch strings.ToUpper(s) {
+		case "INFO", "WARNING", "ERROR", "FATAL", "0", "1", "2", "3":
+		default:
+			err = fmt.Errorf("%q is not a klog severity (INFO, WARNING, ERROR, FATAL or 0-3)", s)
+		}
+	}
+	if err != nil {
+		return err
+	}
+	*k.v = s
+	return nil
+}
+
 // klogFlags registers upstream's klog flags that weft accepts and ignores,
 // and returns a function that, after parsing, lists those that were set.
 func klogFlags(fs *flag.FlagSet) func(set func(name string) bool) []Ignored {
 	var vmodule, backtrace string
 	fs.Var(vmoduleValue{&vmodule}, "vmodule", "accepted for compatibility with upstream's klog flag; ignored")
 	fs.Var(backtraceValue{&backtrace}, "log_backtrace_at", "accepted for compatibility with upstream's klog flag; ignored")
+	other := make([]string, len(klogOther))
+	for i, f := range klogOther {
+		fs.Var(klogValue{f.kind, &other[i]}, f.name, "accepted for compatibility with klog; ignored")
+	}
 	return func(set func(string) bool) []Ignored {
 		var out []Ignored
 		if set("vmodule") {
@@ -97,6 +153,11 @@ func klogFlags(fs *flag.FlagSet) func(set func(name string) bool) []Ignored {
 		}
 		if set("log_backtrace_at") {
 			out = append(out, Ignored{Name: "--log_backtrace_at", Value: backtrace, Reason: backtraceReason})
+		}
+		for i, f := range klogOther {
+			if set(f.name) {
+				out = append(out, Ignored{Name: "--" + f.name, Value: other[i], Reason: klogReason})
+			}
 		}
 		return out
 	}

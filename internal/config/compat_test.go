@@ -25,6 +25,14 @@ func TestParseOptionsKlogFlags(t *testing.T) {
 		{env: map[string]string{"FLANNELD_VMODULE": "vxlan=3", "FLANNELD_LOG_BACKTRACE_AT": "a.go:1"},
 			want: []string{"--vmodule=vxlan=3", "--log_backtrace_at=a.go:1"}},
 		{args: []string{"-v=4"}},
+		// klog's output flags, as klog-era unit files pass them.
+		{args: []string{"--logtostderr", "--alsologtostderr=false", "--log_dir=/var/log/flannel", "--log_file=/tmp/f.log",
+			"--log_file_max_size=1800", "--stderrthreshold=WARNING", "--skip_headers", "--one_output=true",
+			"--add_dir_header", "--skip_log_headers=false", "--alsologtostderrthreshold=2", "--legacy_stderr_threshold_behavior=false"},
+			want: []string{"--logtostderr=true", "--alsologtostderr=false", "--add_dir_header=true", "--skip_headers=true",
+				"--skip_log_headers=false", "--one_output=true", "--legacy_stderr_threshold_behavior=false", "--log_dir=/var/log/flannel",
+				"--log_file=/tmp/f.log", "--log_file_max_size=1800", "--stderrthreshold=WARNING", "--alsologtostderrthreshold=2"}},
+		{env: map[string]string{"FLANNELD_LOGTOSTDERR": "true"}, want: []string{"--logtostderr=true"}},
 	} {
 		o, err := ParseOptions(tc.args, env(tc.env), io.Discard)
 		if err != nil {
@@ -61,10 +69,11 @@ func TestParseOptionsKlogFlagErrors(t *testing.T) {
 		{args: []string{"-log_backtrace_at=a.go:1:2"}, want: "log_backtrace_at"},
 		{env: map[string]string{"FLANNELD_VMODULE": "nope"}, want: "FLANNELD_VMODULE"},
 		{args: []string{"-v=x"}, want: "-v"},
-		// klog's other flags live on Go's global flag set, which
-		// upstream never parses: its flanneld refuses them too.
-		{args: []string{"--logtostderr"}, want: "logtostderr"},
-		{args: []string{"--log_dir=/tmp"}, want: "log_dir"},
+		// klog's other flags are accepted, but typed as klog types them.
+		{args: []string{"--logtostderr=maybe"}, want: "logtostderr"},
+		{args: []string{"--log_file_max_size=-1"}, want: "log_file_max_size"},
+		{args: []string{"--stderrthreshold=LOUD"}, want: "stderrthreshold"},
+		{env: map[string]string{"FLANNELD_ALSOLOGTOSTDERR": "sure"}, want: "FLANNELD_ALSOLOGTOSTDERR"},
 	} {
 		_, err := ParseOptions(tc.args, env(tc.env), io.Discard)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
