@@ -1,51 +1,25 @@
 package e2e
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/tooltest"
 )
 
-// envUpstream names the upstream flanneld binary the interop and migration
-// tests run; .ci/run sets it from tools/upstream-flanneld/build.sh.
-const envUpstream = "WEFT_UPSTREAM_FLANNELD"
-
-// upstreamFlanneld returns the real upstream flanneld (v0.28.9):
-// $WEFT_UPSTREAM_FLANNELD, else what tools/upstream-flanneld/build.sh builds
-// or has cached. Under CI (CI=true) the variable must be set, since .ci/run
-// builds it before the tests: a missing binary fails, never skips.
+// upstreamFlanneld returns the real upstream flanneld (v0.28.9, the
+// version tools/upstream-flanneld/go.mod requires): $WEFT_UPSTREAM_FLANNELD
+// (.ci/run sets it), else what tools/upstream-flanneld/build.sh built and
+// cached; under CI a missing binary fails, never skips.
 func upstreamFlanneld(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv(envUpstream); p != "" {
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("%s=%s: %v", envUpstream, p, err)
-		}
-		return p
-	}
-	script, err := filepath.Abs(filepath.Join("..", "tools", "upstream-flanneld", "build.sh"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("upstream flanneld not provided: CI must build it before the tests (bash %s) and export %s", script, envUpstream)
-	}
-	t.Logf("%s unset: running %s (cached after the first build)", envUpstream, script)
-	cmd := exec.Command("bash", script)
-	var out, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("build upstream flanneld with %s: %v\n%s", script, err, stderr.String())
-	}
-	return strings.TrimSpace(out.String())
+	return tooltest.Binary(t, tooltest.Tool{Name: "upstream-flanneld", Module: "github.com/flannel-io/flannel",
+		Env: "WEFT_UPSTREAM_FLANNELD", ColdBuild: "a few minutes"})
 }
 
 // pods attaches pods through our CNI plugin (kube-flannel's conflist), on

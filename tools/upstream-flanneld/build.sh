@@ -3,7 +3,8 @@
 # Go module proxy, for the interop and migration tests, and prints the
 # binary's path. It is never part of weft: the tests run it beside ours.
 #
-# The version is pinned below. The module's source comes from the proxy
+# The version is the requirement in this directory's go.mod (where
+# internal/tooltest reads it too). The module's source comes from the proxy
 # (go mod download), is unpacked into the cache, and is built the way
 # upstream's Makefile builds dist/flanneld on amd64 (CGO_ENABLED=1: the udp
 # backend's packet proxy is C), stamped with the version.
@@ -21,11 +22,13 @@
 # Env: WEFT_CACHE_DIR (default ${XDG_CACHE_HOME:-$HOME/.cache}/weft).
 # Output: the binary's absolute path on stdout; progress on stderr.
 set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
 module=github.com/flannel-io/flannel
-version=v0.28.9
+version=$(awk -v m="$module" '$1 == m { print $2; exit }' "$here/go.mod")
+[ -n "$version" ] || { echo "build.sh: no $module requirement in $here/go.mod" >&2; exit 1; }
 
 cache="${WEFT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weft}/upstream-flanneld-$version"
-out="$cache/flanneld"
+out="$cache/upstream-flanneld"
 mkdir -p "$cache"
 
 exec 9>"$cache/.lock"
@@ -47,7 +50,7 @@ grep -q '_ "github.com/flannel-io/flannel/pkg/backend/tencentvpc"' "$src/main.go
 	{ echo "build.sh: main.go no longer imports tencentvpc; review the deviation above" >&2; exit 1; }
 sed -i '\#_ "github.com/flannel-io/flannel/pkg/backend/tencentvpc"#d' "$src/main.go"
 
-tmp="$cache/flanneld.tmp.$$"
+tmp="$cache/upstream-flanneld.tmp.$$"
 trap 'rm -f "$tmp"' EXIT
 (cd "$src" && CGO_ENABLED=1 GOOS=linux GOARCH=amd64 GOFLAGS=-mod=mod go build -o "$tmp" \
 	-ldflags "-s -w -X $module/pkg/version.Version=$version" .)
