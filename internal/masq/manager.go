@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"sync"
 )
 
 // Manager makes the kernel's rules match a RuleSet. Implementations are
@@ -47,36 +48,62 @@ func Select(enableNFTables *bool, lookPath func(string) (string, error)) Mode {
 	return ModeNFTables
 }
 
-// Open returns the Manager for mode, after removing the rules the other
-// mode may have left behind (from an earlier run, or from upstream
-// flannel), so that switching modes never leaves two sets of rules. Not
-// being able to clean the other mode (its tools are missing, say) is
-// logged, not fatal: then there is nothing of it to clean, or nothing we
-// could do about it.
+// Open returns the Manager for mode. The rules the other mode may have
+// left behind (from an earlier run, or from upstream flannel) are removed
+// once this mode's first Sync has put its own in place — not before, so
+// that switching modes never leaves a moment with no masquerade or forward
+// rules, nor two sets of rules afterwards. Not being able to clean the
+// other mode (its tools are missing, say) is logged, not fatal: then there
+// is nothing of it to clean, or nothing we could do about it.
 func Open(ctx context.Context, log *slog.Logger, mode Mode) (Manager, error) {
+	var (
+		m, other Manager
+		err      error
+	)
 	switch mode {
 	case ModeNFTables:
-		m, err := OpenNFTables(log)
-		if err != nil {
+		if m, err = OpenNFTables(log); err != nil {
 			return nil, err
 		}
-		if other, err := OpenIPTables(ctx, log); err != nil {
+		if other, err = OpenIPTables(ctx, log); err != nil {
 			log.Debug("masq: no iptables to clean up", "err", err)
-		} else if err := other.Cleanup(ctx); err != nil {
-			log.Warn("masq: could not remove iptables rules left by the iptables mode", "err", err)
+			other = nil
 		}
-		return m, nil
 	case ModeIPTables:
-		m, err := OpenIPTables(ctx, log)
-		if err != nil {
+		if m, err = OpenIPTables(ctx, log); err != nil {
 			return nil, err
 		}
-		if other, err := OpenNFTables(log); err != nil {
+		if other, err = OpenNFTables(log); err != nil {
 			log.Debug("masq: no nftables to clean up", "err", err)
-		} else if err := other.Cleanup(ctx); err != nil {
-			log.Warn("masq: could not remove nftables rules left by the nftables mode", "err", err)
+			other = nil
 		}
-		return m, nil
+	default:
+		return nil, fmt.Errorf("masq: unknown mode %q", mode)
 	}
-	return nil, fmt.Errorf("masq: unknown mode %q", mode)
+	return &handover{Manager: m, other: other, log: log}, nil
+}
+
+// handover is a Manager that removes the other mode's rules after its own
+// first successful Sync.
+type handover struct {
+	Manager
+	log   *slog.Logger
+	mu    sync.Mutex
+	other Manager // nil once cleaned
+}
+
+func (h *handover) Sync(ctx context.Context, rs RuleSet) (int, error) {
+	n, err := h.Manager.Sync(ctx, rs)
+	if err != nil {
+		return n, err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.other != nil {
+		if err := h.other.Cleanup(ctx); err != nil {
+			h.log.Warn("masq: could not remove the rules the other mode left", "mode", h.other.Mode(), "err", err)
+		}
+		h.other = nil
+	}
+	return n, nil
 }

@@ -385,15 +385,22 @@ func testIPTables(t *testing.T, v iptVariant) {
 	}
 }
 
-// TestPrivModeSwitch: opening one mode removes the other mode's rules.
+// TestPrivModeSwitch: a mode's first Sync removes the other mode's rules,
+// and not before: until the new mode's rules are in place the old ones
+// keep masquerading (a switch has no moment without rules).
 func TestPrivModeSwitch(t *testing.T) {
 	if !inNetns(t, nil) {
 		return
 	}
 	ctx := t.Context()
 	rs := Plan(goldenCases[1].cfg)
-	open := func(mode Mode) Manager {
-		t.Helper()
+	has := func() (ipt, nft bool) {
+		s := iptSave(t, "")
+		tables := run(t, "nft", "list", "tables")
+		return strings.Contains(s, "FLANNEL"), strings.Contains(tables, "flannel-ipv4") || strings.Contains(tables, "flannel-ipv6")
+	}
+	prev := Mode("")
+	for _, mode := range []Mode{ModeIPTables, ModeNFTables, ModeIPTables} {
 		m, err := Open(ctx, testLog(t), mode)
 		if err != nil {
 			t.Fatal(err)
@@ -401,21 +408,19 @@ func TestPrivModeSwitch(t *testing.T) {
 		if m.Mode() != mode {
 			t.Fatalf("Open(%s) returned a %s manager", mode, m.Mode())
 		}
+		if prev != "" {
+			ipt, nft := has()
+			if ipt != (prev == ModeIPTables) || nft != (prev == ModeNFTables) {
+				t.Errorf("opened %s, not synced yet: iptables rules %v, nftables tables %v; want %s's rules still in place", mode, ipt, nft, prev)
+			}
+		}
 		if _, err := m.Sync(ctx, rs); err != nil {
 			t.Fatal(err)
 		}
-		return m
-	}
-	has := func() (ipt, nft bool) {
-		s := iptSave(t, "")
-		tables := run(t, "nft", "list", "tables")
-		return strings.Contains(s, "FLANNEL"), strings.Contains(tables, "flannel-ipv4") || strings.Contains(tables, "flannel-ipv6")
-	}
-	for _, mode := range []Mode{ModeIPTables, ModeNFTables, ModeIPTables} {
-		open(mode)
 		ipt, nft := has()
 		if ipt != (mode == ModeIPTables) || nft != (mode == ModeNFTables) {
-			t.Errorf("after opening %s: iptables rules %v, nftables tables %v", mode, ipt, nft)
+			t.Errorf("after syncing %s: iptables rules %v, nftables tables %v", mode, ipt, nft)
 		}
+		prev = mode
 	}
 }
