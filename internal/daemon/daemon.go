@@ -16,7 +16,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -28,8 +27,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/internal/backend"
-	"github.com/weft-net/weft/internal/backend/hostgw"
-	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/dataplane"
@@ -190,123 +187,6 @@ func (d *daemon) networkConfig(ctx context.Context) (*config.Network, error) {
 	}
 }
 
-// makeBackend builds the backend and returns the attributes to publish,
-// plus a function that derives them from an existing lease of ours.
-func (d *daemon) makeBackend(u backend.Underlay) (lease.Attrs, func(lease.Lease) lease.Attrs, error) {
-	switch d.net.Backend.Type {
-	case config.BackendHostGW:
-		b := hostgw.New(d.net, u)
-		d.backend = b
-		a := lease.Attrs{PublicIP: ipIf(d.net.EnableIPv4, u.PublicIP), PublicIPv6: ipIf(d.net.EnableIPv6, u.PublicIPv6),
-			BackendType: config.BackendHostGW}
-		return a, nil, nil
-	case config.BackendVXLAN:
-		mac4, kept4, err := d.vtepMAC(vxlan.DeviceName(d.net.Backend.VNI, false), d.net.EnableIPv4)
-		if err != nil {
-			return lease.Attrs{}, nil, err
-		}
-		mac6, kept6, err := d.vtepMAC(vxlan.DeviceName(d.net.Backend.VNI, true), d.net.EnableIPv6)
-		if err != nil {
-			return lease.Attrs{}, nil, err
-		}
-		b := vxlan.New(d.net, u, mac4, mac6)
-		// Before the kernel sees it: the kernel would clamp the device
-		// MTU at creation and refuse it on every later pass.
-		if err := b.CheckUnderlay(); err != nil {
-			return lease.Attrs{}, nil, wrapNetConfig(err)
-		}
-		d.backend = b
-		// The device is gone (a reboot) but our lease survived: take the MAC
-		// back from the lease, so peers' tables stay right.
-		reuse := func(existing lease.Lease) lease.Attrs {
-			m4, m6 := mac4, mac6
-			if _, m, err := vxlan.DecodeData(existing.Attrs.BackendData); err == nil && !kept4 && d.net.EnableIPv4 {
-				m4 = m
-			}
-			if _, m, err := vxlan.DecodeData(existing.Attrs.BackendV6Data); err == nil && !kept6 && d.net.EnableIPv6 {
-				m6 = m
-			}
-			nb := vxlan.New(d.net, u, m4, m6)
-			d.backend = nb
-			return nb.Attrs()
-		}
-		return b.Attrs(), reuse, nil
-	default:
-		return lease.Attrs{}, nil, fmt.Errorf("backend type %q is not supported", d.net.Backend.Type)
-	}
-}
-
-// vtepMAC keeps the device MAC stable across restarts: peers have it in
-// their neighbour and FDB tables, and a new one would black-hole traffic
-// to us until every peer saw our updated lease. kept reports that it came
-// from an existing device.
-func (d *daemon) vtepMAC(dev string, enabled bool) (mac dataplane.MAC, kept bool, err error) {
-	if !enabled {
-		return dataplane.MAC{}, false, nil
-	}
-	if l, ok, err := d.cfg.Dataplane.LinkByName(dev); err != nil {
-		return dataplane.MAC{}, false, fmt.Errorf("look up %s: %w", dev, err)
-	} else if ok && !l.MAC.IsZero() {
-		return l.MAC, true, nil
-	}
-	mac, err = randomMAC()
-	return mac, false, err
-}
-
-// randomMAC returns a locally administered unicast MAC.
-func randomMAC() (dataplane.MAC, error) {
-	var m dataplane.MAC
-	if _, err := rand.Read(m[:]); err != nil {
-		return m, fmt.Errorf("random MAC: %w", err)
-	}
-	m[0] = m[0]&^1 | 2
-	return m, nil
-}
-
-func ipIf[T any](ok bool, v T) T {
-	if ok {
-		return v
-	}
-	var zero T
-	return zero
-}
-
-func (d *daemon) ttl() time.Duration {
-	if d.cfg.LeaseTTL > 0 {
-		return d.cfg.LeaseTTL
-	}
-	return lease.DefaultTTL
-}
-
-func (d *daemon) acquire(ctx context.Context, attrs lease.Attrs, reuse func(lease.Lease) lease.Attrs, prev subnetenv.Env) error {
-	req := lease.Request{
-		Reuse:      reuse,
-		Network:    d.net,
-		Attrs:      attrs,
-		PreviousV4: subnetenv.LeasedSubnet(prev.Subnet),
-		PreviousV6: subnetenv.LeasedSubnet(prev.IPv6Subnet),
-		TTL:        d.ttl(),
-	}
-	backoff := time.Second
-	for {
-		actx, cancel := context.WithTimeout(ctx, storeAttempt)
-		l, err := d.cfg.Store.Acquire(actx, req)
-		cancel()
-		if err == nil {
-			d.self = l
-			return nil
-		}
-		if errors.Is(err, lease.ErrNoFreeSubnet) {
-			return err
-		}
-		d.log.Warn("acquire lease failed, retrying", "err", err, "in", backoff)
-		if err := ctxsleep.For(ctx, backoff); err != nil {
-			return err
-		}
-		backoff = min(backoff*2, 30*time.Second)
-	}
-}
-
 func (d *daemon) loop(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -444,66 +324,6 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 		case l := <-renewed:
 			// Same subnets and attributes; only revision and expiry move.
 			d.self = l
-		}
-	}
-}
-
-// renewIn is how long to wait before renewing l.
-func (d *daemon) renewIn(l lease.Lease) time.Duration {
-	if l.Reservation || l.Expiration.IsZero() {
-		return 24 * time.Hour * 365
-	}
-	margin := d.opts.SubnetLeaseRenewMargin
-	if ttl := d.ttl(); margin >= ttl {
-		margin = ttl / 2
-	}
-	return max(time.Until(l.Expiration.Add(-margin)), time.Second)
-}
-
-// renewLoop renews our lease before it expires, for as long as ctx lives.
-// It only reads the store and its own copy of the lease; the result goes
-// to the control loop through renewed.
-func (d *daemon) renewLoop(ctx context.Context, l lease.Lease, renewed chan lease.Lease) error {
-	for {
-		if err := ctxsleep.For(ctx, d.renewIn(l)); err != nil {
-			return err
-		}
-		next, err := d.renew(ctx, l)
-		if err != nil {
-			return err
-		}
-		l = next
-		select { // replace an unread older renewal
-		case <-renewed:
-		default:
-		}
-		renewed <- l
-	}
-}
-
-func (d *daemon) renew(ctx context.Context, l lease.Lease) (lease.Lease, error) {
-	for attempt := 0; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, storeAttempt)
-		next, err := d.cfg.Store.Renew(actx, l, d.ttl())
-		cancel()
-		d.cfg.Metrics.Renewal(err == nil)
-		if err == nil {
-			d.cfg.Metrics.SetLeaseExpiry(next.Expiration)
-			d.log.Info("lease renewed", "subnet", next.Subnet, "ipv6_subnet", next.IPv6Subnet, "expires", next.Expiration.Format(time.RFC3339))
-			return next, nil
-		}
-		if ctx.Err() != nil {
-			return l, ctx.Err()
-		}
-		if errors.Is(err, lease.ErrLeaseLost) {
-			return l, fmt.Errorf("%w: %v", ErrOwnLeaseLost, err)
-		}
-		if time.Now().After(l.Expiration) {
-			return l, fmt.Errorf("%w: expired while renewal kept failing: %v", ErrOwnLeaseLost, err)
-		}
-		d.log.Warn("lease renewal failed, retrying", "err", err)
-		if err := ctxsleep.For(ctx, min(time.Duration(attempt+1)*time.Second, 10*time.Second)); err != nil {
-			return l, err
 		}
 	}
 }
