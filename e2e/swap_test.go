@@ -278,32 +278,25 @@ func (m *monitor) deleted(needles ...string) []string {
 
 // hostState is what a swap must keep on the swapped host.
 type hostState struct {
-	Key            string // the lease's etcd key
-	CreateRevision int64  // unchanged: no new allocation
-	PublicIP       string
-	VtepMAC        string // flannel.<VNI>'s MAC, "" for host-gw
-	VtepMACv6      string
-	SubnetEnv      string
+	// Lease describes the host's lease in the store; a swap must leave it
+	// identical (etcd: the same key, created at the same revision; kube:
+	// the same Node, podCIDRs and annotations).
+	Lease string
+	// LeaseErr is what is wrong with the lease as read (a second lease, an
+	// annotated VTEP MAC that is not the device's).
+	LeaseErr  error
+	VtepMAC   string // flannel.<VNI>'s MAC, "" for host-gw
+	VtepMACv6 string
+	SubnetEnv string
 }
 
-func (c *cluster) hostState(h *lab.Host) hostState {
+// leaseReader describes h's lease in the cluster's store (hostState.Lease).
+type leaseReader func(h *lab.Host) (string, error)
+
+func (c *cluster) hostState(h *lab.Host, lease leaseReader) hostState {
 	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := c.etcd.Get(ctx, "/coreos.com/network/subnets/", clientv3.WithPrefix())
-	if err != nil {
-		c.t.Fatal(err)
-	}
 	var st hostState
-	for _, kv := range resp.Kvs {
-		var v struct{ PublicIP string }
-		if json.Unmarshal(kv.Value, &v) == nil && v.PublicIP == h.IP.String() {
-			if st.Key != "" {
-				c.t.Errorf("%s holds two leases: %s and %s", h.NS, st.Key, kv.Key)
-			}
-			st.Key, st.CreateRevision, st.PublicIP = string(kv.Key), kv.CreateRevision, v.PublicIP
-		}
-	}
+	st.Lease, st.LeaseErr = lease(h)
 	st.VtepMAC = c.linkMAC(h, "flannel.1")
 	st.VtepMACv6 = c.linkMAC(h, "flannel-v6.1")
 	b, err := os.ReadFile(h.SubnetFile)
@@ -312,6 +305,28 @@ func (c *cluster) hostState(h *lab.Host) hostState {
 	}
 	st.SubnetEnv = string(b)
 	return st
+}
+
+// etcdLease is the leaseReader of etcd mode: the key of h's lease (found
+// by its PublicIP) and the revision that created it.
+func (c *cluster) etcdLease(h *lab.Host) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.etcd.Get(ctx, "/coreos.com/network/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		return "", err
+	}
+	var found string
+	for _, kv := range resp.Kvs {
+		var v struct{ PublicIP string }
+		if json.Unmarshal(kv.Value, &v) == nil && v.PublicIP == h.IP.String() {
+			if found != "" {
+				return found, fmt.Errorf("%s holds two leases: %s and %s", h.NS, found, kv.Key)
+			}
+			found = fmt.Sprintf("%s (created at revision %d)", kv.Key, kv.CreateRevision)
+		}
+	}
+	return found, nil
 }
 
 func (c *cluster) linkMAC(h *lab.Host, dev string) string {
