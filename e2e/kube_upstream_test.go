@@ -265,3 +265,20 @@ func TestKubeTakeover(t *testing.T) {
 		})
 	}
 }
+
+// TestKernelMulticastNeigh: the swap monitor ignores the kernel's own
+// multicast neighbour entries, and nothing else.
+func TestKernelMulticastNeigh(t *testing.T) {
+	for line, want := range map[string]bool{
+		"Deleted ff02::16 dev flannel.1 lladdr 33:33:00:00:00:16 NOARP":                true,
+		"Deleted 224.0.0.22 dev flannel.1 lladdr 01:00:5e:00:00:16 NOARP":              true,
+		"Deleted 10.52.10.0 dev flannel.1 lladdr 3a:db:30:83:3b:32 PERMANENT":          false,
+		"Deleted 10.52.10.0/24 via 10.52.10.0 dev flannel.1 onlink":                    false,
+		"Deleted multicast ff00::/8 dev flannel.1 table local proto kernel metric 256": false,
+		"Deleted 3a:db:30:83:3b:32 dev flannel.1 dst 198.18.52.11 self permanent":      false,
+	} {
+		if got := kernelMulticastNeigh(line); got != want {
+			t.Errorf("kernelMulticastNeigh(%q) = %v, want %v", line, got, want)
+		}
+	}
+}

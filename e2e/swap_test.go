@@ -263,7 +263,7 @@ func (m *monitor) deleted(needles ...string) []string {
 	defer m.mu.Unlock()
 	var hits []string
 	for _, line := range strings.Split(m.out.String(), "\n") {
-		if !strings.HasPrefix(line, "Deleted") {
+		if !strings.HasPrefix(line, "Deleted") || kernelMulticastNeigh(line) {
 			continue
 		}
 		for _, n := range needles {
@@ -274,6 +274,21 @@ func (m *monitor) deleted(needles ...string) []string {
 		}
 	}
 	return hits
+}
+
+// kernelMulticastNeigh reports whether a "Deleted" line is a neighbour
+// entry for a multicast address ("Deleted ff02::16 dev flannel.1 lladdr
+// 33:33:00:00:00:16 NOARP"): the kernel creates those itself when the
+// device sends MLD or DAD packets, and its neighbour GC removes them once
+// idle for gc_stale_time (60 s), whenever that falls in a swap's window.
+// Flannel never programs them.
+func kernelMulticastNeigh(line string) bool {
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return false
+	}
+	a, err := netip.ParseAddr(f[1])
+	return err == nil && a.IsMulticast()
 }
 
 // hostState is what a swap must keep on the swapped host.
