@@ -33,7 +33,7 @@ func TestRollingTakeover(t *testing.T) {
 	}
 	before := make([]hostState, len(c.Hosts))
 	for i, h := range c.Hosts {
-		before[i] = c.hostState(h)
+		before[i] = c.hostState(h, c.etcdLease)
 	}
 
 	// Each swap takes about a second; the mesh runs for all four plus a
@@ -76,9 +76,9 @@ func TestRollingTakeover(t *testing.T) {
 	}
 	t.Logf("rolling upstream → weft over 4 hosts: %d pods pinging each other at 100/s, %d pings sent, %d lost", len(pods), sent, lost)
 	for i, h := range c.Hosts {
-		after := c.hostState(h)
-		if after.Key != before[i].Key || after.CreateRevision != before[i].CreateRevision || after.VtepMAC != before[i].VtepMAC {
-			t.Errorf("%s: lease %s (rev %d, MAC %s) became %s (rev %d, MAC %s)", h.NS, before[i].Key, before[i].CreateRevision, before[i].VtepMAC, after.Key, after.CreateRevision, after.VtepMAC)
+		after := c.hostState(h, c.etcdLease)
+		if after.Lease != before[i].Lease || after.Lease == "" || after.LeaseErr != nil || after.VtepMAC != before[i].VtepMAC {
+			t.Errorf("%s: lease %s (MAC %s) became %s (MAC %s, %v)", h.NS, before[i].Lease, before[i].VtepMAC, after.Lease, after.VtepMAC, after.LeaseErr)
 		}
 	}
 	if got := c.podMatrix(pods, 10*time.Second); got != 12 {

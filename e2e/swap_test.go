@@ -260,7 +260,7 @@ var deletedLink = regexp.MustCompile(`^Deleted \d+: flannel[-.]`)
 // deleted stops the monitor and returns its "Deleted" lines that match
 // any of the needles (subnets, addresses, MACs), or that delete one of
 // our devices. The multicast neighbours the kernel keeps (and ages) on
-// every device itself (NOARP, 33:33:… for ff02::…) are not ours.
+// every device itself are not ours (kernelMulticastNeigh).
 func (m *monitor) deleted(needles ...string) []string {
 	time.Sleep(100 * time.Millisecond)
 	_ = m.cmd.Process.Signal(syscall.SIGTERM)
@@ -270,7 +270,7 @@ func (m *monitor) deleted(needles ...string) []string {
 	var hits []string
 	for _, line := range strings.Split(m.out.String(), "\n") {
 		// The underlay's ARP/ND cache is the kernel's, not ours either.
-		if !strings.HasPrefix(line, "Deleted") || strings.Contains(line, "NOARP") || strings.Contains(line, "dev eth0 lladdr") {
+		if !strings.HasPrefix(line, "Deleted") || kernelMulticastNeigh(line) || strings.Contains(line, "dev eth0 lladdr") {
 			continue
 		}
 		if deletedLink.MatchString(line) {
@@ -287,34 +287,42 @@ func (m *monitor) deleted(needles ...string) []string {
 	return hits
 }
 
-// hostState is what a swap must keep on the swapped host.
-type hostState struct {
-	Key            string // the lease's etcd key
-	CreateRevision int64  // unchanged: no new allocation
-	PublicIP       string
-	VtepMAC        string // flannel.<VNI>'s MAC, "" for host-gw
-	VtepMACv6      string
-	SubnetEnv      string
+// kernelMulticastNeigh reports whether a "Deleted" line is a neighbour
+// entry for a multicast address ("Deleted ff02::16 dev flannel.1 lladdr
+// 33:33:00:00:00:16 NOARP"): the kernel creates those itself when the
+// device sends MLD or DAD packets, and its neighbour GC removes them once
+// idle for gc_stale_time (60 s), whenever that falls in a swap's window.
+// Flannel never programs them.
+func kernelMulticastNeigh(line string) bool {
+	f := strings.Fields(line)
+	if len(f) < 2 {
+		return false
+	}
+	a, err := netip.ParseAddr(f[1])
+	return err == nil && a.IsMulticast()
 }
 
-func (c *cluster) hostState(h *lab.Host) hostState {
+// hostState is what a swap must keep on the swapped host.
+type hostState struct {
+	// Lease describes the host's lease in the store; a swap must leave it
+	// identical (etcd: the same key, created at the same revision; kube:
+	// the same Node, podCIDRs and annotations).
+	Lease string
+	// LeaseErr is what is wrong with the lease as read (a second lease, an
+	// annotated VTEP MAC that is not the device's).
+	LeaseErr  error
+	VtepMAC   string // flannel.<VNI>'s MAC, "" for host-gw
+	VtepMACv6 string
+	SubnetEnv string
+}
+
+// leaseReader describes h's lease in the cluster's store (hostState.Lease).
+type leaseReader func(h *lab.Host) (string, error)
+
+func (c *cluster) hostState(h *lab.Host, lease leaseReader) hostState {
 	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	resp, err := c.etcd.Get(ctx, "/coreos.com/network/subnets/", clientv3.WithPrefix())
-	if err != nil {
-		c.t.Fatal(err)
-	}
 	var st hostState
-	for _, kv := range resp.Kvs {
-		var v struct{ PublicIP string }
-		if json.Unmarshal(kv.Value, &v) == nil && v.PublicIP == h.IP.String() {
-			if st.Key != "" {
-				c.t.Errorf("%s holds two leases: %s and %s", h.NS, st.Key, kv.Key)
-			}
-			st.Key, st.CreateRevision, st.PublicIP = string(kv.Key), kv.CreateRevision, v.PublicIP
-		}
-	}
+	st.Lease, st.LeaseErr = lease(h)
 	st.VtepMAC = c.linkMAC(h, "flannel.1")
 	st.VtepMACv6 = c.linkMAC(h, "flannel-v6.1")
 	b, err := os.ReadFile(h.SubnetFile)
@@ -323,6 +331,28 @@ func (c *cluster) hostState(h *lab.Host) hostState {
 	}
 	st.SubnetEnv = string(b)
 	return st
+}
+
+// etcdLease is the leaseReader of etcd mode: the key of h's lease (found
+// by its PublicIP) and the revision that created it.
+func (c *cluster) etcdLease(h *lab.Host) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := c.etcd.Get(ctx, "/coreos.com/network/subnets/", clientv3.WithPrefix())
+	if err != nil {
+		return "", err
+	}
+	var found string
+	for _, kv := range resp.Kvs {
+		var v struct{ PublicIP string }
+		if json.Unmarshal(kv.Value, &v) == nil && v.PublicIP == h.IP.String() {
+			if found != "" {
+				return found, fmt.Errorf("%s holds two leases: %s and %s", h.NS, found, kv.Key)
+			}
+			found = fmt.Sprintf("%s (created at revision %d)", kv.Key, kv.CreateRevision)
+		}
+	}
+	return found, nil
 }
 
 func (c *cluster) linkMAC(h *lab.Host, dev string) string {

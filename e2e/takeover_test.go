@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
@@ -74,13 +75,38 @@ type takeover struct {
 	nft        bool
 	pods       int
 	flags      []string
+	lease      leaseReader
 }
 
-func newTakeover(t *testing.T, name string, n int, netconf, u6 string, nft bool, first daemonKind) *takeover {
-	c := newClusterV6(t, name, 2, fmt.Sprintf("198.18.%d.0/24", n), u6, netconf)
-	tk := &takeover{cluster: c, a: c.Hosts[0], b: c.Hosts[1], nft: nft,
+// leaseStore is how a takeover cluster keeps its leases: the flags the
+// daemons need for it, and how to read a host's lease.
+type leaseStore struct {
+	flags []string
+	lease leaseReader
+}
+
+// storeSetup configures the lease store of a cluster whose hosts exist but
+// run no daemon yet: etcdStore or kubeAPI.store.
+type storeSetup func(c *cluster) leaseStore
+
+// etcdStore puts netconf in the cluster's etcd.
+func etcdStore(netconf string) storeSetup {
+	return func(c *cluster) leaseStore {
+		if _, err := c.etcd.Put(context.Background(), "/coreos.com/network/config", netconf); err != nil {
+			c.t.Fatal(err)
+		}
+		return leaseStore{lease: c.etcdLease}
+	}
+}
+
+// newTakeover builds the cluster on underlay 198.18.<n>.0/24 (and u6),
+// its store set up by store, and starts first on both hosts.
+func newTakeover(t *testing.T, name string, n int, u6 string, nft bool, first daemonKind, store storeSetup) *takeover {
+	c := newClusterV6(t, name, 2, fmt.Sprintf("198.18.%d.0/24", n), u6, "")
+	st := store(c)
+	tk := &takeover{cluster: c, a: c.Hosts[0], b: c.Hosts[1], nft: nft, lease: st.lease,
 		ext: name + "-ext", extIP: netip.MustParseAddr(fmt.Sprintf("198.18.%d.200", n)),
-		flags: []string{"--ip-masq", "--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", swapHealthz)}}
+		flags: append([]string{"--ip-masq", "--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", swapHealthz)}, st.flags...)}
 	for _, args := range [][]string{
 		{"netns", "add", tk.ext},
 		{"-n", c.Hub, "link", "add", "name", name + "-vx", "type", "veth", "peer", "name", "eth0", "netns", tk.ext},
@@ -125,7 +151,7 @@ func (tk *takeover) swap(next daemonKind) swapResult {
 	t := tk.t
 	t.Helper()
 	r := swapResult{from: tk.current.name, to: next.name}
-	r.before = tk.hostState(tk.b)
+	r.before = tk.hostState(tk.b, tk.lease)
 	mon := startMonitor(t, tk.b.NS)
 	_, _, _ = tk.stream.snapshot() // measure this swap's gap alone
 
@@ -161,7 +187,7 @@ func (tk *takeover) swap(next daemonKind) swapResult {
 	r.egressSent, r.egressLost = egress.wait(t)
 	r.unmasqueraded = tk.unmasq() - unmasqBefore
 	_, r.streamMaxGap, r.streamErr = tk.stream.snapshot()
-	r.after = tk.hostState(tk.b)
+	r.after = tk.hostState(tk.b, tk.lease)
 
 	// Wanted state on B: the route to A's subnet(s), A's neighbour and FDB
 	// entry, our own device.
@@ -215,8 +241,11 @@ func (r swapResult) check(t *testing.T, baseline *swapResult) {
 		t.Errorf("%s → %s: TCP stream: error %v, longest gap %v (limit 1s)", r.from, r.to, r.streamErr, r.streamMaxGap)
 	}
 	b, a := r.before, r.after
-	if a.Key != b.Key || a.CreateRevision != b.CreateRevision || a.Key == "" {
-		t.Errorf("%s → %s: lease %s (created at rev %d) became %s (rev %d): want the same key, renewed in place", r.from, r.to, b.Key, b.CreateRevision, a.Key, a.CreateRevision)
+	if a.Lease != b.Lease || a.Lease == "" {
+		t.Errorf("%s → %s: lease %q became %q: want it kept as it was", r.from, r.to, b.Lease, a.Lease)
+	}
+	if b.LeaseErr != nil || a.LeaseErr != nil {
+		t.Errorf("%s → %s: lease before: %v; after: %v", r.from, r.to, b.LeaseErr, a.LeaseErr)
 	}
 	if a.VtepMAC != b.VtepMAC || a.VtepMACv6 != b.VtepMACv6 {
 		t.Errorf("%s → %s: VTEP MACs %s/%s became %s/%s", r.from, r.to, b.VtepMAC, b.VtepMACv6, a.VtepMAC, a.VtepMACv6)
@@ -295,7 +324,7 @@ func TestTakeover(t *testing.T) {
 				netconf = fmt.Sprintf(`{"Network":"10.%d.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:%d::/56",%s"Backend":%s}`, n, n, extra, tc.backend)
 				u6 = fmt.Sprintf("fd18:%d::/64", n)
 			}
-			tk := newTakeover(t, fmt.Sprintf("wttk%d", i), n, netconf, u6, tc.nft, up)
+			tk := newTakeover(t, fmt.Sprintf("wttk%d", i), n, u6, tc.nft, up, etcdStore(netconf))
 			// Upstream restarting over its own state: what a rollback to
 			// upstream is measured against.
 			baseline := tk.swap(up)
