@@ -119,8 +119,9 @@ func (k *kubeAPI) lease(c *cluster, h *lab.Host) (string, error) {
 		}
 	}
 	fmt.Fprintf(&b, ", %s", cond)
-	if a[annPrefix+"kube-subnet-manager"] != "true" || a[annPrefix+"backend-type"] != "vxlan" {
-		errs = append(errs, fmt.Errorf("node %s: not published as a vxlan flannel node: %v", n.Name, a))
+	typ := a[annPrefix+"backend-type"]
+	if a[annPrefix+"kube-subnet-manager"] != "true" || (typ != "vxlan" && typ != "host-gw") {
+		errs = append(errs, fmt.Errorf("node %s: not published as a vxlan or host-gw flannel node: %v", n.Name, a))
 	}
 	if got := a[annPrefix+"public-ip"]; got != h.IP.String() {
 		errs = append(errs, fmt.Errorf("node %s: public-ip %q, want %s", n.Name, got, h.IP))
@@ -128,6 +129,13 @@ func (k *kubeAPI) lease(c *cluster, h *lab.Host) (string, error) {
 	for _, f := range []struct{ key, dev string }{{"backend-data", "flannel.1"}, {"backend-v6-data", "flannel-v6.1"}} {
 		data, ok := a[annPrefix+f.key]
 		if !ok {
+			continue
+		}
+		if typ == "host-gw" {
+			// host-gw has no backend data: both daemons publish JSON null.
+			if data != "null" {
+				errs = append(errs, fmt.Errorf("node %s: host-gw %s %q, want null", n.Name, f.key, data))
+			}
 			continue
 		}
 		var d struct {
@@ -160,10 +168,15 @@ func podCIDRs(n int, dual bool) func(h *lab.Host) []string {
 // kubeNetConf is kube-flannel's net-conf.json for network 10.<n>.0.0/16
 // (and fd00:<n>::/48 when dual), vxlan.
 func kubeNetConf(n int, dual bool) string {
+	return kubeNetConfBackend(n, dual, `{"Type":"vxlan"}`)
+}
+
+// kubeNetConfBackend is kubeNetConf with another Backend object.
+func kubeNetConfBackend(n int, dual bool, backend string) string {
 	if dual {
-		return fmt.Sprintf(`{"Network":"10.%d.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:%d::/48","Backend":{"Type":"vxlan"}}`, n, n)
+		return fmt.Sprintf(`{"Network":"10.%d.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:%d::/48","Backend":%s}`, n, n, backend)
 	}
-	return fmt.Sprintf(`{"Network":"10.%d.0.0/16","Backend":{"Type":"vxlan"}}`, n)
+	return fmt.Sprintf(`{"Network":"10.%d.0.0/16","Backend":%s}`, n, backend)
 }
 
 // TestKubeMixed runs upstream flanneld v0.28.9 on two hosts and weft on a
@@ -242,16 +255,23 @@ func TestKubeTakeover(t *testing.T) {
 	if b, err := os.ReadFile(flanneldBin); err != nil || os.WriteFile(newer.bin, b, 0o755) != nil {
 		t.Fatalf("copy flanneld: %v", err)
 	}
-	for i, dual := range []bool{false, true} {
-		name := map[bool]string{false: "vxlan", true: "vxlan-dual-stack"}[dual]
-		t.Run(name, func(t *testing.T) {
+	for i, tc := range []struct {
+		name, backend string
+		dual          bool
+	}{
+		{"vxlan", `{"Type":"vxlan"}`, false},
+		{"vxlan-dual-stack", `{"Type":"vxlan"}`, true},
+		{"vxlan-directrouting", `{"Type":"vxlan","DirectRouting":true}`, false},
+		{"host-gw", `{"Type":"host-gw"}`, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			n := 52 + i
 			u6 := ""
-			if dual {
+			if tc.dual {
 				u6 = fmt.Sprintf("fd18:%d::/64", n)
 			}
 			k := startKubeAPI(t, fmt.Sprintf("198.18.%d.0/24", n))
-			tk := newTakeover(t, fmt.Sprintf("wtkt%d", i), n, u6, false, up, k.store(kubeNetConf(n, dual), podCIDRs(n, dual)))
+			tk := newTakeover(t, fmt.Sprintf("wtkt%d", i), n, u6, false, up, k.store(kubeNetConfBackend(n, tc.dual, tc.backend), podCIDRs(n, tc.dual)))
 			baseline := tk.swap(up)
 			t.Logf("baseline (not weft): %v", baseline)
 			if baseline.before.LeaseErr != nil || baseline.after.LeaseErr != nil || baseline.before.Lease != baseline.after.Lease {
