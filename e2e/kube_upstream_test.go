@@ -249,12 +249,7 @@ func TestKubeMixed(t *testing.T) {
 // each swap must keep the Node's podCIDRs, annotations (the VTEP MAC
 // among them, equal to flannel.1's) and NetworkUnavailable=False.
 func TestKubeTakeover(t *testing.T) {
-	up := daemonKind{"upstream", upstreamFlanneld(t), true}
-	ours := daemonKind{"weft", flanneldBin, false}
-	newer := daemonKind{"weft (new binary)", filepath.Join(t.TempDir(), "flanneld-new"), false}
-	if b, err := os.ReadFile(flanneldBin); err != nil || os.WriteFile(newer.bin, b, 0o755) != nil {
-		t.Fatalf("copy flanneld: %v", err)
-	}
+	d := takeoverDaemons(t)
 	for i, tc := range []struct {
 		name, backend string
 		dual          bool
@@ -271,17 +266,7 @@ func TestKubeTakeover(t *testing.T) {
 				u6 = fmt.Sprintf("fd18:%d::/64", n)
 			}
 			k := startKubeAPI(t, fmt.Sprintf("198.18.%d.0/24", n))
-			tk := newTakeover(t, fmt.Sprintf("wtkt%d", i), n, u6, false, up, k.store(kubeNetConfBackend(n, tc.dual, tc.backend), podCIDRs(n, tc.dual)))
-			baseline := tk.swap(up)
-			t.Logf("baseline (not weft): %v", baseline)
-			if baseline.before.LeaseErr != nil || baseline.after.LeaseErr != nil || baseline.before.Lease != baseline.after.Lease {
-				t.Logf("baseline: upstream over its own state changed its node: %q (%v) → %q (%v)",
-					baseline.before.Lease, baseline.before.LeaseErr, baseline.after.Lease, baseline.after.LeaseErr)
-			}
-			for _, next := range []daemonKind{ours, ours, newer} {
-				tk.swap(next).check(t, nil)
-			}
-			tk.swap(up).check(t, &baseline)
+			newTakeover(t, fmt.Sprintf("wtkt%d", i), n, u6, false, d.up, k.store(kubeNetConfBackend(n, tc.dual, tc.backend), podCIDRs(n, tc.dual))).run(d)
 		})
 	}
 }

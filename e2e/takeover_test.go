@@ -301,17 +301,45 @@ func sameSubnetEnv(t *testing.T, x, y string, v4MTU, v6MTU int) bool {
 	return fmt.Sprint(ex) == fmt.Sprint(ey)
 }
 
+// daemons are the three a takeover test swaps between.
+type daemons struct{ up, ours, newer daemonKind }
+
+func takeoverDaemons(t *testing.T) daemons {
+	d := daemons{
+		up:   daemonKind{"upstream", upstreamFlanneld(t), true},
+		ours: daemonKind{"weft", flanneldBin, false},
+		// An upgrade is a different binary at a different path.
+		newer: daemonKind{"weft (new binary)", filepath.Join(t.TempDir(), "flanneld-new"), false},
+	}
+	if b, err := os.ReadFile(flanneldBin); err != nil || os.WriteFile(d.newer.bin, b, 0o755) != nil {
+		t.Fatalf("copy flanneld: %v", err)
+	}
+	return d
+}
+
+// run swaps B (running upstream) upstream → upstream, the baseline a
+// rollback is measured against, then → weft → weft → weft (new binary) →
+// upstream, and checks every swap.
+func (tk *takeover) run(d daemons) {
+	t := tk.t
+	t.Helper()
+	baseline := tk.swap(d.up)
+	t.Logf("baseline (not weft): %v", baseline)
+	if baseline.before.LeaseErr != nil || baseline.after.LeaseErr != nil || baseline.before.Lease != baseline.after.Lease {
+		t.Logf("baseline: upstream over its own state changed its lease: %q (%v) → %q (%v)",
+			baseline.before.Lease, baseline.before.LeaseErr, baseline.after.Lease, baseline.after.LeaseErr)
+	}
+	for _, next := range []daemonKind{d.ours, d.ours, d.newer} {
+		tk.swap(next).check(t, nil)
+	}
+	tk.swap(d.up).check(t, &baseline)
+}
+
 // TestTakeover swaps one host's daemon upstream → weft → weft (restart) →
 // weft (a new binary) → upstream under traffic, for each backend, and
 // requires every swap to lose nothing.
 func TestTakeover(t *testing.T) {
-	up := daemonKind{"upstream", upstreamFlanneld(t), true}
-	ours := daemonKind{"weft", flanneldBin, false}
-	// An upgrade is a different binary at a different path.
-	newer := daemonKind{"weft (new binary)", filepath.Join(t.TempDir(), "flanneld-new"), false}
-	if b, err := os.ReadFile(flanneldBin); err != nil || os.WriteFile(newer.bin, b, 0o755) != nil {
-		t.Fatalf("copy flanneld: %v", err)
-	}
+	d := takeoverDaemons(t)
 	for i, tc := range []struct {
 		name, backend string
 		dual, nft     bool
@@ -334,15 +362,7 @@ func TestTakeover(t *testing.T) {
 				netconf = fmt.Sprintf(`{"Network":"10.%d.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:%d::/56",%s"Backend":%s}`, n, n, extra, tc.backend)
 				u6 = fmt.Sprintf("fd18:%d::/64", n)
 			}
-			tk := newTakeover(t, fmt.Sprintf("wttk%d", i), n, u6, tc.nft, up, etcdStore(netconf))
-			// Upstream restarting over its own state: what a rollback to
-			// upstream is measured against.
-			baseline := tk.swap(up)
-			t.Logf("baseline (not weft): %v", baseline)
-			for _, next := range []daemonKind{ours, ours, newer} {
-				tk.swap(next).check(t, nil)
-			}
-			tk.swap(up).check(t, &baseline)
+			newTakeover(t, fmt.Sprintf("wttk%d", i), n, u6, tc.nft, d.up, etcdStore(netconf)).run(d)
 		})
 	}
 }
