@@ -13,19 +13,8 @@
 # Output: the binary's absolute path on stdout; progress on stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-version=$(awk '$1 == "helm.sh/helm/v3" { print $2; exit }' "$here/go.mod")
-[ -n "$version" ] || { echo "build.sh: no helm.sh/helm/v3 requirement in $here/go.mod" >&2; exit 1; }
-
-cache="${WEFT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weft}/helm-$version"
-out="$cache/helm"
-mkdir -p "$cache"
-
-exec 9>"$cache/.lock"
-flock 9
-if [ -x "$out" ]; then
-	echo "$out"
-	exit 0
-fi
+. "$here/../lib/cache.sh"
+tool_cache helm helm.sh/helm/v3
 
 # Stamp the version, and the Kubernetes version `helm template` and `helm
 # lint` assume (.Capabilities.KubeVersion), the way helm's own Makefile does:

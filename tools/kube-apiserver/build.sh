@@ -13,19 +13,8 @@
 # Output: the binary's absolute path on stdout; progress on stderr.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-version=$(awk '$1 == "k8s.io/kubernetes" { print $2; exit }' "$here/go.mod")
-[ -n "$version" ] || { echo "build.sh: no k8s.io/kubernetes requirement in $here/go.mod" >&2; exit 1; }
-
-cache="${WEFT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weft}/kube-apiserver-$version"
-out="$cache/kube-apiserver"
-mkdir -p "$cache"
-
-exec 9>"$cache/.lock"
-flock 9
-if [ -x "$out" ]; then
-	echo "$out"
-	exit 0
-fi
+. "$here/../lib/cache.sh"
+tool_cache kube-apiserver k8s.io/kubernetes
 
 # Stamp the version the way kubernetes' release builds do; an unstamped build
 # reports v0.0.0-master, which clients' discovery checks dislike. Keep these

@@ -24,19 +24,10 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 module=github.com/flannel-io/flannel
-version=$(awk -v m="$module" '$1 == m { print $2; exit }' "$here/go.mod")
-[ -n "$version" ] || { echo "build.sh: no $module requirement in $here/go.mod" >&2; exit 1; }
-
-cache="${WEFT_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/weft}/upstream-flanneld-$version"
-out="$cache/upstream-flanneld"
-mkdir -p "$cache"
-
-exec 9>"$cache/.lock"
-flock 9
-if [ -x "$out" ] && [ "$("$out" --version 2>&1)" = "$version" ]; then
-	echo "$out"
-	exit 0
-fi
+. "$here/../lib/cache.sh"
+# A cached binary counts only if it reports the version it was built as.
+reports_version() { [ "$("$1" --version 2>&1)" = "$version" ]; }
+tool_cache upstream-flanneld "$module" reports_version
 
 echo "building upstream flanneld $version into $out (a cold build takes a few minutes)" >&2
 start=$(date +%s)
