@@ -11,6 +11,7 @@ package backend
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 
 	"github.com/weft-net/weft/internal/config"
@@ -116,24 +117,48 @@ func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
 	return nil
 }
 
-// Backend plans the kernel objects for one backend type.
+// Backend plans the kernel objects for one backend type. It owns its
+// lease data: it encodes ours (Attrs), decodes a peer's once per lease
+// event (Peer), and keeps across restarts what peers depend on (vxlan: the
+// VTEP MAC, from the surviving device or our old lease; wireguard: the
+// private key, in its key file).
 type Backend interface {
 	// Type is the lease BackendType this backend writes and accepts.
 	Type() string
-	// CheckPeer validates a peer lease once, when it arrives; a peer that
-	// fails is skipped (and counted) instead of being planned.
-	CheckPeer(self, peer lease.Lease) error
+	// Attrs are the lease attributes this host publishes.
+	Attrs() lease.Attrs
+	// Resume is told of our own lease found in the store at start (a
+	// restart, possibly after a reboot that took the devices): it adopts
+	// whatever in it must stay stable for peers and returns the attributes
+	// to publish. It may be called more than once, with the same result.
+	Resume(existing lease.Lease) lease.Attrs
+	// Peer validates a peer lease and plans its objects, decoding its
+	// backend data once; an error (a *SkipError) skips the peer. It
+	// depends on self and that peer alone — which lets the daemon replan
+	// only the peer a lease event is about — and is pure and
+	// deterministic.
+	Peer(self, peer lease.Lease) (dataplane.Objects, error)
 	// PlanBase declares what does not depend on any peer: our devices
 	// and any objects of our own. It is pure and deterministic.
 	PlanBase(self lease.Lease) *dataplane.State
-	// PlanPeer declares one peer's objects (the peer passed CheckPeer).
-	// It depends on self and that peer alone — which is what lets the
-	// daemon replan only the peer a lease event is about — and is pure
-	// and deterministic.
-	PlanPeer(self, peer lease.Lease) dataplane.Objects
-	// Plan declares the complete desired state for self and the peers
-	// (all of which passed CheckPeer): Compose of PlanBase and PlanPeer.
-	Plan(self lease.Lease, peers []lease.Lease) *dataplane.State
 	// MTU is the MTU pods should use (FLANNEL_MTU).
 	MTU() int
 }
+
+// Kernel is what a backend may ask of the kernel while it is made: an
+// existing device of ours (vxlan reuses its MAC).
+type Kernel interface {
+	LinkByName(name string) (dataplane.Link, bool, error)
+}
+
+// Env is what a backend is made from.
+type Env struct {
+	Log      *slog.Logger
+	Network  *config.Network
+	Underlay Underlay
+	Options  config.Options
+	Kernel   Kernel
+}
+
+// Factory makes a backend. A bad setting is a *config.FieldError.
+type Factory func(Env) (Backend, error)

@@ -36,6 +36,7 @@ type Desired struct {
 	routes claims[dataplane.RouteKey, dataplane.Route]
 	neighs claims[dataplane.NeighKey, dataplane.Neigh]
 	fdb    claims[dataplane.FDBKey, dataplane.FDB]
+	wg     claims[dataplane.WGPeerKey, dataplane.WGPeer]
 }
 
 // source identifies who declared an object; see Desired for the order.
@@ -96,6 +97,7 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 		routes: newClaims[dataplane.RouteKey, dataplane.Route](s.Routes, peers),
 		neighs: newClaims[dataplane.NeighKey, dataplane.Neigh](s.Neighs, peers),
 		fdb:    newClaims[dataplane.FDBKey, dataplane.FDB](s.FDB, peers),
+		wg:     newClaims[dataplane.WGPeerKey, dataplane.WGPeer](s.WGPeers, 0),
 	}
 	// Map order is fine here: the winner of a key does not depend on
 	// the order sources are added in.
@@ -107,6 +109,9 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 	}
 	for _, f := range base.FDB {
 		d.base.objs.AddFDB(f)
+	}
+	for _, p := range base.WGPeers {
+		d.base.objs.AddWGPeer(p)
 	}
 	d.base.src = source{rank: rankBase}
 	d.fallback.src = source{rank: rankFallback}
@@ -178,8 +183,9 @@ func (d *Desired) add(src *source, o dataplane.Objects, touched *dataplane.Delta
 	var tr map[dataplane.RouteKey]struct{}
 	var tn map[dataplane.NeighKey]struct{}
 	var tf map[dataplane.FDBKey]struct{}
+	var tw map[dataplane.WGPeerKey]struct{}
 	if touched != nil {
-		tr, tn, tf = touched.Routes, touched.Neighs, touched.FDB
+		tr, tn, tf, tw = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers
 	}
 	for _, r := range o.Routes {
 		d.routes.add(src, r.Key(), r, tr)
@@ -190,14 +196,18 @@ func (d *Desired) add(src *source, o dataplane.Objects, touched *dataplane.Delta
 	for _, f := range o.FDB {
 		d.fdb.add(src, f.Key(), f, tf)
 	}
+	for _, p := range o.WGPeers {
+		d.wg.add(src, p.Key(), p, tw)
+	}
 }
 
 func (d *Desired) remove(src *source, o dataplane.Objects, touched *dataplane.Delta) {
 	var tr map[dataplane.RouteKey]struct{}
 	var tn map[dataplane.NeighKey]struct{}
 	var tf map[dataplane.FDBKey]struct{}
+	var tw map[dataplane.WGPeerKey]struct{}
 	if touched != nil {
-		tr, tn, tf = touched.Routes, touched.Neighs, touched.FDB
+		tr, tn, tf, tw = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers
 	}
 	for _, r := range o.Routes {
 		d.routes.remove(src, r.Key(), tr, func(s *source) (dataplane.Route, bool) {
@@ -212,6 +222,11 @@ func (d *Desired) remove(src *source, o dataplane.Objects, touched *dataplane.De
 	for _, f := range o.FDB {
 		d.fdb.remove(src, f.Key(), tf, func(s *source) (dataplane.FDB, bool) {
 			return find(d.objects(s).FDB, f.Key(), dataplane.FDB.Key)
+		})
+	}
+	for _, p := range o.WGPeers {
+		d.wg.remove(src, p.Key(), tw, func(s *source) (dataplane.WGPeer, bool) {
+			return find(d.objects(s).WGPeers, p.Key(), dataplane.WGPeer.Key)
 		})
 	}
 }
@@ -305,14 +320,17 @@ func (c *claims[K, V]) setLosers(k K, ls []*source) {
 	}
 }
 
-// Compose is Plan in terms of PlanBase and PlanPeer: the base, then every
-// peer's objects, with Desired's winner rule for keys declared twice.
-// Backends implement Plan with it, so the table tests of Plan cover the
-// per-peer planners the daemon uses.
+// Compose plans the complete desired state for self and peers: PlanBase,
+// then every peer's objects, with Desired's winner rule for keys declared
+// twice; peers that Peer refuses are left out. It is what Desired reaches
+// one event at a time, so table tests of it cover the per-peer planners
+// the daemon uses.
 func Compose(b Backend, self lease.Lease, peers []lease.Lease) *dataplane.State {
 	d := NewDesired(b.PlanBase(self), len(peers))
 	for _, p := range peers {
-		d.SetPeer(p, b.PlanPeer(self, p), nil)
+		if objs, err := b.Peer(self, p); err == nil {
+			d.SetPeer(p, objs, nil)
+		}
 	}
 	return d.State()
 }

@@ -47,6 +47,13 @@ type Options struct {
 	HealthzIP   string
 	HealthzPort int
 
+	// WireGuardKeyFile holds the wireguard backend's private key
+	// (upstream's WIREGUARD_KEY_FILE, default /run/flannel/wgkey).
+	WireGuardKeyFile string
+	// WireGuardDevice chooses the WireGuard implementation: "auto" (the
+	// kernel's, else a userspace device), "kernel" or "userspace".
+	WireGuardDevice string
+
 	// ResyncPeriod is how often the dataplane is compared with the kernel
 	// and repaired (weft only; upstream has no periodic vxlan resync).
 	ResyncPeriod time.Duration
@@ -59,6 +66,14 @@ type Options struct {
 	// log with the reason.
 	Ignored []Ignored
 }
+
+// WireGuard implementations (--wireguard-device) and the default key file.
+const (
+	WireGuardAuto           = "auto"
+	WireGuardKernel         = "kernel"
+	WireGuardUserspace      = "userspace"
+	DefaultWireGuardKeyFile = "/run/flannel/wgkey"
+)
 
 // EnvPrefix is prepended to a flag's upper-cased name (dashes become
 // underscores) to form the environment variable that sets it.
@@ -188,6 +203,9 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	fs.StringVar(&o.HealthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
 	fs.IntVar(&o.HealthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
 
+	fs.StringVar(&o.WireGuardDevice, "wireguard-device", WireGuardAuto,
+		"WireGuard implementation for the wireguard backend: auto (the kernel's if it has the module, else userspace), kernel or userspace")
+
 	o.ResyncPeriod = 10 * time.Second
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "how often the dataplane is checked against the kernel and repaired")
 
@@ -247,6 +265,16 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	}
 	if o.PublicIPv6.IsValid() && !o.PublicIPv6.Is6() {
 		return o, fmt.Errorf("flags: --public-ipv6: %s is not an IPv6 address", o.PublicIPv6)
+	}
+	switch o.WireGuardDevice {
+	case WireGuardAuto, WireGuardKernel, WireGuardUserspace:
+	default:
+		return o, fmt.Errorf("flags: %s: %q is not one of auto, kernel, userspace", flagOrigin("wireguard-device", fromEnv), o.WireGuardDevice)
+	}
+	// Upstream's variable, without the FLANNELD_ prefix.
+	o.WireGuardKeyFile = getenv("WIREGUARD_KEY_FILE")
+	if o.WireGuardKeyFile == "" {
+		o.WireGuardKeyFile = DefaultWireGuardKeyFile
 	}
 	if o.HealthzPort < 0 || o.HealthzPort > 65535 {
 		return o, fmt.Errorf("flags: --healthz-port: %d is not a port number", o.HealthzPort)

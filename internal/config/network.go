@@ -45,6 +45,10 @@ type Network struct {
 // Backend is the "Backend" object of the network config.
 type Backend struct {
 	Type string
+	// Raw is the whole Backend object as given: a backend with options of
+	// its own (wireguard) parses them from it, naming its fields
+	// "Backend.<name>" in errors.
+	Raw json.RawMessage
 	// VXLAN options; ignored by host-gw.
 	VNI           uint32
 	Port          uint16
@@ -308,13 +312,12 @@ func parseBackend(data json.RawMessage, v4, v6 bool) (Backend, error) {
 		}
 		return b, fieldErr("Backend", "invalid JSON: %v", err)
 	}
-	switch rb.Type {
-	case "", BackendVXLAN:
+	b.Raw = data
+	// Whether a type is supported is the daemon's to say: the backends
+	// are listed in one place, internal/backend/backends.
+	b.Type = rb.Type
+	if b.Type == "" {
 		b.Type = BackendVXLAN
-	case BackendHostGW:
-		b.Type = BackendHostGW
-	default:
-		return b, fieldErr("Backend.Type", "unsupported backend %q (supported: vxlan, host-gw)", rb.Type)
 	}
 	if rb.VNI != nil {
 		if *rb.VNI < 0 || *rb.VNI > 1<<24-1 {

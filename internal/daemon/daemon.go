@@ -4,7 +4,7 @@
 // of our objects was deleted, and on the renewal timer.
 //
 // The desired kernel state is kept, not recomputed: a lease event replans
-// that one peer (backend.PlanPeer), swaps its contribution in a
+// that one peer (backend.Backend.Peer), swaps its contribution in a
 // backend.Desired and records the keys it touched in a dataplane.Delta;
 // the pass that follows hands the dataplane only those keys
 // (ReconcileDelta). The daemon's work for a single join is therefore the
@@ -43,8 +43,8 @@ type Dataplane interface {
 	// Subscribe calls kick whenever one of our objects is deleted behind
 	// our back, until ctx ends.
 	Subscribe(ctx context.Context, kick func()) error
-	// LinkByName returns an existing VXLAN device, to reuse its MAC.
-	LinkByName(name string) (dataplane.VXLAN, bool, error)
+	// LinkByName returns an existing device of ours (backend.Kernel).
+	LinkByName(name string) (dataplane.Link, bool, error)
 }
 
 // Config wires a daemon.
@@ -144,11 +144,10 @@ func (d *daemon) run(ctx context.Context) error {
 
 	prev, _ := subnetenv.Read(d.opts.SubnetFile) // absent on first start
 
-	attrs, reuse, err := d.makeBackend(u)
-	if err != nil {
+	if err := d.makeBackend(u); err != nil {
 		return err
 	}
-	if err := d.acquire(ctx, attrs, reuse, prev); err != nil {
+	if err := d.acquire(ctx, prev); err != nil {
 		return err
 	}
 	d.log.Info("lease acquired", "subnet", d.self.Subnet, "ipv6_subnet", d.self.IPv6Subnet,
@@ -410,8 +409,9 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 		return nil
 	}
 	err := ev.Err
+	var objs dataplane.Objects
 	if err == nil {
-		err = d.backend.CheckPeer(d.self, ev.Lease)
+		objs, err = d.backend.Peer(d.self, ev.Lease)
 	}
 	if err != nil {
 		d.dropPeer(id)
@@ -429,7 +429,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 		d.seen[id] = time.Now()
 	}
 	d.peers[id] = ev.Lease
-	d.desired.SetPeer(ev.Lease, d.backend.PlanPeer(d.self, ev.Lease), d.delta())
+	d.desired.SetPeer(ev.Lease, objs, d.delta())
 	return nil
 }
 

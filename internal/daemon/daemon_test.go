@@ -31,7 +31,7 @@ func (f *fakeDP) Subscribe(ctx context.Context, kick func()) error {
 	return ctx.Err()
 }
 
-func (f *fakeDP) LinkByName(name string) (dataplane.VXLAN, bool, error) {
+func (f *fakeDP) LinkByName(name string) (dataplane.Link, bool, error) {
 	l, ok := f.Kernel().Links[name]
 	return l, ok, nil
 }

@@ -29,7 +29,7 @@ func (f subscribedDP) Subscribe(ctx context.Context, kick func()) error {
 	})
 }
 
-func (f subscribedDP) LinkByName(name string) (dataplane.VXLAN, bool, error) {
+func (f subscribedDP) LinkByName(name string) (dataplane.Link, bool, error) {
 	l, ok := f.Kernel().Links[name]
 	return l, ok, nil
 }

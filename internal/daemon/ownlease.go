@@ -20,11 +20,11 @@ func (d *daemon) ttl() time.Duration {
 	return lease.DefaultTTL
 }
 
-func (d *daemon) acquire(ctx context.Context, attrs lease.Attrs, reuse func(lease.Lease) lease.Attrs, prev subnetenv.Env) error {
+func (d *daemon) acquire(ctx context.Context, prev subnetenv.Env) error {
 	req := lease.Request{
-		Reuse:      reuse,
+		Reuse:      d.backend.Resume,
 		Network:    d.net,
-		Attrs:      attrs,
+		Attrs:      d.backend.Attrs(),
 		PreviousV4: subnetenv.LeasedSubnet(prev.Subnet),
 		PreviousV6: subnetenv.LeasedSubnet(prev.IPv6Subnet),
 		TTL:        d.ttl(),

@@ -31,7 +31,13 @@ func normPort(p uint16) uint16 {
 // serve as want. These attributes are fixed when the kernel creates the
 // device (changelink refuses most of them while it is up), so a difference
 // means delete and recreate.
-func sameIdentity(want, have VXLAN) bool {
+func sameIdentity(want, have Link) bool {
+	if want.Kind != have.Kind {
+		return false
+	}
+	if want.Kind == KindWireGuard {
+		return true // everything else is set in place
+	}
 	return want.VNI == have.VNI &&
 		normPort(want.Port) == normPort(have.Port) &&
 		want.Local == have.Local &&
@@ -43,10 +49,12 @@ func sameIdentity(want, have VXLAN) bool {
 // linkSatisfied reports whether a device with identity have, admin state
 // up and global addresses addrs needs no write to become want. A zero MTU
 // or MAC in want means "whatever the kernel chose".
-func linkSatisfied(want, have VXLAN, up bool, addrs []netip.Prefix) bool {
+func linkSatisfied(want, have Link, up bool, addrs []netip.Prefix) bool {
 	return sameIdentity(want, have) && up &&
 		(want.MTU == 0 || want.MTU == have.MTU) &&
 		(want.MAC.IsZero() || want.MAC == have.MAC) &&
+		(want.Kind != KindWireGuard || want.Port == have.Port) &&
+		(want.PrivateKey == WGKey{} || want.PrivateKey == have.PrivateKey) &&
 		len(staleAddrs(want.Addr, addrs)) == 0 &&
 		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr))
 }
@@ -87,7 +95,7 @@ func firstAddr(addrs []netip.Prefix) netip.Prefix {
 // checkLink, checkRoute, checkNeigh and checkFDB reject declared objects
 // the kernel would refuse or store under another identity, so a bad entry
 // fails alone instead of being rewritten on every pass.
-func checkLink(name string, l VXLAN) error {
+func checkLink(name string, l Link) error {
 	switch {
 	case name == "" || l.Name != name:
 		return fmt.Errorf("link keyed %q is named %q", name, l.Name)

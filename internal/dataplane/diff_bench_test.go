@@ -10,7 +10,7 @@ import (
 // entry, as the vxlan backend plans them.
 func benchState(n int) *State {
 	s := NewState()
-	s.Links["flannel.1"] = VXLAN{Name: "flannel.1", VNI: 1, MTU: 1450, MAC: MAC{2, 0, 0, 0, 0, 1},
+	s.Links["flannel.1"] = Link{Name: "flannel.1", VNI: 1, MTU: 1450, MAC: MAC{2, 0, 0, 0, 0, 1},
 		Local: netip.MustParseAddr("192.168.0.1"), Addr: netip.MustParsePrefix("10.0.0.0/32")}
 	for i := range n {
 		gw := netip.AddrFrom4([4]byte{10, byte(1 + i>>8), byte(i), 0})

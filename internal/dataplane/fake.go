@@ -45,7 +45,7 @@ type fakeWatcher struct {
 }
 
 type fakeLink struct {
-	VXLAN // Addr unused; see addrs
+	Link  // Addr unused; see addrs
 	index int
 	up    bool
 	addrs []netip.Prefix
@@ -119,7 +119,7 @@ func (f *Fake) Kernel() *State {
 	defer f.k.mu.Unlock()
 	s := NewState()
 	for name, l := range f.k.t.links {
-		v := l.VXLAN
+		v := l.Link
 		v.Addr = firstAddr(l.addrs)
 		s.Links[name] = v
 	}
@@ -139,7 +139,7 @@ func (f *Fake) Dump(links ...string) *State {
 	f.k.mu.Unlock()
 	s := NewState()
 	for name, l := range t.links {
-		v := l.VXLAN
+		v := l.Link
 		v.Addr = firstAddr(l.addrs)
 		s.Links[name] = v
 	}
@@ -221,14 +221,14 @@ func (f *Fake) DeleteLink(name string) {
 
 // LinkByName returns the VXLAN device name as the kernel has it (Addr is
 // its first address), like Netlink.LinkByName.
-func (f *Fake) LinkByName(name string) (VXLAN, bool, error) {
+func (f *Fake) LinkByName(name string) (Link, bool, error) {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
 	l, ok := f.k.t.links[name]
 	if !ok {
-		return VXLAN{}, false, nil
+		return Link{}, false, nil
 	}
-	v := l.VXLAN
+	v := l.Link
 	v.Addr = firstAddr(l.addrs)
 	return v, true, nil
 }
@@ -474,9 +474,9 @@ func (f *Fake) reconcile(ctx context.Context, desired *State, full bool, touched
 	return c, errors.Join(errs...)
 }
 
-func (f *Fake) ensureLink(want VXLAN, c *Changes) error {
+func (f *Fake) ensureLink(want Link, c *Changes) error {
 	k, name := f.k, want.Name
-	if have, ok := f.idx.links[name]; ok && linkSatisfied(want, have.VXLAN, have.up, have.addrs) {
+	if have, ok := f.idx.links[name]; ok && linkSatisfied(want, have.Link, have.up, have.addrs) {
 		return nil
 	}
 	have, ok := f.idx.links[name]
@@ -490,7 +490,7 @@ func (f *Fake) ensureLink(want VXLAN, c *Changes) error {
 			c.LinksRemoved++
 		}
 	}
-	if ok && !sameIdentity(want, have.VXLAN) {
+	if ok && !sameIdentity(want, have.Link) {
 		delete(f.idx.links, name)
 		f.idx.dropDev(name)
 		k.deleteLink(name)
@@ -505,7 +505,7 @@ func (f *Fake) ensureLink(want VXLAN, c *Changes) error {
 	}
 	if created {
 		k.next++
-		have = fakeLink{VXLAN: want, index: k.next}
+		have = fakeLink{Link: want, index: k.next}
 		have.Addr, have.Port = netip.Prefix{}, normPort(want.Port)
 		if have.MTU == 0 {
 			have.MTU = 1450

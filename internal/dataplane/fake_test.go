@@ -75,7 +75,7 @@ func TestFakeKernelShowsForeignRoutes(t *testing.T) {
 type dataplaneAPI interface {
 	dataplane.Reconciler
 	Subscribe(ctx context.Context, kick func()) error
-	LinkByName(name string) (dataplane.VXLAN, bool, error)
+	LinkByName(name string) (dataplane.Link, bool, error)
 }
 
 var _ dataplaneAPI = (*dataplane.Fake)(nil)

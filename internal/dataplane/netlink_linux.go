@@ -303,12 +303,12 @@ func (p *pass) resolve(dev string) (int, error) {
 	return i, nil
 }
 
-func (p *pass) ensureLink(want VXLAN) {
+func (p *pass) ensureLink(want Link) {
 	n, name := p.n, want.Name
 	n.mu.Lock()
 	have, ok := n.idx.links[name]
 	n.mu.Unlock()
-	if ok && linkSatisfied(want, have.VXLAN, have.up, have.addrs) {
+	if ok && linkSatisfied(want, have.Link, have.up, have.addrs) {
 		return
 	}
 	isVXLAN := ok
@@ -320,7 +320,7 @@ func (p *pass) ensureLink(want VXLAN) {
 		}
 		have, ok, isVXLAN = l, found, vx
 	}
-	if ok && !(isVXLAN && sameIdentity(want, have.VXLAN)) {
+	if ok && !(isVXLAN && sameIdentity(want, have.Link)) {
 		// The kernel takes the device's routes, neighbours and FDB entries
 		// with it; forget them first so their deletion notifications are
 		// not mistaken for drift.
@@ -358,7 +358,7 @@ func (p *pass) ensureLink(want VXLAN) {
 	n.mu.Unlock()
 }
 
-func newVxlan(want VXLAN) *netlink.Vxlan {
+func newVxlan(want Link) *netlink.Vxlan {
 	v := &netlink.Vxlan{
 		LinkAttrs:    netlink.LinkAttrs{Name: want.Name, MTU: want.MTU},
 		VxlanId:      int(want.VNI),
@@ -378,7 +378,7 @@ func newVxlan(want VXLAN) *netlink.Vxlan {
 
 // fixLink makes have's mutable attributes match want, updating have to
 // what the kernel accepted; it reports whether it wrote anything.
-func (p *pass) fixLink(want VXLAN, have *nlLink) (wrote bool) {
+func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
 	h, name := p.n.h, want.Name
 	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: have.index, Name: name}}
 	have.addrs = slices.Clone(have.addrs) // may share its array with the index entry

@@ -18,7 +18,7 @@ import (
 // State keys, so the diff against a desired State is map lookups.
 type (
 	nlLink struct {
-		VXLAN // as the kernel reports it; Addr is unused (see addrs)
+		Link  // as the kernel reports it; Addr is unused (see addrs)
 		index int
 		up    bool
 		addrs []netip.Prefix // global-scope addresses on the device
@@ -88,7 +88,7 @@ func (x *nlIndex) devName(ifindex int) string {
 func (x *nlIndex) state() *State {
 	s := NewState()
 	for name, l := range x.links {
-		v := l.VXLAN
+		v := l.Link
 		v.Addr = firstAddr(l.addrs)
 		s.Links[name] = v
 	}
@@ -369,7 +369,7 @@ func (n *Netlink) readLink(name string) (l nlLink, found, vxlan bool, err error)
 	}
 	v, ok := link.(*netlink.Vxlan)
 	if !ok {
-		return nlLink{VXLAN: VXLAN{Name: name}, index: link.Attrs().Index}, true, false, nil
+		return nlLink{Link: Link{Name: name}, index: link.Attrs().Index}, true, false, nil
 	}
 	l = fromVxlan(v)
 	addrs, err := dump("addresses of "+name, func() ([]netlink.Addr, error) { return n.h.AddrList(link, netlink.FAMILY_ALL) })
@@ -389,7 +389,7 @@ func fromVxlan(v *netlink.Vxlan) nlLink {
 	local, _ := addrFromIP(v.SrcAddr)
 	mac, _ := macFrom(a.HardwareAddr)
 	return nlLink{
-		VXLAN: VXLAN{
+		Link: Link{
 			Name:        a.Name,
 			VNI:         uint32(v.VxlanId),
 			Port:        normPort(uint16(v.Port)),

@@ -73,7 +73,7 @@ func TestSubscriptionFiltersOwnWrites(t *testing.T) {
 
 	const peers = 60
 	s := NewState()
-	s.Links["flannel.1"] = VXLAN{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.251.2"),
+	s.Links["flannel.1"] = Link{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.251.2"),
 		MAC: MAC{2, 0, 0, 0, 0, 1}, Addr: netip.MustParsePrefix("10.244.0.0/32")}
 	for i := 1; i <= peers; i++ {
 		gw := netip.AddrFrom4([4]byte{10, 244, byte(i), 0})
@@ -123,7 +123,7 @@ func TestUnusedNexthopsDeletedInBulk(t *testing.T) {
 
 	state := func(peers ...int) *State {
 		s := NewState()
-		s.Links["flannel.1"] = VXLAN{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.252.2"),
+		s.Links["flannel.1"] = Link{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.252.2"),
 			MAC: MAC{2, 0, 0, 0, 0, 1}, Addr: netip.MustParsePrefix("10.244.0.0/32")}
 		for _, i := range peers {
 			gw := netip.AddrFrom4([4]byte{10, 244, byte(i), 0})
@@ -189,7 +189,7 @@ func TestNexthopPairingAfterRestart(t *testing.T) {
 	ctx := context.Background()
 	base := func() *State {
 		s := NewState()
-		s.Links["flannel.1"] = VXLAN{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.253.2"),
+		s.Links["flannel.1"] = Link{Name: "flannel.1", VNI: 1, MTU: 1450, Local: netip.MustParseAddr("192.168.253.2"),
 			MAC: MAC{2, 0, 0, 0, 0, 1}, Addr: netip.MustParsePrefix("10.244.0.0/32")}
 		return s
 	}

@@ -48,11 +48,14 @@ func (m MAC) String() string { return net.HardwareAddr(m[:]).String() }
 // IsZero reports whether m is all zeros.
 func (m MAC) IsZero() bool { return m == MAC{} }
 
-// VXLAN is a VXLAN device we own.
-type VXLAN struct {
+// Link is a device we own: a VXLAN device (the zero Kind) or a WireGuard
+// device. Fields that do not apply to a kind are zero.
+type Link struct {
+	Kind LinkKind
 	Name string
 	VNI  uint32
-	// Port is the UDP destination port; 0 means the kernel default (8472).
+	// Port is VXLAN's UDP destination port (0 means the kernel default,
+	// 8472), or a WireGuard device's listen port.
 	Port     uint16
 	GBP      bool
 	Learning bool
@@ -65,6 +68,9 @@ type VXLAN struct {
 	// Addr is the address assigned to the device (the lease's network
 	// address as /32 or /128). Invalid means none.
 	Addr netip.Prefix
+	// PrivateKey is a WireGuard device's private key (zero: leave it as
+	// it is). Lines shows its public key only.
+	PrivateKey WGKey
 }
 
 // Route is a route in the main table: unicast through Dev, or, with
@@ -145,19 +151,22 @@ func (f FDB) Key() FDBKey { return f }
 
 // State is a declared set of kernel objects.
 type State struct {
-	Links  map[string]VXLAN
+	Links  map[string]Link
 	Routes map[RouteKey]Route
 	Neighs map[NeighKey]Neigh
 	FDB    map[FDBKey]FDB
+	// WGPeers are the peers of our WireGuard devices.
+	WGPeers map[WGPeerKey]WGPeer
 }
 
 // NewState returns an empty State with its maps made.
 func NewState() *State {
 	return &State{
-		Links:  map[string]VXLAN{},
-		Routes: map[RouteKey]Route{},
-		Neighs: map[NeighKey]Neigh{},
-		FDB:    map[FDBKey]FDB{},
+		Links:   map[string]Link{},
+		Routes:  map[RouteKey]Route{},
+		Neighs:  map[NeighKey]Neigh{},
+		FDB:     map[FDBKey]FDB{},
+		WGPeers: map[WGPeerKey]WGPeer{},
 	}
 }
 
@@ -166,10 +175,11 @@ func NewState() *State {
 // planning thousands of peers does not regrow its maps.
 func NewStateSized(links, peers int) *State {
 	return &State{
-		Links:  make(map[string]VXLAN, links),
-		Routes: make(map[RouteKey]Route, peers),
-		Neighs: make(map[NeighKey]Neigh, peers),
-		FDB:    make(map[FDBKey]FDB, peers),
+		Links:   make(map[string]Link, links),
+		Routes:  make(map[RouteKey]Route, peers),
+		Neighs:  make(map[NeighKey]Neigh, peers),
+		FDB:     make(map[FDBKey]FDB, peers),
+		WGPeers: map[WGPeerKey]WGPeer{},
 	}
 }
 
@@ -186,17 +196,7 @@ func (s *State) AddFDB(f FDB) { s.FDB[f.Key()] = f }
 func (s *State) Lines() []string {
 	var out []string
 	for _, l := range s.Links {
-		line := fmt.Sprintf("link %s vxlan id %d dstport %d local %s dev#%d mtu %d mac %s", l.Name, l.VNI, l.Port, l.Local, l.ParentIndex, l.MTU, l.MAC)
-		if l.GBP {
-			line += " gbp"
-		}
-		if l.Learning {
-			line += " learning"
-		}
-		if l.Addr.IsValid() {
-			line += " addr " + l.Addr.String()
-		}
-		out = append(out, line)
+		out = append(out, linkLine(l))
 	}
 	for _, r := range s.Routes {
 		out = append(out, "route "+r.String())
@@ -206,6 +206,9 @@ func (s *State) Lines() []string {
 	}
 	for _, f := range s.FDB {
 		out = append(out, fmt.Sprintf("fdb %s dst %s dev %s self permanent", f.MAC, f.Dst, f.Dev))
+	}
+	for _, p := range s.WGPeers {
+		out = append(out, "wg "+p.String())
 	}
 	sort.Strings(out)
 	return out
@@ -219,12 +222,13 @@ type Changes struct {
 	RoutesAdded, RoutesRemoved             int
 	NeighsAdded, NeighsRemoved             int
 	FDBAdded, FDBRemoved                   int
+	WGPeersAdded, WGPeersRemoved           int
 }
 
 // Total is the number of kernel writes counted in c.
 func (c Changes) Total() int {
 	return c.LinksAdded + c.LinksRemoved + c.LinksUpdated + c.RoutesAdded + c.RoutesRemoved +
-		c.NeighsAdded + c.NeighsRemoved + c.FDBAdded + c.FDBRemoved
+		c.NeighsAdded + c.NeighsRemoved + c.FDBAdded + c.FDBRemoved + c.WGPeersAdded + c.WGPeersRemoved
 }
 
 // Add returns the sum of c and d.
@@ -235,6 +239,7 @@ func (c Changes) Add(d Changes) Changes {
 		RoutesAdded:  c.RoutesAdded + d.RoutesAdded, RoutesRemoved: c.RoutesRemoved + d.RoutesRemoved,
 		NeighsAdded: c.NeighsAdded + d.NeighsAdded, NeighsRemoved: c.NeighsRemoved + d.NeighsRemoved,
 		FDBAdded: c.FDBAdded + d.FDBAdded, FDBRemoved: c.FDBRemoved + d.FDBRemoved,
+		WGPeersAdded: c.WGPeersAdded + d.WGPeersAdded, WGPeersRemoved: c.WGPeersRemoved + d.WGPeersRemoved,
 	}
 }
 
@@ -253,6 +258,9 @@ func (s *State) Clone() *State {
 	for k, v := range s.FDB {
 		c.FDB[k] = v
 	}
+	for k, v := range s.WGPeers {
+		c.WGPeers[k] = v
+	}
 	return c
 }
 
@@ -261,19 +269,21 @@ func (s *State) Clone() *State {
 // them per peer (backend.Backend.PlanPeer), so a lease event replans one
 // peer instead of all of them.
 type Objects struct {
-	Routes []Route
-	Neighs []Neigh
-	FDB    []FDB
+	Routes  []Route
+	Neighs  []Neigh
+	FDB     []FDB
+	WGPeers []WGPeer
 }
 
 // Len is the number of objects in o.
-func (o Objects) Len() int { return len(o.Routes) + len(o.Neighs) + len(o.FDB) }
+func (o Objects) Len() int { return len(o.Routes) + len(o.Neighs) + len(o.FDB) + len(o.WGPeers) }
 
 // Equal reports whether o and p hold the same objects in the same order
 // (planners are deterministic, so a replanned, unchanged peer compares
 // equal).
 func (o Objects) Equal(p Objects) bool {
-	return slices.Equal(o.Routes, p.Routes) && slices.Equal(o.Neighs, p.Neighs) && slices.Equal(o.FDB, p.FDB)
+	return slices.Equal(o.Routes, p.Routes) && slices.Equal(o.Neighs, p.Neighs) && slices.Equal(o.FDB, p.FDB) &&
+		slices.Equal(o.WGPeers, p.WGPeers)
 }
 
 // AddRoute, AddNeigh and AddFDB append one object.
@@ -293,11 +303,14 @@ type Delta struct {
 	Routes map[RouteKey]struct{}
 	Neighs map[NeighKey]struct{}
 	FDB    map[FDBKey]struct{}
+	// WGPeers are touched WireGuard peers.
+	WGPeers map[WGPeerKey]struct{}
 }
 
 // NewDelta returns an empty Delta with its maps made.
 func NewDelta() *Delta {
-	return &Delta{Routes: map[RouteKey]struct{}{}, Neighs: map[NeighKey]struct{}{}, FDB: map[FDBKey]struct{}{}}
+	return &Delta{Routes: map[RouteKey]struct{}{}, Neighs: map[NeighKey]struct{}{}, FDB: map[FDBKey]struct{}{},
+		WGPeers: map[WGPeerKey]struct{}{}}
 }
 
 // TouchObjects records every key of o.
@@ -311,14 +324,18 @@ func (d *Delta) TouchObjects(o Objects) {
 	for _, f := range o.FDB {
 		d.FDB[f.Key()] = struct{}{}
 	}
+	for _, p := range o.WGPeers {
+		d.WGPeers[p.Key()] = struct{}{}
+	}
 }
 
 // Len is the number of touched keys.
-func (d *Delta) Len() int { return len(d.Routes) + len(d.Neighs) + len(d.FDB) }
+func (d *Delta) Len() int { return len(d.Routes) + len(d.Neighs) + len(d.FDB) + len(d.WGPeers) }
 
 // Reset forgets every touched key, keeping the maps' storage.
 func (d *Delta) Reset() {
 	clear(d.Routes)
 	clear(d.Neighs)
 	clear(d.FDB)
+	clear(d.WGPeers)
 }

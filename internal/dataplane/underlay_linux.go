@@ -14,12 +14,12 @@ import (
 // Addr is its first global address); ok is false if there is no such
 // device or it is not a VXLAN device. The daemon reuses an existing
 // device's MAC so peers' FDB entries stay valid across restarts.
-func (n *Netlink) LinkByName(name string) (l VXLAN, ok bool, err error) {
+func (n *Netlink) LinkByName(name string) (l Link, ok bool, err error) {
 	rec, found, vxlan, err := n.readLink(name)
 	if err != nil || !found || !vxlan {
-		return VXLAN{}, false, err
+		return Link{}, false, err
 	}
-	v := rec.VXLAN
+	v := rec.Link
 	v.Addr = firstAddr(rec.addrs)
 	return v, true, nil
 }

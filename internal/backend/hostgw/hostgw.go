@@ -23,6 +23,9 @@ func New(n *config.Network, u backend.Underlay) *Backend {
 	return &Backend{net: n, underlay: u}
 }
 
+// Factory implements backend.Factory.
+func Factory(env backend.Env) (backend.Backend, error) { return New(env.Network, env.Underlay), nil }
+
 var _ backend.Backend = (*Backend)(nil)
 
 // Type implements backend.Backend.
@@ -31,42 +34,45 @@ func (b *Backend) Type() string { return config.BackendHostGW }
 // MTU is the underlay's: nothing is added to packets.
 func (b *Backend) MTU() int { return b.underlay.MTU }
 
-// CheckPeer implements backend.Backend.
-func (b *Backend) CheckPeer(self, peer lease.Lease) error {
-	if peer.Attrs.BackendType != config.BackendHostGW {
-		return backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", peer.Key(), peer.Attrs.BackendType, config.BackendHostGW)
+// Attrs implements backend.Backend: host-gw publishes no backend data.
+func (b *Backend) Attrs() lease.Attrs {
+	a := lease.Attrs{BackendType: config.BackendHostGW}
+	if b.net.EnableIPv4 {
+		a.PublicIP = b.underlay.PublicIP
 	}
-	if err := backend.CheckPeerSubnets(b.net, self, peer); err != nil {
-		return err
+	if b.net.EnableIPv6 {
+		a.PublicIPv6 = b.underlay.PublicIPv6
 	}
-	// host-gw routes through the peer's public address as a gateway, which
-	// the kernel accepts only when it is on-link.
-	if b.net.EnableIPv4 && peer.Subnet.IsValid() && !b.underlay.OnLink(peer.Attrs.PublicIP) {
-		return backend.Skipf(backend.ReasonNotOnLink, "peer %s is not on the underlay's link (host-gw needs one L2 segment)", peer.Attrs.PublicIP)
-	}
-	if b.net.EnableIPv6 && peer.IPv6Subnet.IsValid() && !b.underlay.OnLink(peer.Attrs.PublicIPv6) {
-		return backend.Skipf(backend.ReasonNotOnLink, "peer %s is not on the underlay's link (host-gw needs one L2 segment)", peer.Attrs.PublicIPv6)
-	}
-	return nil
+	return a
 }
 
-// Plan implements backend.Backend.
-func (b *Backend) Plan(self lease.Lease, peers []lease.Lease) *dataplane.State {
-	return backend.Compose(b, self, peers)
+// Resume implements backend.Backend: nothing to keep.
+func (b *Backend) Resume(lease.Lease) lease.Attrs { return b.Attrs() }
+
+// Peer implements backend.Backend: a route per family via the peer's
+// public address, which the kernel accepts only when it is on-link.
+func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
+	var o dataplane.Objects
+	if p.Attrs.BackendType != config.BackendHostGW {
+		return o, backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", p.Key(), p.Attrs.BackendType, config.BackendHostGW)
+	}
+	if err := backend.CheckPeerSubnets(b.net, self, p); err != nil {
+		return o, err
+	}
+	if b.net.EnableIPv4 && p.Subnet.IsValid() {
+		if !b.underlay.OnLink(p.Attrs.PublicIP) {
+			return dataplane.Objects{}, backend.Skipf(backend.ReasonNotOnLink, "peer %s is not on the underlay's link (host-gw needs one L2 segment)", p.Attrs.PublicIP)
+		}
+		o.AddRoute(dataplane.Route{Dst: p.Subnet, Gw: p.Attrs.PublicIP, Dev: b.underlay.Name})
+	}
+	if b.net.EnableIPv6 && p.IPv6Subnet.IsValid() {
+		if !b.underlay.OnLink(p.Attrs.PublicIPv6) {
+			return dataplane.Objects{}, backend.Skipf(backend.ReasonNotOnLink, "peer %s is not on the underlay's link (host-gw needs one L2 segment)", p.Attrs.PublicIPv6)
+		}
+		o.AddRoute(dataplane.Route{Dst: p.IPv6Subnet, Gw: p.Attrs.PublicIPv6, Dev: b.underlay.Name})
+	}
+	return o, nil
 }
 
 // PlanBase implements backend.Backend: host-gw owns no device.
 func (b *Backend) PlanBase(lease.Lease) *dataplane.State { return dataplane.NewState() }
-
-// PlanPeer implements backend.Backend: a route per family via the peer's
-// public address.
-func (b *Backend) PlanPeer(_, p lease.Lease) dataplane.Objects {
-	var o dataplane.Objects
-	if b.net.EnableIPv4 && p.Subnet.IsValid() && b.underlay.OnLink(p.Attrs.PublicIP) {
-		o.AddRoute(dataplane.Route{Dst: p.Subnet, Gw: p.Attrs.PublicIP, Dev: b.underlay.Name})
-	}
-	if b.net.EnableIPv6 && p.IPv6Subnet.IsValid() && b.underlay.OnLink(p.Attrs.PublicIPv6) {
-		o.AddRoute(dataplane.Route{Dst: p.IPv6Subnet, Gw: p.Attrs.PublicIPv6, Dev: b.underlay.Name})
-	}
-	return o
-}

@@ -23,25 +23,25 @@ func TestPlanAndCheck(t *testing.T) {
 		Subnet: netip.MustParsePrefix("10.5.2.0/24"), IPv6Subnet: netip.MustParsePrefix("fc00:0:0:2::/64"),
 		Attrs: lease.Attrs{BackendType: "host-gw", PublicIP: netip.MustParseAddr("192.168.1.11"), PublicIPv6: netip.MustParseAddr("fd00:1::11")},
 	}
-	if err := b.CheckPeer(self, p); err != nil {
+	if _, err := b.Peer(self, p); err != nil {
 		t.Fatal(err)
 	}
 	far := p
 	far.Subnet, far.IPv6Subnet = netip.MustParsePrefix("10.5.3.0/24"), netip.Prefix{}
 	far.Attrs.PublicIP = netip.MustParseAddr("172.16.0.1")
-	if err := b.CheckPeer(self, far); backend.SkipReason(err) != backend.ReasonNotOnLink {
+	if _, err := b.Peer(self, far); backend.SkipReason(err) != backend.ReasonNotOnLink {
 		t.Errorf("off-link peer: %v", err)
 	}
 	vx := p
 	vx.Attrs.BackendType = "vxlan"
-	if err := b.CheckPeer(self, vx); backend.SkipReason(err) != backend.ReasonBackendType {
+	if _, err := b.Peer(self, vx); backend.SkipReason(err) != backend.ReasonBackendType {
 		t.Errorf("vxlan peer: %v", err)
 	}
 	want := []string{
 		"route 10.5.2.0/24 via 192.168.1.11 dev eth0",
 		"route fc00:0:0:2::/64 via fd00:1::11 dev eth0",
 	}
-	if diff := cmp.Diff(want, b.Plan(self, []lease.Lease{p}).Lines()); diff != "" {
+	if diff := cmp.Diff(want, backend.Compose(b, self, []lease.Lease{p}).Lines()); diff != "" {
 		t.Errorf("(-want +got)\n%s", diff)
 	}
 	if b.MTU() != 1500 {

@@ -59,18 +59,18 @@ func TestDesiredEqualsPlan(t *testing.T) {
 			delete(peers, p.ID())
 			des.RemovePeer(p.ID(), delta)
 		} else {
-			if err := b.CheckPeer(self, p); err != nil {
-				t.Fatalf("CheckPeer(%s): %v", p.Key(), err)
+			if _, err := b.Peer(self, p); err != nil {
+				t.Fatalf("Peer(%s): %v", p.Key(), err)
 			}
 			peers[p.ID()] = p
-			des.SetPeer(p, b.PlanPeer(self, p), delta)
+			des.SetPeer(p, mustPeer(b, self, p), delta)
 		}
 		list := make([]lease.Lease, 0, len(peers))
 		for _, q := range peers {
 			list = append(list, q)
 		}
 		rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
-		want := b.Plan(self, list)
+		want := backend.Compose(b, self, list)
 		if d := cmp.Diff(want.Lines(), des.State().Lines()); d != "" {
 			t.Fatalf("step %d: incremental state differs from Plan (-plan +incremental):\n%s", step, d)
 		}
@@ -100,7 +100,7 @@ func TestDesiredConflictWinner(t *testing.T) {
 	for _, order := range [][]lease.Lease{{lo, hi, same}, {same, hi, lo}} {
 		des := backend.NewDesired(b.PlanBase(self), 0)
 		for _, p := range order {
-			des.SetPeer(p, b.PlanPeer(self, p), nil)
+			des.SetPeer(p, mustPeer(b, self, p), nil)
 		}
 		gw := dataplane.NeighKey{Dev: "flannel.1", IP: netip.MustParseAddr("10.5.2.0")}
 		if got := des.State().Neighs[gw].MAC; got != mac2 {
@@ -122,7 +122,7 @@ func TestDesiredConflictWinner(t *testing.T) {
 		if _, ok := des.State().FDB[shared]; ok {
 			t.Error("FDB entry survived its last peer")
 		}
-		if d := cmp.Diff(b.Plan(self, []lease.Lease{hi}).Lines(), des.State().Lines()); d != "" {
+		if d := cmp.Diff(backend.Compose(b, self, []lease.Lease{hi}).Lines(), des.State().Lines()); d != "" {
 			t.Errorf("(-plan +incremental)\n%s", d)
 		}
 	}
@@ -139,7 +139,7 @@ func BenchmarkSinglePeerUpdate5000(b *testing.B) {
 	des := backend.NewDesired(be.PlanBase(self), 5000)
 	for i := range 5000 {
 		p := benchPeer(i)
-		des.SetPeer(p, be.PlanPeer(self, p), nil)
+		des.SetPeer(p, mustPeer(be, self, p), nil)
 	}
 	fake := dataplane.NewFake()
 	fake.AddDevice("eth0")
@@ -153,7 +153,7 @@ func BenchmarkSinglePeerUpdate5000(b *testing.B) {
 	i := 0
 	for b.Loop() {
 		if i%2 == 0 {
-			des.SetPeer(extra, be.PlanPeer(self, extra), delta)
+			des.SetPeer(extra, mustPeer(be, self, extra), delta)
 		} else {
 			des.RemovePeer(extra.ID(), delta)
 		}
@@ -173,11 +173,17 @@ func BenchmarkPlanPeer(b *testing.B) {
 	p := benchPeer(1)
 	b.ReportAllocs()
 	for b.Loop() {
-		be.PlanPeer(self, p)
+		mustPeer(be, self, p)
 	}
 }
 
 func benchPeer(i int) lease.Lease {
 	return peer(fmt.Sprintf("10.%d.%d.0/24", 1+i/256, i%256), "",
 		fmt.Sprintf("172.16.%d.%d", i/250, i%250+1), "", dataplane.MAC{2, 0, 0, 0, byte(i >> 8), byte(i)}, mac6)
+}
+
+// mustPeer plans a peer the test knows to be valid.
+func mustPeer(b *Backend, self, p lease.Lease) dataplane.Objects {
+	o, _ := b.Peer(self, p)
+	return o
 }

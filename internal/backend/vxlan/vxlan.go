@@ -36,6 +36,7 @@
 package vxlan
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net/netip"
@@ -100,13 +101,70 @@ type Backend struct {
 	underlay backend.Underlay
 	// MAC4 and MAC6 are our devices' MACs (zero when the family is off).
 	mac4, mac6 dataplane.MAC
+	// kept4 and kept6: the MAC came from a surviving device, which peers'
+	// tables already name; Resume must not replace it.
+	kept4, kept6 bool
 }
 
-// New returns a vxlan planner. mac4/mac6 are this host's VTEP MACs, kept
-// stable across restarts by the caller (reused from the existing device
-// or our previous lease).
+// New returns a vxlan planner with the given VTEP MACs (Factory keeps
+// them stable across restarts).
 func New(n *config.Network, u backend.Underlay, mac4, mac6 dataplane.MAC) *Backend {
 	return &Backend{net: n, underlay: u, mac4: mac4, mac6: mac6}
+}
+
+// Factory implements backend.Factory. The VTEP MACs are kept stable
+// across restarts: peers have them in their neighbour and FDB tables, and
+// a new one would black-hole traffic to us until every peer saw our
+// updated lease. So a surviving device's MAC is reused; without one (a
+// reboot) Resume takes it back from our lease; only a new host gets a new,
+// random one.
+func Factory(env backend.Env) (backend.Backend, error) {
+	b := &Backend{net: env.Network, underlay: env.Underlay}
+	// Before the kernel sees it: the kernel would clamp the device MTU at
+	// creation and refuse it on every later pass.
+	if err := b.CheckUnderlay(); err != nil {
+		return nil, err
+	}
+	var err error
+	if b.v4() {
+		if b.mac4, b.kept4, err = stableMAC(env.Kernel, DeviceName(b.net.Backend.VNI, false)); err != nil {
+			return nil, err
+		}
+	}
+	if b.v6() {
+		if b.mac6, b.kept6, err = stableMAC(env.Kernel, DeviceName(b.net.Backend.VNI, true)); err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+// stableMAC returns dev's MAC if the device exists (kept), else a new
+// locally administered unicast one.
+func stableMAC(k backend.Kernel, dev string) (mac dataplane.MAC, kept bool, err error) {
+	if l, ok, err := k.LinkByName(dev); err != nil {
+		return mac, false, fmt.Errorf("look up %s: %w", dev, err)
+	} else if ok && l.Kind == dataplane.KindVXLAN && !l.MAC.IsZero() {
+		return l.MAC, true, nil
+	}
+	if _, err := rand.Read(mac[:]); err != nil {
+		return mac, false, fmt.Errorf("random MAC: %w", err)
+	}
+	mac[0] = mac[0]&^1 | 2
+	return mac, false, nil
+}
+
+// Resume implements backend.Backend: the devices are gone (a reboot) but
+// our lease survived, so the MACs come back from the lease and peers'
+// tables stay right.
+func (b *Backend) Resume(existing lease.Lease) lease.Attrs {
+	if _, m, err := DecodeData(existing.Attrs.BackendData); err == nil && !b.kept4 && b.v4() {
+		b.mac4 = m
+	}
+	if _, m, err := DecodeData(existing.Attrs.BackendV6Data); err == nil && !b.kept6 && b.v6() {
+		b.mac6 = m
+	}
+	return b.Attrs()
 }
 
 var _ backend.Backend = (*Backend)(nil)
@@ -197,30 +255,28 @@ func (b *Backend) Attrs() lease.Attrs {
 	return a
 }
 
-// CheckPeer implements backend.Backend.
-func (b *Backend) CheckPeer(self, peer lease.Lease) error {
-	if peer.Attrs.BackendType != config.BackendVXLAN {
-		return backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", peer.Key(), peer.Attrs.BackendType, config.BackendVXLAN)
+// Peer implements backend.Backend: per family, the peer's backend data
+// is decoded once and its route, neighbour and FDB entry planned.
+func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
+	var o dataplane.Objects
+	if p.Attrs.BackendType != config.BackendVXLAN {
+		return o, backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", p.Key(), p.Attrs.BackendType, config.BackendVXLAN)
 	}
-	if err := backend.CheckPeerSubnets(b.net, self, peer); err != nil {
-		return err
+	if err := backend.CheckPeerSubnets(b.net, self, p); err != nil {
+		return o, err
 	}
-	if b.v4() && peer.Subnet.IsValid() {
-		if _, _, err := DecodeData(peer.Attrs.BackendData); err != nil {
-			return backend.Skipf(backend.ReasonBackendData, "lease %s: %v", peer.Key(), err)
+	vni := b.net.Backend.VNI
+	if b.v4() && p.Subnet.IsValid() {
+		if err := b.planPeer(&o, p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendData, DeviceName(vni, false)); err != nil {
+			return dataplane.Objects{}, backend.Skipf(backend.ReasonBackendData, "lease %s: %v", p.Key(), err)
 		}
 	}
-	if b.v6() && peer.IPv6Subnet.IsValid() {
-		if _, _, err := DecodeData(peer.Attrs.BackendV6Data); err != nil {
-			return backend.Skipf(backend.ReasonBackendData, "lease %s (v6): %v", peer.Key(), err)
+	if b.v6() && p.IPv6Subnet.IsValid() {
+		if err := b.planPeer(&o, p.IPv6Subnet, p.Attrs.PublicIPv6, p.Attrs.BackendV6Data, DeviceName(vni, true)); err != nil {
+			return dataplane.Objects{}, backend.Skipf(backend.ReasonBackendData, "lease %s (v6): %v", p.Key(), err)
 		}
 	}
-	return nil
-}
-
-// Plan implements backend.Backend.
-func (b *Backend) Plan(self lease.Lease, peers []lease.Lease) *dataplane.State {
-	return backend.Compose(b, self, peers)
+	return o, nil
 }
 
 // PlanBase implements backend.Backend: our VXLAN device per family.
@@ -236,24 +292,8 @@ func (b *Backend) PlanBase(self lease.Lease) *dataplane.State {
 	return s
 }
 
-// PlanPeer implements backend.Backend. It decodes the peer's backend data
-// each time; the daemon calls it once per lease event, not per pass, so
-// the JSON that once dominated a pass at thousands of peers is now paid
-// once per change.
-func (b *Backend) PlanPeer(_, p lease.Lease) dataplane.Objects {
-	var o dataplane.Objects
-	vni := b.net.Backend.VNI
-	if b.v4() && p.Subnet.IsValid() {
-		b.planPeer(&o, p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendData, DeviceName(vni, false))
-	}
-	if b.v6() && p.IPv6Subnet.IsValid() {
-		b.planPeer(&o, p.IPv6Subnet, p.Attrs.PublicIPv6, p.Attrs.BackendV6Data, DeviceName(vni, true))
-	}
-	return o
-}
-
-func (b *Backend) device(v6 bool, subnet netip.Prefix) dataplane.VXLAN {
-	d := dataplane.VXLAN{
+func (b *Backend) device(v6 bool, subnet netip.Prefix) dataplane.Link {
+	d := dataplane.Link{
 		Name:        DeviceName(b.net.Backend.VNI, v6),
 		VNI:         b.net.Backend.VNI,
 		Port:        b.net.Backend.Port,
@@ -273,17 +313,21 @@ func (b *Backend) device(v6 bool, subnet netip.Prefix) dataplane.VXLAN {
 	return d
 }
 
-func (b *Backend) planPeer(s *dataplane.Objects, subnet netip.Prefix, public netip.Addr, data json.RawMessage, dev string) {
-	if b.net.Backend.DirectRouting && b.underlay.OnLink(public) {
-		s.AddRoute(dataplane.Route{Dst: subnet, Gw: public, Dev: b.underlay.Name})
-		return
-	}
+// planPeer plans one family of a peer. The backend data is checked even
+// when DirectRouting needs none of it, so a peer's lease is accepted or
+// refused the same way on every host.
+func (b *Backend) planPeer(s *dataplane.Objects, subnet netip.Prefix, public netip.Addr, data json.RawMessage, dev string) error {
 	_, mac, err := DecodeData(data)
 	if err != nil {
-		return // CheckPeer rejected it already; planning stays total.
+		return err
+	}
+	if b.net.Backend.DirectRouting && b.underlay.OnLink(public) {
+		s.AddRoute(dataplane.Route{Dst: subnet, Gw: public, Dev: b.underlay.Name})
+		return nil
 	}
 	gw := subnet.Addr()
 	s.AddRoute(dataplane.Route{Dst: subnet, Gw: gw, Dev: dev, OnLink: true})
 	s.AddNeigh(dataplane.Neigh{Dev: dev, IP: gw, MAC: mac})
 	s.AddFDB(dataplane.FDB{Dev: dev, MAC: mac, Dst: public})
+	return nil
 }

@@ -117,16 +117,16 @@ func TestPlan(t *testing.T) {
 				s.IPv6Subnet = netip.Prefix{}
 			}
 			for _, p := range tt.peers {
-				if err := b.CheckPeer(s, p); err != nil {
-					t.Fatalf("CheckPeer(%s): %v", p.Key(), err)
+				if _, err := b.Peer(s, p); err != nil {
+					t.Fatalf("Peer(%s): %v", p.Key(), err)
 				}
 			}
-			got := b.Plan(s, tt.peers).Lines()
+			got := backend.Compose(b, s, tt.peers).Lines()
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("(-want +got)\n%s", diff)
 			}
 			// Planning is deterministic: the same input gives the same state.
-			if again := b.Plan(s, tt.peers).Lines(); !cmp.Equal(got, again) {
+			if again := backend.Compose(b, s, tt.peers).Lines(); !cmp.Equal(got, again) {
 				t.Error("Plan is not deterministic")
 			}
 		})
@@ -219,13 +219,13 @@ func TestCheckPeerRejects(t *testing.T) {
 		{backend.ReasonNoPublicIP, mod(func(l *lease.Lease) { l.Attrs.PublicIP = netip.Addr{} })},
 		{backend.ReasonFamilyAbsent, mod(func(l *lease.Lease) { l.Subnet = netip.Prefix{}; l.IPv6Subnet = netip.MustParsePrefix("fc00::/64") })},
 	} {
-		err := b.CheckPeer(self, tc.l)
+		_, err := b.Peer(self, tc.l)
 		if got := backend.SkipReason(err); err == nil || got != tc.reason {
-			t.Errorf("CheckPeer(%+v) = %v (reason %q), want reason %q", tc.l, err, got, tc.reason)
+			t.Errorf("Peer(%+v) = %v (reason %q), want reason %q", tc.l, err, got, tc.reason)
 		}
 	}
-	if err := b.CheckPeer(self, good); err != nil {
-		t.Errorf("CheckPeer(good) = %v", err)
+	if _, err := b.Peer(self, good); err != nil {
+		t.Errorf("Peer(good) = %v", err)
 	}
 }
 
@@ -253,7 +253,7 @@ func BenchmarkPlan5000(b *testing.B) {
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		be.Plan(self, peers)
+		backend.Compose(be, self, peers)
 	}
 }
 

@@ -98,11 +98,11 @@ func Subnet6(id int) netip.Prefix {
 // State is what the daemon would declare for tp.
 func (tp *Topology) State() *dataplane.State {
 	s := dataplane.NewState()
-	s.Links[Dev4] = dataplane.VXLAN{
+	s.Links[Dev4] = dataplane.Link{
 		Name: Dev4, VNI: tp.VNI4, MTU: tp.MTU4, MAC: tp.MAC4,
 		Local: tp.U.Addr4.Addr(), ParentIndex: tp.U.Index, Addr: netip.PrefixFrom(Subnet4(0).Addr(), 32),
 	}
-	s.Links[Dev6] = dataplane.VXLAN{
+	s.Links[Dev6] = dataplane.Link{
 		Name: Dev6, VNI: tp.VNI6, MTU: tp.MTU6, MAC: tp.MAC6,
 		Local: tp.U.Addr6.Addr(), ParentIndex: tp.U.Index, Addr: netip.PrefixFrom(Subnet6(0).Addr(), 128),
 	}

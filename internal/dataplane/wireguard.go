@@ -1,0 +1,133 @@
+package dataplane
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+)
+
+// LinkKind says what kind of device a Link is.
+type LinkKind uint8
+
+const (
+	// KindVXLAN is a VXLAN device (the zero value: flannel.N, flannel-v6.N).
+	KindVXLAN LinkKind = iota
+	// KindWireGuard is a WireGuard device (flannel-wg, flannel-wg-v6): a
+	// kernel one where the kernel has the module, else a userspace one
+	// served by this process (see WireGuardDevices). Its identity is the
+	// kind alone; MTU, address, up state, private key and listen port
+	// (Link.Port) are fixed in place, so a restart reuses the device and
+	// its peers' sessions.
+	KindWireGuard
+)
+
+func (k LinkKind) String() string {
+	if k == KindWireGuard {
+		return "wireguard"
+	}
+	return "vxlan"
+}
+
+// WGKey is a Curve25519 key (private, public or preshared), as
+// WireGuard's tools print it: base64.
+type WGKey = wgtypes.Key
+
+// WGPeer is one WireGuard peer of one of our WireGuard devices: traffic
+// to AllowedIPs is encrypted to PublicKey and sent to Endpoint.
+type WGPeer struct {
+	Dev       string
+	PublicKey WGKey
+	// Endpoint is the peer's public address and listen port.
+	Endpoint netip.AddrPort
+	// AllowedIPs are the peer's subnets: the first, and a second for a
+	// dual-stack peer on a single device; an invalid entry is unused. An
+	// array keeps WGPeer comparable, as the diff needs.
+	AllowedIPs [2]netip.Prefix
+	// PSK is the preshared key; zero means none.
+	PSK WGKey
+	// Keepalive is the persistent keepalive interval in seconds; 0: off.
+	Keepalive uint16
+}
+
+// WGPeerKey identifies a WireGuard peer: a device holds one peer per
+// public key.
+type WGPeerKey struct {
+	Dev       string
+	PublicKey WGKey
+}
+
+// Key returns p's identity.
+func (p WGPeer) Key() WGPeerKey { return WGPeerKey{p.Dev, p.PublicKey} }
+
+// Allowed returns p's valid AllowedIPs.
+func (p WGPeer) Allowed() []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range p.AllowedIPs {
+		if a.IsValid() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// String renders p as `wg set` arguments, without the preshared key's
+// value (a secret).
+func (p WGPeer) String() string {
+	var allowed []string
+	for _, a := range p.Allowed() {
+		allowed = append(allowed, a.String())
+	}
+	s := fmt.Sprintf("%s peer %s endpoint %s allowed-ips %s", p.Dev, p.PublicKey, p.Endpoint, strings.Join(allowed, ","))
+	if p.PSK != (WGKey{}) {
+		s += " preshared-key (set)"
+	}
+	if p.Keepalive != 0 {
+		s += fmt.Sprintf(" persistent-keepalive %d", p.Keepalive)
+	}
+	return s
+}
+
+// AddWGPeer inserts p.
+func (s *State) AddWGPeer(p WGPeer) { s.WGPeers[p.Key()] = p }
+
+// AddWGPeer appends p.
+func (o *Objects) AddWGPeer(p WGPeer) { o.WGPeers = append(o.WGPeers, p) }
+
+func checkWGPeer(k WGPeerKey, p WGPeer) error {
+	switch {
+	case p.Key() != k:
+		return fmt.Errorf("wireguard peer keyed %s/%s is %s/%s", k.Dev, k.PublicKey, p.Dev, p.PublicKey)
+	case !p.Endpoint.IsValid() || p.Endpoint.Port() == 0:
+		return fmt.Errorf("wireguard peer %s on %s: endpoint %s is not an address and port", p.PublicKey, p.Dev, p.Endpoint)
+	case len(p.Allowed()) == 0:
+		return fmt.Errorf("wireguard peer %s on %s: no allowed IPs", p.PublicKey, p.Dev)
+	}
+	return nil
+}
+
+// linkLine renders a link for State.Lines. A WireGuard device shows its
+// public key, never the private one.
+func linkLine(l Link) string {
+	var line string
+	if l.Kind == KindWireGuard {
+		pub := "none"
+		if l.PrivateKey != (WGKey{}) {
+			pub = l.PrivateKey.PublicKey().String()
+		}
+		line = fmt.Sprintf("link %s wireguard listen-port %d mtu %d public-key %s", l.Name, l.Port, l.MTU, pub)
+	} else {
+		line = fmt.Sprintf("link %s vxlan id %d dstport %d local %s dev#%d mtu %d mac %s", l.Name, l.VNI, l.Port, l.Local, l.ParentIndex, l.MTU, l.MAC)
+		if l.GBP {
+			line += " gbp"
+		}
+		if l.Learning {
+			line += " learning"
+		}
+	}
+	if l.Addr.IsValid() {
+		line += " addr " + l.Addr.String()
+	}
+	return line
+}
