@@ -68,6 +68,10 @@ type Link struct {
 	// Addr is the address assigned to the device (the lease's network
 	// address as /32 or /128). Invalid means none.
 	Addr netip.Prefix
+	// Addr2 is a second address, of the other family than Addr: a single
+	// WireGuard device carrying both families (wireguard Mode auto, ipv4
+	// or ipv6 in a dual-stack network). Invalid means none.
+	Addr2 netip.Prefix
 	// PrivateKey is a WireGuard device's private key (zero: leave it as
 	// it is). Lines shows its public key only.
 	PrivateKey WGKey

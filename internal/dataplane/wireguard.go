@@ -129,5 +129,8 @@ func linkLine(l Link) string {
 	if l.Addr.IsValid() {
 		line += " addr " + l.Addr.String()
 	}
+	if l.Addr2.IsValid() {
+		line += " addr " + l.Addr2.String()
+	}
 	return line
 }
