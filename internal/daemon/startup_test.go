@@ -68,3 +68,20 @@ func TestOneLine(t *testing.T) {
 		t.Errorf("oneLine = %q, Is(inner) = %v", err, errors.Is(err, inner))
 	}
 }
+
+// TestDaemonRefusesUnknownBackend: a backend type no package provides (one
+// of upstream's we do not have yet, or a typo) stops the daemon before it
+// takes a lease, with a one-line error naming the field and listing the
+// types there are.
+func TestDaemonRefusesUnknownBackend(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlna"}}`)
+	h.start()
+	err := h.waitExit()
+	if err == nil || !strings.HasPrefix(err.Error(), `network config: Backend.Type: "vxlna" is not supported (supported: `) ||
+		!strings.Contains(err.Error(), "host-gw") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Run = %v", err)
+	}
+	if n := len(h.store.Leases()); n != 0 {
+		t.Errorf("%d leases taken", n)
+	}
+}

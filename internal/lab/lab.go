@@ -368,11 +368,14 @@ func (c *Cluster) Start(h *Host, extra ...string) error {
 	if h.Flanneld != "" {
 		bin = h.Flanneld
 	}
-	args := append([]string{"netns", "exec", h.NS, bin,
-		"--etcd-endpoints=" + c.EtcdEndpoint,
+	if err := os.MkdirAll(h.wireguardDir(), 0o700); err != nil {
+		return err
+	}
+	args := append(h.inNS(bin,
+		"--etcd-endpoints="+c.EtcdEndpoint,
 		"--iface=eth0",
-		"--subnet-file=" + h.SubnetFile,
-	}, extra...)
+		"--subnet-file="+h.SubnetFile,
+	), extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if len(h.Env) > 0 {
@@ -435,8 +438,32 @@ func (h *Host) Exited() (bool, error) {
 
 // Exec runs a command inside h's namespace and returns its combined output.
 func (c *Cluster) Exec(ctx context.Context, h *Host, name string, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.NS, name}, args...)...).CombinedOutput()
+	if err := os.MkdirAll(h.wireguardDir(), 0o700); err != nil {
+		return "", err
+	}
+	out, err := exec.CommandContext(ctx, "ip", h.inNS(name, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// wgSocketDir is where WireGuard's tools (wgctrl, wg) look for the sockets
+// of userspace devices. It is one directory per machine, but every lab
+// host runs a device of the same name (flannel-wg), so each host's
+// commands see a directory of their own there.
+const wgSocketDir = "/run/wireguard"
+
+// wireguardDir is h's stand-in for wgSocketDir.
+func (h *Host) wireguardDir() string {
+	return filepath.Join(filepath.Dir(h.SubnetFile), "wireguard")
+}
+
+// inNS returns the `ip` arguments that run name with args in h's network
+// namespace, with h's own WireGuard socket directory: `ip netns exec`
+// gives each command a private mount namespace (mounts made in it do not
+// reach the host), in which h's directory is bind-mounted over
+// wgSocketDir before the command starts.
+func (h *Host) inNS(name string, args ...string) []string {
+	script := `mkdir -p ` + wgSocketDir + ` && mount --bind "$0" ` + wgSocketDir + ` && exec "$@"`
+	return append([]string{"netns", "exec", h.NS, "sh", "-c", script, h.wireguardDir(), name}, args...)
 }
 
 // Detach leaves the cluster running after this process exits: it records
