@@ -6,7 +6,8 @@
 #   deps.sh --check    only report what is missing; exit 1 if anything is
 #
 # command:package pairs. The demo runs ip, ping and iperf3 inside network
-# namespaces; the tests add iptables (legacy and nft), nft and curl; gcc and
+# namespaces; the tests add iptables (legacy and nft), nft, curl and wg (to
+# check that WireGuard's own tool sees our devices, kernel or userspace); gcc and
 # the libc headers build upstream flanneld (its udp backend is cgo) for the
 # interop and migration tests; flock serialises the cached tool builds.
 set -euo pipefail
@@ -19,6 +20,7 @@ pairs=(
 	iptables-legacy:iptables
 	nft:nftables
 	curl:curl
+	wg:wireguard-tools
 	flock:util-linux
 	gcc:gcc
 	/usr/include/stdio.h:libc6-dev

@@ -378,9 +378,10 @@ func (c *Cluster) Start(h *Host, extra ...string) error {
 	), extra...)
 	cmd := exec.Command("ip", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if len(h.Env) > 0 {
-		cmd.Env = append(os.Environ(), h.Env...)
-	}
+	// The WireGuard key file (upstream's default /run/flannel/wgkey) would
+	// be one for every lab host: each gets its own unless told otherwise.
+	cmd.Env = append(os.Environ(), "WIREGUARD_KEY_FILE="+filepath.Join(filepath.Dir(h.SubnetFile), "wgkey"))
+	cmd.Env = append(cmd.Env, h.Env...)
 	// Own process group, so a Ctrl-C to the test does not hit it first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
