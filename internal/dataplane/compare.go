@@ -47,16 +47,22 @@ func sameIdentity(want, have Link) bool {
 }
 
 // linkSatisfied reports whether a device with identity have, admin state
-// up and global addresses addrs needs no write to become want. A zero MTU
-// or MAC in want means "whatever the kernel chose".
+// up and global addresses addrs needs no write to become want. A zero MTU,
+// MAC, WireGuard listen port or private key in want means "whatever the
+// device has".
 func linkSatisfied(want, have Link, up bool, addrs []netip.Prefix) bool {
 	return sameIdentity(want, have) && up &&
 		(want.MTU == 0 || want.MTU == have.MTU) &&
 		(want.MAC.IsZero() || want.MAC == have.MAC) &&
-		(want.Kind != KindWireGuard || want.Port == have.Port) &&
+		(want.Kind != KindWireGuard || want.Port == 0 || want.Port == have.Port) &&
 		(want.PrivateKey == WGKey{} || want.PrivateKey == have.PrivateKey) &&
-		len(staleAddrs(want.Addr, addrs)) == 0 &&
-		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr))
+		addrSatisfied(want.Addr, addrs) && addrSatisfied(want.Addr2, addrs)
+}
+
+// addrSatisfied reports whether a device with global addresses addrs has
+// want (if valid) and no other address of its family.
+func addrSatisfied(want netip.Prefix, addrs []netip.Prefix) bool {
+	return !want.IsValid() || (slices.Contains(addrs, want) && len(staleAddrs(want, addrs)) == 0)
 }
 
 // staleAddrs returns the addresses of want's family on the device other
@@ -92,6 +98,22 @@ func firstAddr(addrs []netip.Prefix) netip.Prefix {
 	return s[0]
 }
 
+// withAddrs returns l showing the global addresses addrs as a State does:
+// Addr is the first; a WireGuard device, which may carry both families,
+// shows the first of the other family as Addr2.
+func withAddrs(l Link, addrs []netip.Prefix) Link {
+	l.Addr, l.Addr2 = firstAddr(addrs), netip.Prefix{}
+	if l.Kind != KindWireGuard || !l.Addr.IsValid() {
+		return l
+	}
+	for _, a := range addrs {
+		if a.Addr().Is4() != l.Addr.Addr().Is4() && (!l.Addr2.IsValid() || a.Addr().Less(l.Addr2.Addr())) {
+			l.Addr2 = a
+		}
+	}
+	return l
+}
+
 // checkLink, checkRoute, checkNeigh and checkFDB reject declared objects
 // the kernel would refuse or store under another identity, so a bad entry
 // fails alone instead of being rewritten on every pass.
@@ -101,6 +123,14 @@ func checkLink(name string, l Link) error {
 		return fmt.Errorf("link keyed %q is named %q", name, l.Name)
 	case l.VNI >= 1<<24:
 		return fmt.Errorf("link %s: VNI %d does not fit in 24 bits", name, l.VNI)
+	case l.Kind != KindVXLAN && l.Kind != KindWireGuard:
+		return fmt.Errorf("link %s: unknown kind %d", name, l.Kind)
+	case l.Addr2.IsValid() && (!l.Addr.IsValid() || l.Addr2.Addr().Is4() == l.Addr.Addr().Is4()):
+		return fmt.Errorf("link %s: Addr2 %s is not of the other family than Addr %s", name, l.Addr2, l.Addr)
+	case l.Kind == KindWireGuard && (l.VNI != 0 || l.GBP || l.Learning || l.Local.IsValid() || l.ParentIndex != 0 || !l.MAC.IsZero()):
+		return fmt.Errorf("link %s: a WireGuard device has no VNI, GBP, learning, local address, parent or MAC", name)
+	case l.Kind == KindVXLAN && l.PrivateKey != (WGKey{}):
+		return fmt.Errorf("link %s: a VXLAN device has no private key", name)
 	}
 	return nil
 }

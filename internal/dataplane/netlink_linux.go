@@ -52,12 +52,18 @@ type Netlink struct {
 	nhFreeBatch int
 	// notes counts the notifications Subscribe has read.
 	notes atomic.Uint64
+
+	wg *wgState // WireGuard devices (wireguard_linux.go)
 }
 
 // NetlinkOption adjusts a Netlink.
 type NetlinkOption func(*netlinkOptions)
 
-type netlinkOptions struct{ plainRoutes bool }
+type netlinkOptions struct {
+	plainRoutes bool
+	wgMode      string
+	wgCreate    func(name string, mtu int) (WGDevice, error)
+}
 
 // PlainRoutes makes Netlink install every route as a plain route, as on a
 // kernel without nexthop objects, instead of giving IPv4 gateway routes a
@@ -80,10 +86,11 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var (
-		h   *netlink.Handle
-		err error
-	)
+	wg, err := newWGState(o)
+	if err != nil {
+		return nil, err
+	}
+	var h *netlink.Handle
 	if ns.IsOpen() {
 		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	} else {
@@ -97,7 +104,7 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 		h.Close()
 		return nil, err
 	}
-	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch}
+	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch, wg: wg}
 	if !o.plainRoutes {
 		ok, why := n.nexthopsUsable()
 		n.nhOK = ok
@@ -108,17 +115,19 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 	return n, nil
 }
 
-// Close releases the netlink sockets.
+// Close ends the userspace WireGuard devices n serves and releases the
+// netlink sockets.
 func (n *Netlink) Close() {
+	n.closeWG()
 	n.h.Close()
 	n.w.close()
 }
 
 // Dump reads from the kernel what Reconcile would consider its own given
-// links: those VXLAN devices (a device's Addr is its first global
-// address), the routes not made by the kernel itself, permanent neighbours
-// and FDB entries on them, and main-table routes carrying RouteProtocol on
-// any device. It does not change the index.
+// links: those VXLAN and WireGuard devices (addresses as withAddrs shows
+// them), the routes not made by the kernel itself, permanent neighbours,
+// FDB entries and WireGuard peers on them, and main-table routes carrying
+// RouteProtocol on any device. It does not change the index.
 func (n *Netlink) Dump(links ...string) (*State, error) {
 	names := map[string]bool{}
 	for _, l := range links {
@@ -152,6 +161,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	}
 	n.pass.Lock()
 	defer n.pass.Unlock()
+	n.reapWG()
 	p := &pass{n: n, ctx: ctx, ifindex: map[string]int{}}
 	if n.resync.Swap(false) {
 		// A notification may have been lost: the index cannot be trusted
@@ -212,9 +222,14 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	var tr map[RouteKey]struct{}
 	var tn map[NeighKey]struct{}
 	var tf map[FDBKey]struct{}
+	var tw map[WGPeerKey]struct{}
 	if touched != nil {
 		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
+		tw = nonNil(touched.WGPeers)
 	}
+	// WireGuard peers first: a route into a WireGuard device sends
+	// traffic nowhere until the peer that takes it is there.
+	p.addWGPeers(entries(desired.WGPeers, tw))
 	p.addFDB(entries(desired.FDB, tf))
 	p.addNeighs(entries(desired.Neighs, tn))
 	p.addRoutes(entries(desired.Routes, tr))
@@ -228,6 +243,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.delNeighs(desired, gone, tn)
 	p.delFDB(desired, gone, tf)
 	p.flush()
+	p.delWGPeers(desired, gone, tw)
 	p.delNexthops()
 	p.delLinks(gone)
 	return p.changes, errors.Join(p.errs...)
@@ -262,7 +278,8 @@ func (p *pass) stopped() bool {
 }
 
 // ownLink reports whether dev is one of our VXLAN devices. Only routes
-// on those get nexthop objects: the kernel flushes an object, and the
+// on those get nexthop objects (WireGuard devices carry a few device
+// routes, one per peer subnet, which need none): the kernel flushes an object, and the
 // routes using it, without a notification when its device loses carrier,
 // where a plain IPv4 route only turns linkdown. On the underlay (host-gw,
 // DirectRouting routes) a cable or switch flap would then drop the routes
@@ -272,8 +289,8 @@ func (p *pass) stopped() bool {
 func (p *pass) ownLink(dev string) bool {
 	p.n.mu.Lock()
 	defer p.n.mu.Unlock()
-	_, ok := p.n.idx.links[dev]
-	return ok
+	l, ok := p.n.idx.links[dev]
+	return ok && l.Kind == KindVXLAN
 }
 
 // resolve returns dev's ifindex, preferring our own links' (which may have
@@ -311,21 +328,21 @@ func (p *pass) ensureLink(want Link) {
 	if ok && linkSatisfied(want, have.Link, have.up, have.addrs) {
 		return
 	}
-	isVXLAN := ok
+	known := ok // a device of a kind we manage
 	if !ok {
-		l, found, vx, err := n.readLink(name)
+		l, found, k, err := n.readLink(name)
 		if err != nil {
 			p.fail(err)
 			return
 		}
-		have, ok, isVXLAN = l, found, vx
+		have, ok, known = l, found, k
 	}
-	if ok && !(isVXLAN && sameIdentity(want, have.Link)) {
+	if ok && !(known && sameIdentity(want, have.Link) && n.wgFits(have)) {
 		// The kernel takes the device's routes, neighbours and FDB entries
 		// with it; forget them first so their deletion notifications are
 		// not mistaken for drift.
 		n.forgetLink(name)
-		switch err := n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: have.index, Name: name}}); {
+		switch err := n.removeLink(name, have); {
 		case err == nil:
 			p.changes.LinksRemoved++
 			n.log.Info("deleted link with another identity", "link", name, "vni", have.VNI, "local", have.Local)
@@ -337,12 +354,11 @@ func (p *pass) ensureLink(want Link) {
 	}
 	created := false
 	if !ok {
-		if err := n.h.LinkAdd(newVxlan(want)); err != nil {
+		if err := n.addLink(want); err != nil {
 			p.fail(fmt.Errorf("create link %s: %w", name, err))
 			return
 		}
 		p.changes.LinksAdded++
-		n.log.Info("created link", "link", name, "vni", want.VNI, "local", want.Local)
 		l, found, _, err := n.readLink(name)
 		if err != nil || !found {
 			p.fail(fmt.Errorf("read back link %s: %w", name, errors.Join(err, ErrNoDevice)))
@@ -403,26 +419,9 @@ func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
 			have.MAC, wrote = want.MAC, true
 		}
 	}
-	for _, a := range staleAddrs(want.Addr, have.addrs) {
-		if err := h.AddrDel(link, &netlink.Addr{IPNet: ipNet(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			p.fail(fmt.Errorf("remove address %s from %s: %w", a, name, err))
-			continue
-		}
-		have.addrs, wrote = slices.DeleteFunc(have.addrs, func(b netip.Prefix) bool { return b == a }), true
-	}
-	if want.Addr.IsValid() && !slices.Contains(have.addrs, want.Addr) {
-		addr := &netlink.Addr{IPNet: ipNet(want.Addr)}
-		if want.Addr.Addr().Is6() {
-			// The address is unique by lease construction, and duplicate
-			// address detection on an overlay without a default FDB
-			// destination reaches no one: it would only keep the address
-			// tentative (unusable as a source) for a second.
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-			p.fail(fmt.Errorf("add address %s to %s: %w", want.Addr, name, err))
-		} else {
-			have.addrs, wrote = append(have.addrs, want.Addr), true
+	for _, a := range []netip.Prefix{want.Addr, want.Addr2} {
+		if p.fixAddr(link, a, have) {
+			wrote = true
 		}
 	}
 	if !have.up {
@@ -431,6 +430,41 @@ func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
 		} else {
 			have.up, wrote = true, true
 		}
+	}
+	if want.Kind == KindWireGuard && p.fixWG(want, have) {
+		wrote = true
+	}
+	return wrote
+}
+
+// fixAddr gives the device want (if valid) as its only global address of
+// want's family. The new address goes in before the stale ones go: the
+// kernel flushes every IPv4 route through a device that loses its last
+// IPv4 address (fib_disable_ip), announcing none of them, so removing
+// first would silently take the routes of a re-addressed device along.
+func (p *pass) fixAddr(link netlink.Link, want netip.Prefix, have *nlLink) (wrote bool) {
+	h, name := p.n.h, link.Attrs().Name
+	if want.IsValid() && !slices.Contains(have.addrs, want) {
+		addr := &netlink.Addr{IPNet: ipNet(want)}
+		if want.Addr().Is6() {
+			// The address is unique by lease construction, and duplicate
+			// address detection on an overlay without a default FDB
+			// destination reaches no one: it would only keep the address
+			// tentative (unusable as a source) for a second.
+			addr.Flags = unix.IFA_F_NODAD
+		}
+		if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+			p.fail(fmt.Errorf("add address %s to %s: %w", want, name, err))
+		} else {
+			have.addrs, wrote = append(have.addrs, want), true
+		}
+	}
+	for _, a := range staleAddrs(want, have.addrs) {
+		if err := h.AddrDel(link, &netlink.Addr{IPNet: ipNet(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			p.fail(fmt.Errorf("remove address %s from %s: %w", a, name, err))
+			continue
+		}
+		have.addrs, wrote = slices.DeleteFunc(have.addrs, func(b netip.Prefix) bool { return b == a }), true
 	}
 	return wrote
 }
@@ -965,7 +999,7 @@ func (p *pass) delLinks(gone map[string]bool) {
 			continue
 		}
 		n.forgetLink(name)
-		if err := n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.index, Name: name}}); err != nil {
+		if err := n.removeLink(name, l); err != nil {
 			if errors.Is(err, unix.ENODEV) {
 				continue
 			}

@@ -49,6 +49,17 @@ type Harness interface {
 	// AddNeigh and AddFDB add permanent entries.
 	AddNeigh(n dataplane.Neigh)
 	AddFDB(f dataplane.FDB)
+
+	// WGNames names the two WireGuard devices of the WireGuard cases:
+	// unique to the harness, since userspace devices' control sockets
+	// share one directory machine-wide.
+	WGNames() (a, b string)
+	// DeleteWGPeer and AddWGPeer change a device's peers as `wg set`
+	// does (AddWGPeer overwrites a peer with the same key).
+	DeleteWGPeer(k dataplane.WGPeerKey)
+	AddWGPeer(p dataplane.WGPeer)
+	// WireGuard is the Reconciler's status read of a WireGuard device.
+	WireGuard(name string) (dataplane.WGStatus, bool)
 }
 
 // Link names of the topology, as flannel names its devices for VNI 1.
@@ -78,7 +89,10 @@ func NewTopology(u Underlay) *Topology {
 	}
 }
 
-func (tp *Topology) peerPublic(u netip.Prefix, id int) netip.Addr {
+func (tp *Topology) peerPublic(u netip.Prefix, id int) netip.Addr { return peerAddr(u, id) }
+
+// peerAddr is peer id's public address in the underlay subnet u.
+func peerAddr(u netip.Prefix, id int) netip.Addr {
 	b := u.Masked().Addr().AsSlice()
 	b[len(b)-1] = byte(10 + id)
 	a, _ := netip.AddrFromSlice(b)
@@ -191,6 +205,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"DeltaMatchesCompleteDiff", testDelta},
 		{"DeltaFallsBackOnLinkChange", testDeltaLinkChange},
 	}
+	cases = append(cases, wgCases()...)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newDP(t)) })
 	}
@@ -488,6 +503,7 @@ func touchedBetween(from, to *dataplane.State) *dataplane.Delta {
 	touch(d.Routes, from.Routes, to.Routes)
 	touch(d.Neighs, from.Neighs, to.Neighs)
 	touch(d.FDB, from.FDB, to.FDB)
+	touch(d.WGPeers, from.WGPeers, to.WGPeers)
 	return d
 }
 
