@@ -195,6 +195,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"GarbageCollection", testGC},
 		{"GarbageCollectionAfterRestart", testRestartGC},
 		{"InPlaceMTUAndMAC", testInPlace},
+		{"InPlaceAddress", testReaddress},
 		{"IdentityChangeReplacesLink", testIdentityChange},
 		{"RestartWritesNothing", testRestart},
 		{"LinkRemoval", testLinkRemoval},
@@ -337,6 +338,25 @@ func testInPlace(t *testing.T, h Harness) {
 	if h.LinkIndex(Dev4) != idx4 || h.LinkIndex(Dev6) != idx6 {
 		t.Errorf("ifindex changed: %s %d→%d, %s %d→%d", Dev4, idx4, h.LinkIndex(Dev4), Dev6, idx6, h.LinkIndex(Dev6))
 	}
+}
+
+// testReaddress: a device's address changes in place (a new lease), and
+// the routes through it stay: the kernel flushes, unannounced, every IPv4
+// route through a device that loses its last IPv4 address, so the new
+// address must be in before the old one goes.
+func testReaddress(t *testing.T, h Harness) {
+	tp := setup(t, h)
+	want := tp.State()
+	for name, a := range map[string]netip.Prefix{
+		Dev4: netip.MustParsePrefix("10.244.0.5/32"), Dev6: netip.MustParsePrefix("fd10:244::5/128"),
+	} {
+		l := want.Links[name]
+		l.Addr = a
+		want.Links[name] = l
+	}
+	WantChanges(t, "address", Reconcile(t, h.Reconciler(), want, false), dataplane.Changes{LinksUpdated: 2})
+	WantKernel(t, h, want)
+	WantChanges(t, "full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{})
 }
 
 func testIdentityChange(t *testing.T, h Harness) {
