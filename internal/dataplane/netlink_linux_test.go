@@ -36,6 +36,8 @@ type nsHarness struct {
 	dp    *dataplane.Netlink
 	u     dataplanetest.Underlay
 	wg    [2]string // WireGuard device names (wireguard_linux_test.go)
+	// wgMode is the WireGuard mode of the Netlinks under test (""; auto).
+	wgMode string
 }
 
 func run(t *testing.T, args ...string) {
@@ -91,7 +93,7 @@ func newNS(t *testing.T) *nsHarness {
 
 func (h *nsHarness) newDP() *dataplane.Netlink {
 	log := slog.New(slog.NewTextHandler(h.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	opts := []dataplane.NetlinkOption{h.userspaceWG(dataplane.WGAuto)}
+	opts := []dataplane.NetlinkOption{h.userspaceWG(h.wgMode)}
 	if h.plain {
 		opts = append(opts, dataplane.PlainRoutes())
 	}

@@ -16,6 +16,16 @@ import (
 // only where they differ, drift on peers (which WireGuard never announces)
 // repaired by full passes, and garbage collection of peers on our devices.
 
+// RunWireGuard runs only the WireGuard cases of the suite (Run runs them
+// too): for a Reconciler to be tried with another WireGuard
+// implementation, as Netlink with kernel devices where the kernel has
+// them.
+func RunWireGuard(t *testing.T, newDP func(t *testing.T) Harness) {
+	for _, c := range wgCases() {
+		t.Run(c.name, func(t *testing.T) { c.fn(t, newDP(t)) })
+	}
+}
+
 func wgCases() []struct {
 	name string
 	fn   func(t *testing.T, h Harness)
@@ -145,12 +155,12 @@ func WantWG(t *testing.T, h Harness, tp *WGTopology, want *dataplane.State) {
 // wgSetup builds tp from nothing and checks the result.
 func wgSetup(t *testing.T, h Harness, tp *WGTopology) {
 	t.Helper()
-	WantChanges(t, "create", Reconcile(t, h.Reconciler(), tp.State(), true), tp.created())
+	WantChanges(t, "create", Reconcile(t, h.Reconciler(), tp.State(), true), tp.Created())
 	WantWG(t, h, tp, tp.State())
 }
 
-// created is what building tp from nothing writes.
-func (tp *WGTopology) created() dataplane.Changes {
+// Created is what building tp from nothing writes.
+func (tp *WGTopology) Created() dataplane.Changes {
 	n := len(tp.Peers)
 	if tp.Dual {
 		return dataplane.Changes{LinksAdded: 1, WGPeersAdded: n, RoutesAdded: 2 * n}
@@ -161,7 +171,7 @@ func (tp *WGTopology) created() dataplane.Changes {
 func testWGCreate(t *testing.T, h Harness) {
 	tp := NewWGTopology(h)
 	// Non-full from an empty index: the daemon's first pass.
-	WantChanges(t, "create", Reconcile(t, h.Reconciler(), tp.State(), false), tp.created())
+	WantChanges(t, "create", Reconcile(t, h.Reconciler(), tp.State(), false), tp.Created())
 	WantWG(t, h, tp, tp.State())
 
 	st, ok := h.WireGuard(tp.A)
@@ -393,7 +403,7 @@ func testWGReplaces(t *testing.T, h Harness) {
 	other.Links[tp.A] = dataplane.Link{Name: tp.A, VNI: 7, Local: u.Addr4.Addr(), ParentIndex: u.Index, MTU: 1400}
 	WantChanges(t, "vxlan", Reconcile(t, h.Reconciler(), other, false), dataplane.Changes{LinksAdded: 1})
 	idx := h.LinkIndex(tp.A)
-	want := tp.created()
+	want := tp.Created()
 	want.LinksRemoved = 1
 	WantChanges(t, "wireguard", Reconcile(t, h.Restart(), tp.State(), false), want)
 	WantWG(t, h, tp, tp.State())
@@ -416,7 +426,7 @@ func testWGInvalid(t *testing.T, h Harness) {
 	if !errors.Is(err, dataplane.ErrNoDevice) {
 		t.Errorf("peer on a missing device: err = %v, want ErrNoDevice", err)
 	}
-	WantChanges(t, "partial", c, tp.created())
+	WantChanges(t, "partial", c, tp.Created())
 	WantWG(t, h, tp, tp.State())
 	c, err = h.Reconciler().Reconcile(context.Background(), bad, false)
 	if err == nil {
