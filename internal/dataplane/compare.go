@@ -56,13 +56,27 @@ func linkSatisfied(want, have Link, up bool, addrs []netip.Prefix) bool {
 		(want.MAC.IsZero() || want.MAC == have.MAC) &&
 		(want.Kind != KindWireGuard || want.Port == 0 || want.Port == have.Port) &&
 		(want.PrivateKey == WGKey{} || want.PrivateKey == have.PrivateKey) &&
-		addrSatisfied(want.Addr, addrs) && addrSatisfied(want.Addr2, addrs)
+		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr)) &&
+		(!want.Addr2.IsValid() || slices.Contains(addrs, want.Addr2)) &&
+		len(staleLinkAddrs(want, addrs)) == 0
 }
 
-// addrSatisfied reports whether a device with global addresses addrs has
-// want (if valid) and no other address of its family.
-func addrSatisfied(want netip.Prefix, addrs []netip.Prefix) bool {
-	return !want.IsValid() || (slices.Contains(addrs, want) && len(staleAddrs(want, addrs)) == 0)
+// staleLinkAddrs returns the global addresses among addrs that a device
+// declared as want must not keep: those of Addr's family other than Addr,
+// and of Addr2's other than Addr2. A WireGuard device carries only what we
+// declare, so there an address of the other family than Addr is stale too
+// when Addr2 is unset (a device that carried both families and now carries
+// one). A VXLAN device's other family is left alone, as it always was.
+func staleLinkAddrs(want Link, addrs []netip.Prefix) []netip.Prefix {
+	out := append(staleAddrs(want.Addr, addrs), staleAddrs(want.Addr2, addrs)...)
+	if want.Kind == KindWireGuard && want.Addr.IsValid() && !want.Addr2.IsValid() {
+		for _, a := range addrs {
+			if a.Addr().Is4() != want.Addr.Addr().Is4() {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 // staleAddrs returns the addresses of want's family on the device other

@@ -524,13 +524,13 @@ func (f *Fake) ensureLink(want Link, c *Changes) error {
 		}
 	}
 	for _, a := range []netip.Prefix{want.Addr, want.Addr2} {
-		if stale := staleAddrs(a, have.addrs); len(stale) > 0 {
-			have.addrs = slices.DeleteFunc(slices.Clone(have.addrs), func(p netip.Prefix) bool { return slices.Contains(stale, p) })
-			wrote = true
-		}
 		if a.IsValid() && !slices.Contains(have.addrs, a) {
 			have.addrs, wrote = append(slices.Clone(have.addrs), a), true
 		}
+	}
+	if stale := staleLinkAddrs(want, have.addrs); len(stale) > 0 {
+		have.addrs = slices.DeleteFunc(slices.Clone(have.addrs), func(p netip.Prefix) bool { return slices.Contains(stale, p) })
+		wrote = true
 	}
 	if !have.up {
 		have.up, wrote = true, true

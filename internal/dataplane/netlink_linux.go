@@ -419,10 +419,21 @@ func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
 			have.MAC, wrote = want.MAC, true
 		}
 	}
+	// The new addresses go in before the stale ones go: the kernel
+	// flushes every IPv4 route through a device that loses its last IPv4
+	// address (fib_disable_ip), announcing none of them, so removing first
+	// would silently take the routes of a re-addressed device along.
 	for _, a := range []netip.Prefix{want.Addr, want.Addr2} {
-		if p.fixAddr(link, a, have) {
+		if p.addAddr(link, a, have) {
 			wrote = true
 		}
+	}
+	for _, a := range staleLinkAddrs(want, have.addrs) {
+		if err := h.AddrDel(link, &netlink.Addr{IPNet: ipNet(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
+			p.fail(fmt.Errorf("remove address %s from %s: %w", a, name, err))
+			continue
+		}
+		have.addrs, wrote = slices.DeleteFunc(have.addrs, func(b netip.Prefix) bool { return b == a }), true
 	}
 	if !have.up {
 		if err := h.LinkSetUp(link); err != nil {
@@ -437,36 +448,25 @@ func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
 	return wrote
 }
 
-// fixAddr gives the device want (if valid) as its only global address of
-// want's family. The new address goes in before the stale ones go: the
-// kernel flushes every IPv4 route through a device that loses its last
-// IPv4 address (fib_disable_ip), announcing none of them, so removing
-// first would silently take the routes of a re-addressed device along.
-func (p *pass) fixAddr(link netlink.Link, want netip.Prefix, have *nlLink) (wrote bool) {
-	h, name := p.n.h, link.Attrs().Name
-	if want.IsValid() && !slices.Contains(have.addrs, want) {
-		addr := &netlink.Addr{IPNet: ipNet(want)}
-		if want.Addr().Is6() {
-			// The address is unique by lease construction, and duplicate
-			// address detection on an overlay without a default FDB
-			// destination reaches no one: it would only keep the address
-			// tentative (unusable as a source) for a second.
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-			p.fail(fmt.Errorf("add address %s to %s: %w", want, name, err))
-		} else {
-			have.addrs, wrote = append(have.addrs, want), true
-		}
+// addAddr adds want (if valid) to the device unless it has it.
+func (p *pass) addAddr(link netlink.Link, want netip.Prefix, have *nlLink) (wrote bool) {
+	if !want.IsValid() || slices.Contains(have.addrs, want) {
+		return false
 	}
-	for _, a := range staleAddrs(want, have.addrs) {
-		if err := h.AddrDel(link, &netlink.Addr{IPNet: ipNet(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			p.fail(fmt.Errorf("remove address %s from %s: %w", a, name, err))
-			continue
-		}
-		have.addrs, wrote = slices.DeleteFunc(have.addrs, func(b netip.Prefix) bool { return b == a }), true
+	addr := &netlink.Addr{IPNet: ipNet(want)}
+	if want.Addr().Is6() {
+		// The address is unique by lease construction, and duplicate
+		// address detection on an overlay without a default FDB
+		// destination reaches no one: it would only keep the address
+		// tentative (unusable as a source) for a second.
+		addr.Flags = unix.IFA_F_NODAD
 	}
-	return wrote
+	if err := p.n.h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+		p.fail(fmt.Errorf("add address %s to %s: %w", want, link.Attrs().Name, err))
+		return false
+	}
+	have.addrs = append(have.addrs, want)
+	return true
 }
 
 // forgetLink drops a link and everything on it from the index.

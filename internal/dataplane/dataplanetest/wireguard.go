@@ -359,6 +359,13 @@ func testWGDual(t *testing.T, h Harness) {
 	WantChanges(t, "addr2", Reconcile(t, h.Reconciler(), want, false), dataplane.Changes{LinksUpdated: 1})
 	WantWG(t, h, tp, want)
 	WantChanges(t, "full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{})
+
+	// Without Addr2, the device keeps no address of the other family.
+	a.Addr2 = netip.Prefix{}
+	want.Links[tp.A] = a
+	WantChanges(t, "no addr2", Reconcile(t, h.Reconciler(), want, false), dataplane.Changes{LinksUpdated: 1})
+	WantWG(t, h, tp, want)
+	WantChanges(t, "full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{})
 }
 
 func testWGLinkRemoval(t *testing.T, h Harness) {
