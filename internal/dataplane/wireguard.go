@@ -75,11 +75,12 @@ func (p WGPeer) Allowed() []netip.Prefix {
 }
 
 // String renders p as `wg set` arguments, without the preshared key's
-// value (a secret). Allowed IPs are shown in address order: WireGuard
-// keeps them as a set, so a peer read back compares equal as text.
+// value (a secret). It shows p as WireGuard stores it (normWGPeer), so a
+// peer read back compares equal as text.
 func (p WGPeer) String() string {
+	p = normWGPeer(p)
 	var allowed []string
-	for _, a := range normWGPeer(p).Allowed() {
+	for _, a := range p.Allowed() {
 		allowed = append(allowed, a.String())
 	}
 	s := fmt.Sprintf("%s peer %s endpoint %s allowed-ips %s", p.Dev, p.PublicKey, p.Endpoint, strings.Join(allowed, ","))

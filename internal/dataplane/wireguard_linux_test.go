@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"slices"
@@ -20,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/wgctrl"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/dataplane/dataplanetest"
 	"github.com/weft-net/weft/internal/dataplane/wguser"
@@ -318,6 +320,44 @@ func TestNetlinkWireGuardMatchesTools(t *testing.T) {
 					t.Errorf("route on %s is not a plain device route: %s", dev, line)
 				}
 			}
+		}
+	}
+}
+
+// TestNetlinkWireGuardTooManyAllowedIPs: a peer of ours given more allowed
+// IPs behind our back (than a WGPeer can declare) is not taken for the
+// declared one; the full pass replaces its allowed IPs.
+func TestNetlinkWireGuardTooManyAllowedIPs(t *testing.T) {
+	h := newNS(t)
+	tp := dataplanetest.NewWGTopology(h)
+	want := tp.State()
+	dataplanetest.WantChanges(t, "create", dataplanetest.Reconcile(t, h.dp, want, true), tp.Created())
+	p := want.WGPeers[dataplane.WGPeerKey{Dev: tp.A, PublicKey: dataplanetest.WGPeerKey(1)}]
+	var allowed []net.IPNet
+	for _, a := range []string{"10.244.1.0/24", "10.99.0.0/16", "10.98.0.0/16"} {
+		allowed = append(allowed, *ipNet(netip.MustParsePrefix(a)))
+	}
+	h.wgctl("add allowed ips", func(c *wgctrl.Client) error {
+		return c.ConfigureDevice(tp.A, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: p.PublicKey, UpdateOnly: true, AllowedIPs: allowed}}})
+	})
+	dataplanetest.WantChanges(t, "full", dataplanetest.Reconcile(t, h.dp, want, true), dataplane.Changes{WGPeersAdded: 1})
+	dataplanetest.WantWG(t, h, tp, want)
+	st, _ := h.WireGuard(tp.A)
+	for _, ps := range st.Peers {
+		if ps.PublicKey == p.PublicKey && len(ps.AllowedIPs) != 1 {
+			t.Errorf("peer 1 allowed %v after the full pass, want %v", ps.AllowedIPs, p.Allowed())
+		}
+	}
+}
+
+// TestWireGuardModeNames: the modes NewNetlink takes are the values of
+// the --wireguard-device flag.
+func TestWireGuardModeNames(t *testing.T) {
+	for got, want := range map[string]string{
+		dataplane.WGAuto: config.WireGuardAuto, dataplane.WGKernel: config.WireGuardKernel, dataplane.WGUserspace: config.WireGuardUserspace,
+	} {
+		if got != want {
+			t.Errorf("mode %q, flag value %q", got, want)
 		}
 	}
 }

@@ -46,6 +46,7 @@ func wgCases() []struct {
 		{"WireGuardLinkDeletedBehindOurBack", testWGLinkDeleted},
 		{"WireGuardReplacesOtherDevice", testWGReplaces},
 		{"WireGuardInvalidAndPartial", testWGInvalid},
+		{"WireGuardPeerAsTheDeviceStoresIt", testWGNormalised},
 	}
 }
 
@@ -449,4 +450,26 @@ func testWGInvalid(t *testing.T, h Harness) {
 		t.Error("Addr2 of Addr's family: no error")
 	}
 	WantChanges(t, "valid again", Reconcile(t, h.Reconciler(), tp.State(), true), dataplane.Changes{})
+}
+
+// testWGNormalised: a peer declared otherwise than WireGuard stores it —
+// allowed IPs out of order, with host bits set, twice; an IPv4 endpoint
+// written as IPv4-mapped IPv6 — is written once and then read back as
+// equal, by this instance and by a restarted one.
+func testWGNormalised(t *testing.T, h Harness) {
+	tp := NewWGTopology(h)
+	want := tp.State()
+	k := dataplane.WGPeerKey{Dev: tp.A, PublicKey: WGPeerKey(1)}
+	p := want.WGPeers[k]
+	p.AllowedIPs = [2]netip.Prefix{netip.MustParsePrefix("fd10:244:1::7/64"), netip.MustParsePrefix("10.244.1.9/24")}
+	p.Endpoint = netip.AddrPortFrom(netip.AddrFrom16(p.Endpoint.Addr().As16()), p.Endpoint.Port())
+	want.WGPeers[k] = p
+	k2 := dataplane.WGPeerKey{Dev: tp.A, PublicKey: WGPeerKey(2)}
+	p2 := want.WGPeers[k2]
+	p2.AllowedIPs[1] = p2.AllowedIPs[0]
+	want.WGPeers[k2] = p2
+	WantChanges(t, "create", Reconcile(t, h.Reconciler(), want, true), tp.Created())
+	WantWG(t, h, tp, want)
+	WantChanges(t, "full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{})
+	WantChanges(t, "restart", Reconcile(t, h.Restart(), want, true), dataplane.Changes{})
 }
