@@ -6,6 +6,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 )
 
@@ -14,7 +15,8 @@ import (
 // mutate.
 func Factories() map[string]backend.Factory {
 	return map[string]backend.Factory{
-		config.BackendVXLAN:  vxlan.Factory,
-		config.BackendHostGW: hostgw.Factory,
+		config.BackendVXLAN:     vxlan.Factory,
+		config.BackendHostGW:    hostgw.Factory,
+		config.BackendWireGuard: wireguard.Factory,
 	}
 }
