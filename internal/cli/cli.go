@@ -20,7 +20,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/bench"
 	"github.com/weft-net/weft/internal/demo"
 	"github.com/weft-net/weft/internal/lab"
@@ -85,7 +85,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
 	fs.IntVar(&o.Nodes, "nodes", 3, "number of hosts")
 	fs.IntVar(&o.Pods, "pods", 2, "pods per host")
-	fs.StringVar(&o.Backend, "backend", "vxlan", "vxlan or host-gw")
+	fs.StringVar(&o.Backend, "backend", "vxlan", "vxlan, host-gw or wireguard")
 	fs.BoolVar(&o.DirectRouting, "direct-routing", false, "vxlan with DirectRouting")
 	fs.BoolVar(&o.IPv6Only, "ipv6", false, "IPv6-only cluster")
 	fs.BoolVar(&o.DualStack, "dual-stack", false, "dual-stack cluster")
@@ -205,7 +205,7 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		PublicIP    string `json:"publicIP,omitempty"`
 		PublicIPv6  string `json:"publicIPv6,omitempty"`
 		Backend     string `json:"backend,omitempty"`
-		VtepMAC     string `json:"vtepMAC,omitempty"`
+		Identity    string `json:"identity,omitempty"` // vxlan: VTEP MAC; wireguard: public key
 		Reservation bool   `json:"reservation"`
 		Error       string `json:"error,omitempty"`
 	}
@@ -228,8 +228,8 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if l.Attrs.PublicIPv6.IsValid() {
 			r.PublicIPv6 = l.Attrs.PublicIPv6.String()
 		}
-		if _, mac, err := vxlan.DecodeData(l.Attrs.BackendData); err == nil {
-			r.VtepMAC = mac.String()
+		if r.Identity = backends.Identity(l.Attrs, false); r.Identity == "" {
+			r.Identity = backends.Identity(l.Attrs, true)
 		}
 		rows = append(rows, r)
 	}
@@ -239,7 +239,7 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return enc.Encode(rows)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tBACKEND\tVTEP MAC\tNOTE")
+	fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tBACKEND\tMAC / KEY\tNOTE")
 	for _, r := range rows {
 		note := ""
 		if r.Reservation {
@@ -252,7 +252,7 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if pub == "" {
 			pub = r.PublicIPv6
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(pub), dash(r.Backend), dash(r.VtepMAC), note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(pub), dash(r.Backend), dash(r.Identity), note)
 	}
 	return tw.Flush()
 }

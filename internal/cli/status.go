@@ -233,7 +233,7 @@ func printStatus(w io.Writer, rep statusReport) {
 	if st := rep.Daemon; st != nil {
 		fmt.Fprintf(w, "\nPEERS (%d)\n", len(st.Peers))
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tVTEP MAC\tLAST CHANGED")
+		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tMAC / KEY\tLAST CHANGED")
 		peers := append([]daemon.PeerStatus(nil), st.Peers...)
 		sort.Slice(peers, func(i, j int) bool { return peers[i].Subnet < peers[j].Subnet })
 		for _, p := range peers {
@@ -241,9 +241,9 @@ func printStatus(w io.Writer, rep statusReport) {
 			if pub == "" {
 				pub = p.PublicIPv6
 			}
-			mac := p.VtepMAC
+			mac := p.Identity
 			if mac == "" {
-				mac = p.VtepMACv6
+				mac = p.IdentityV6
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", dash(p.Subnet), dash(p.IPv6Subnet), dash(pub), dash(mac), time.Since(p.LastSeen).Round(time.Second))
 		}

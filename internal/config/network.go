@@ -16,8 +16,9 @@ import (
 
 // Backend types understood by the daemon.
 const (
-	BackendVXLAN  = "vxlan"
-	BackendHostGW = "host-gw"
+	BackendVXLAN     = "vxlan"
+	BackendHostGW    = "host-gw"
+	BackendWireGuard = "wireguard"
 )
 
 // Network is the cluster-wide network configuration, validated and with
@@ -334,7 +335,8 @@ func parseBackend(data json.RawMessage, v4, v6 bool) (Backend, error) {
 			return b, err
 		}
 		b.MTU = rb.MTU
-	} // host-gw ignores MTU, as upstream does: routes carry packets as they are.
+	} // host-gw ignores MTU, as upstream does: routes carry packets as they
+	// are; wireguard parses its own options, MTU among them, from Raw.
 	b.GBP, b.Learning, b.DirectRouting = rb.GBP, rb.Learning, rb.DirectRouting
 	return b, nil
 }

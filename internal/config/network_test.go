@@ -69,7 +69,8 @@ func TestParseNetworkDefaults(t *testing.T) {
 // TestBackendMTU: Backend.MTU is the underlay MTU the VXLAN devices are
 // carved from (50 bytes less over IPv4, 70 over IPv6), so the smallest
 // valid value leaves the family's minimum device MTU: 68 over IPv4, 1280
-// over IPv6. host-gw ignores the field, as upstream does.
+// over IPv6. host-gw ignores the field, as upstream does; wireguard
+// checks it itself (its overhead is 80 bytes).
 func TestBackendMTU(t *testing.T) {
 	const dual = `"Network":"10.0.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48"`
 	for _, tc := range []struct {
@@ -87,6 +88,7 @@ func TestBackendMTU(t *testing.T) {
 		{`{"Network":"10.0.0.0/16","Backend":{"MTU":-1}}`,
 			"network config: Backend.MTU: must not be negative, got -1"},
 		{`{"Network":"10.0.0.0/16","Backend":{"Type":"host-gw","MTU":20}}`, ""},
+		{`{"Network":"10.0.0.0/16","Backend":{"Type":"wireguard","MTU":100}}`, ""},
 	} {
 		_, err := ParseNetwork([]byte(tc.json))
 		got := ""

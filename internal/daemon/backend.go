@@ -14,13 +14,13 @@ import (
 
 // makeBackend builds the backend the network config names.
 func (d *daemon) makeBackend(u backend.Underlay) error {
-	all := backends.Factories()
-	factory, ok := all[d.net.Backend.Type]
+	all := backends.All()
+	entry, ok := all[d.net.Backend.Type]
 	if !ok {
 		return wrapNetConfig(&config.FieldError{Field: "Backend.Type", Reason: fmt.Sprintf("%q is not supported (supported: %s)",
 			d.net.Backend.Type, strings.Join(slices.Sorted(maps.Keys(all)), ", "))})
 	}
-	b, err := factory(backend.Env{Log: d.log, Network: d.net, Underlay: u, Options: d.opts, Kernel: d.cfg.Dataplane})
+	b, err := entry.New(backend.Env{Log: d.log, Network: d.net, Underlay: u, Options: d.opts, Kernel: d.cfg.Dataplane})
 	if err != nil {
 		if fe := (*config.FieldError)(nil); errors.As(err, &fe) {
 			return wrapNetConfig(err)

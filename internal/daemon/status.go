@@ -5,8 +5,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend/vxlan"
-	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -37,13 +36,15 @@ type LeaseStatus struct {
 
 // PeerStatus is one programmed peer.
 type PeerStatus struct {
-	Subnet     string    `json:"subnet,omitempty"`
-	IPv6Subnet string    `json:"ipv6Subnet,omitempty"`
-	PublicIP   string    `json:"publicIP,omitempty"`
-	PublicIPv6 string    `json:"publicIPv6,omitempty"`
-	Backend    string    `json:"backend"`
-	VtepMAC    string    `json:"vtepMAC,omitempty"`
-	VtepMACv6  string    `json:"vtepMACv6,omitempty"`
+	Subnet     string `json:"subnet,omitempty"`
+	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
+	PublicIP   string `json:"publicIP,omitempty"`
+	PublicIPv6 string `json:"publicIPv6,omitempty"`
+	Backend    string `json:"backend"`
+	// Identity names the peer in its backend data (vxlan: the VTEP MAC;
+	// wireguard: the public key), per family.
+	Identity   string    `json:"identity,omitempty"`
+	IdentityV6 string    `json:"identityV6,omitempty"`
 	LastSeen   time.Time `json:"lastSeen"`
 }
 
@@ -149,14 +150,7 @@ func (d *daemon) status() Status {
 			PublicIP: str(p.Attrs.PublicIP), PublicIPv6: str(p.Attrs.PublicIPv6),
 			Backend: p.Attrs.BackendType, LastSeen: d.seen[p.ID()],
 		}
-		if p.Attrs.BackendType == config.BackendVXLAN {
-			if _, mac, err := vxlan.DecodeData(p.Attrs.BackendData); err == nil {
-				ps.VtepMAC = mac.String()
-			}
-			if _, mac, err := vxlan.DecodeData(p.Attrs.BackendV6Data); err == nil {
-				ps.VtepMACv6 = mac.String()
-			}
-		}
+		ps.Identity, ps.IdentityV6 = backends.Identity(p.Attrs, false), backends.Identity(p.Attrs, true)
 		s.Peers = append(s.Peers, ps)
 	}
 	for id, reason := range d.skipped {

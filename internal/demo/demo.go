@@ -25,7 +25,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/podrt"
@@ -45,7 +45,7 @@ const DefaultStateDir = "/run/weft-demo"
 // Options configure a demo run.
 type Options struct {
 	Nodes, Pods   int
-	Backend       string // vxlan or host-gw
+	Backend       string // vxlan, host-gw or wireguard
 	DirectRouting bool
 	IPv6Only      bool
 	DualStack     bool
@@ -84,7 +84,9 @@ type LeaseRow struct {
 	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
 	PublicIP   string `json:"publicIP,omitempty"`
 	PublicIPv6 string `json:"publicIPv6,omitempty"`
-	VtepMAC    string `json:"vtepMAC,omitempty"`
+	// Identity names the host in its backend data: the VTEP MAC (vxlan),
+	// the public key (wireguard).
+	Identity string `json:"identity,omitempty"`
 }
 
 // Pod is one pod namespace and its addresses.
@@ -107,9 +109,13 @@ type Ping struct {
 	Error  string  `json:"error,omitempty"`
 }
 
-// Throughput compares pod-to-pod with host-to-host TCP throughput.
+// Throughput compares pod-to-pod with host-to-host TCP throughput and,
+// when the backend is not vxlan, with a kernel VXLAN tunnel between the
+// same two hosts (what the vxlan backend would carry pods over), so that
+// one run puts the backend next to vxlan and the underlay.
 type Throughput struct {
 	PodToPodMbps   float64 `json:"podToPodMbps"`
+	VXLANMbps      float64 `json:"vxlanMbps,omitempty"`
 	HostToHostMbps float64 `json:"hostToHostMbps"`
 	Ratio          float64 `json:"ratio"`
 	Error          string  `json:"error,omitempty"`
@@ -148,8 +154,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Backend == "" {
 		o.Backend = "vxlan"
 	}
-	if o.Backend != "vxlan" && o.Backend != "host-gw" {
-		return nil, fmt.Errorf("--backend: %q is not vxlan or host-gw", o.Backend)
+	if o.Backend != "vxlan" && o.Backend != "host-gw" && o.Backend != "wireguard" {
+		return nil, fmt.Errorf("--backend: %q is not vxlan, host-gw or wireguard", o.Backend)
 	}
 	if o.Nodes < 1 || o.Nodes > 50 || o.Pods < 1 || o.Pods > 20 {
 		return nil, errors.New("--nodes must be 1..50 and --pods 1..20")
@@ -342,12 +348,8 @@ func (r *run) readLeases(ctx context.Context, cli *clientv3.Client) error {
 		if l.IPv6Subnet.IsValid() {
 			row.IPv6Subnet, row.PublicIPv6 = l.IPv6Subnet.String(), l.Attrs.PublicIPv6.String()
 		}
-		raw := l.Attrs.BackendData
-		if len(raw) == 0 {
-			raw = l.Attrs.BackendV6Data
-		}
-		if _, mac, err := vxlan.DecodeData(raw); err == nil {
-			row.VtepMAC = mac.String()
+		if row.Identity = backends.Identity(l.Attrs, false); row.Identity == "" {
+			row.Identity = backends.Identity(l.Attrs, true)
 		}
 		r.res.Leases = append(r.res.Leases, row)
 	}
@@ -523,10 +525,46 @@ func (r *run) throughput(ctx context.Context) *Throughput {
 		tp.Error = "host-to-host: " + err.Error()
 		return tp
 	}
+	if r.o.Backend != "vxlan" {
+		if tp.VXLANMbps, err = r.referenceVXLAN(ctx, a.pod.Host, b.pod.Host); err != nil {
+			tp.Error = "vxlan reference: " + err.Error()
+			return tp
+		}
+	}
 	if tp.HostToHostMbps > 0 {
 		tp.Ratio = tp.PodToPodMbps / tp.HostToHostMbps
 	}
 	return tp
+}
+
+// referenceVXLAN measures a kernel VXLAN tunnel between hosts a and b,
+// built by hand beside the demo's own devices (VNI 4242, port 4799, inner
+// addresses 198.18.201.1 and .2) over the underlay family the demo uses,
+// and removed afterwards.
+func (r *run) referenceVXLAN(ctx context.Context, a, b *lab.Host) (float64, error) {
+	const dev = "wtref"
+	ends := []struct {
+		h      *lab.Host
+		inner  string
+		local  netip.Addr
+		remote netip.Addr
+	}{{a, "198.18.201.1/30", a.IP, b.IP}, {b, "198.18.201.2/30", b.IP, a.IP}}
+	if r.o.IPv6Only {
+		ends[0].local, ends[0].remote, ends[1].local, ends[1].remote = a.IPv6, b.IPv6, b.IPv6, a.IPv6
+	}
+	for _, e := range ends {
+		for _, args := range [][]string{
+			{"link", "add", dev, "type", "vxlan", "id", "4242", "dstport", "4799", "local", e.local.String(), "remote", e.remote.String(), "dev", "eth0"},
+			{"addr", "add", e.inner, "dev", dev},
+			{"link", "set", dev, "up"},
+		} {
+			if out, err := exec.CommandContext(ctx, "ip", append([]string{"-n", e.h.NS}, args...)...).CombinedOutput(); err != nil {
+				return 0, fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+			}
+		}
+		defer exec.Command("ip", "-n", e.h.NS, "link", "del", dev).Run()
+	}
+	return iperf(ctx, a.NS, b.NS, "198.18.201.2")
 }
 
 func iperf(ctx context.Context, clientNS, serverNS, dst string) (float64, error) {

@@ -17,13 +17,13 @@ func (res *Result) Print(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "LEASES")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "HOST\tSUBNET\tIPV6 SUBNET\tPUBLIC IP\tVTEP MAC")
+	fmt.Fprintln(tw, "HOST\tSUBNET\tIPV6 SUBNET\tPUBLIC IP\tMAC / KEY")
 	for _, l := range res.Leases {
 		pub := l.PublicIP
 		if pub == "" {
 			pub = l.PublicIPv6
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Host, dash(l.Subnet), dash(l.IPv6Subnet), pub, dash(l.VtepMAC))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Host, dash(l.Subnet), dash(l.IPv6Subnet), pub, dash(l.Identity))
 	}
 	tw.Flush()
 
@@ -80,9 +80,12 @@ func (res *Result) Print(w io.Writer) {
 		if tp.Error != "" {
 			fmt.Fprintf(w, "  failed: %s\n", tp.Error)
 		} else {
-			fmt.Fprintf(w, "  pod → pod    %8.0f Mbit/s\n", tp.PodToPodMbps)
-			fmt.Fprintf(w, "  host → host  %8.0f Mbit/s\n", tp.HostToHostMbps)
-			fmt.Fprintf(w, "  ratio        %8.2f\n", tp.Ratio)
+			fmt.Fprintf(w, "  %-26s %8.0f Mbit/s\n", "pod → pod ("+res.Backend+")", tp.PodToPodMbps)
+			if tp.VXLANMbps > 0 {
+				fmt.Fprintf(w, "  %-26s %8.0f Mbit/s\n", "kernel vxlan, same hosts", tp.VXLANMbps)
+			}
+			fmt.Fprintf(w, "  %-26s %8.0f Mbit/s\n", "host → host (underlay)", tp.HostToHostMbps)
+			fmt.Fprintf(w, "  %-26s %8.2f\n", "ratio pod/host", tp.Ratio)
 		}
 	}
 	fmt.Fprintln(w)
