@@ -61,6 +61,9 @@ func (p *pass) ensureLink(want Link) {
 			return
 		}
 		have, created = l, true
+		if want.Kind == KindWireGuard {
+			n.wg.fresh[name] = true
+		}
 	}
 	if p.fixLink(want, &have) && !created {
 		p.changes.LinksUpdated++

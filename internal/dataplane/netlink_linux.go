@@ -7,6 +7,7 @@ import (
 	"iter"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -231,6 +232,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.addFDB(entries(desired.FDB, tf))
 	p.addNeighs(entries(desired.Neighs, tn))
 	p.addRoutes(entries(desired.Routes, tr))
+	p.greetWGPeers()
 	// Deletions are not interrupted once started: each takes its batch
 	// out of the index first, and stopping halfway would lose track of
 	// objects still in the kernel.
@@ -261,6 +263,9 @@ type pass struct {
 	unusedNH []uint32
 	// q are the writes queued for the next flush.
 	q []queued
+	// greet are peers written to a new WireGuard device, to be greeted
+	// once routes are in (greetWGPeers): the first allowed address of each.
+	greet []netip.Addr
 }
 
 func (p *pass) fail(err error) { p.errs = append(p.errs, err) }

@@ -74,6 +74,11 @@ type wgState struct {
 
 	mu   sync.Mutex
 	user map[string]WGDevice // userspace devices we made, by name
+
+	// fresh are devices we created that have had no peers written yet:
+	// the first peers written there are greeted (greetWGPeers). Only
+	// passes use it, under Netlink.pass.
+	fresh map[string]bool
 }
 
 func newWGState(o netlinkOptions) (*wgState, error) {
@@ -84,7 +89,7 @@ func newWGState(o netlinkOptions) (*wgState, error) {
 	default:
 		return nil, fmt.Errorf("wireguard mode: %q is not one of %s, %s, %s", o.wgMode, WGAuto, WGKernel, WGUserspace)
 	}
-	return &wgState{mode: o.wgMode, create: o.wgCreate, user: map[string]WGDevice{}}, nil
+	return &wgState{mode: o.wgMode, create: o.wgCreate, user: map[string]WGDevice{}, fresh: map[string]bool{}}, nil
 }
 
 // closeWG ends the userspace devices we serve and closes the wgctrl

@@ -13,6 +13,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
+
+	"github.com/weft-net/weft/internal/nsrun"
 )
 
 // WireGuard peers in Netlink.
@@ -153,6 +155,7 @@ func (p *pass) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer]) {
 	}
 	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
 		peers := byDev[dev]
+		defer delete(n.wg.fresh, dev) // greeted below, or never to be
 		for i, err := range p.writeWGPeers(dev, !user[dev], peers, false) {
 			pr := peers[i]
 			if err != nil {
@@ -161,6 +164,11 @@ func (p *pass) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer]) {
 			}
 			n.withIndex(func(x *nlIndex) { x.wgPeers[pr.Key()] = nlWGPeer{WGPeer: normWGPeer(pr)} })
 			p.changes.WGPeersAdded++
+			if n.wg.fresh[dev] {
+				if a := pr.Allowed(); len(a) > 0 {
+					p.greet = append(p.greet, a[0].Addr())
+				}
+			}
 		}
 	}
 }
@@ -275,4 +283,51 @@ func (n *Netlink) WireGuard(name string) (WGStatus, bool, error) {
 	}
 	sortPeerStatus(st.Peers)
 	return st, true, nil
+}
+
+// greetWGPeers sends one empty UDP datagram (to the discard port) through
+// our WireGuard devices to each peer written on a device this pass
+// created, so that the device starts a handshake with every peer at once.
+//
+// Why: a new device — a userspace one after a daemon restart, or a kernel
+// one after a reboot — has no sessions, but its peers still hold their
+// sessions with our old device and keep encrypting to them; we drop what
+// they send, and a peer only gives up on a session after 15 s without an
+// answer (WireGuard's keepalive plus rekey timeouts). Our handshake
+// replaces their session at once. The datagram itself reaches the peer's
+// own overlay address and is discarded there.
+func (p *pass) greetWGPeers() {
+	if len(p.greet) == 0 {
+		return
+	}
+	addrs := p.greet
+	p.greet = nil
+	send := func() error {
+		var errs []error
+		for _, a := range addrs {
+			c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 9)))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if _, err := c.Write(nil); err != nil {
+				errs = append(errs, err)
+			}
+			c.Close()
+		}
+		return errors.Join(errs...)
+	}
+	var err error
+	if p.n.ns.IsOpen() {
+		err = nsrun.Do(p.n.ns, send)
+	} else {
+		err = send()
+	}
+	// Only a courtesy: without it, sessions recover on WireGuard's own
+	// timers.
+	if err != nil {
+		p.n.log.Debug("greeting new wireguard peers", "peers", len(addrs), "err", err)
+	} else {
+		p.n.log.Debug("greeted new wireguard peers", "peers", len(addrs))
+	}
 }
