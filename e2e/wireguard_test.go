@@ -54,7 +54,7 @@ func TestWireGuard(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			n := 60 + i
 			c := newClusterV6(t, fmt.Sprintf("wtwg%d", i), 3, fmt.Sprintf("198.18.%d.0/24", n), tc.u6, tc.netconf)
-			c.startAll("--resync-period=2s", wgUserspace)
+			c.startAll("--resync-period=2s", wgUserspace, "--healthz-ip=127.0.0.1", "--healthz-port=9102")
 			var pods []*lab.Pod
 			for _, h := range c.Hosts {
 				pods = append(pods, c.addPod(h, "p1"))
@@ -75,7 +75,73 @@ func TestWireGuard(t *testing.T) {
 					c.checkEncrypted(pods[0], dst, c.Hosts[0], tc.ports)
 				}
 			}
+			c.checkWGStatus(h1, tc.devs)
 		})
+	}
+}
+
+// checkWGStatus checks what weft status and the metrics say of h's
+// WireGuard devices: the userspace implementation, both peers with a
+// handshake, the kernel in sync with the plan.
+func (c *cluster) checkWGStatus(h *lab.Host, devs []string) {
+	c.t.Helper()
+	const base = "http://127.0.0.1:9102"
+	out, err := c.Exec(context.Background(), h, weftBin, "status", "--url", base, "--json")
+	if err != nil {
+		c.t.Fatalf("weft status: %v\n%s", err, out)
+	}
+	var st struct {
+		Daemon struct {
+			Backend string
+			Peers   []struct{ Identity, IdentityV6 string }
+		}
+		Drift struct {
+			Desired        int
+			Missing, Extra []string
+		}
+		WireGuard []struct {
+			Name, Implementation string
+			Peers                []struct {
+				PublicKey       string
+				LatestHandshake time.Time
+			}
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		c.t.Fatalf("weft status --json: %v\n%s", err, out)
+	}
+	if st.Daemon.Backend != "wireguard" || len(st.Daemon.Peers) != 2 || st.Daemon.Peers[0].Identity+st.Daemon.Peers[0].IdentityV6 == "" {
+		c.t.Errorf("weft status daemon = %+v", st.Daemon)
+	}
+	if st.Drift.Desired == 0 || len(st.Drift.Missing) != 0 || len(st.Drift.Extra) != 0 {
+		c.t.Errorf("weft status drift = %+v, want in sync", st.Drift)
+	}
+	if len(st.WireGuard) != len(devs) {
+		c.t.Fatalf("weft status shows %d wireguard devices, want %d:\n%s", len(st.WireGuard), len(devs), out)
+	}
+	for i, d := range st.WireGuard {
+		if d.Name != devs[i] || d.Implementation != "userspace" || len(d.Peers) != 2 {
+			c.t.Errorf("weft status wireguard[%d] = %s %s, %d peers; want %s userspace, 2 peers", i, d.Name, d.Implementation, len(d.Peers), devs[i])
+		}
+		for _, p := range d.Peers {
+			if p.LatestHandshake.IsZero() || time.Since(p.LatestHandshake) > time.Minute {
+				c.t.Errorf("%s peer %s: latest handshake %v", d.Name, p.PublicKey, p.LatestHandshake)
+			}
+		}
+	}
+	text, err := c.Exec(context.Background(), h, weftBin, "status", "--url", base)
+	if err != nil || !strings.Contains(text, "wireguard "+devs[0]+": userspace") {
+		c.t.Errorf("weft status: %v\n%s", err, text)
+	}
+	_, body := c.curl(h, base+"/metrics")
+	if v := metricValue(body, "flannel_wireguard_peers"); v != float64(2*len(devs)) {
+		c.t.Errorf("flannel_wireguard_peers = %v, want %d", v, 2*len(devs))
+	}
+	if v := metricValue(body, "flannel_wireguard_handshake_age_seconds_count"); v != float64(2*len(devs)) {
+		c.t.Errorf("handshake ages observed = %v, want %d", v, 2*len(devs))
+	}
+	if v := metricValue(body, `flannel_peers{backend="wireguard"}`); v != 2 {
+		c.t.Errorf(`flannel_peers{backend="wireguard"} = %v, want 2`, v)
 	}
 }
 

@@ -28,7 +28,9 @@ type statusReport struct {
 	Readyz  string         `json:"readyz"`
 	Drift   *drift         `json:"drift,omitempty"`
 	Store   *storeSummary  `json:"store,omitempty"`
-	Errors  []string       `json:"errors,omitempty"`
+	// WireGuard is what our WireGuard devices report (wireguard backend).
+	WireGuard []wgDevice `json:"wireguard,omitempty"`
+	Errors    []string   `json:"errors,omitempty"`
 }
 
 type drift struct {
@@ -67,10 +69,8 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		rep.Errors = append(rep.Errors, "daemon: "+err.Error())
 	} else {
 		rep.Daemon = &st
-		if d, err := checkDrift(st); err != nil {
+		if err := readKernel(st, &rep); err != nil {
 			rep.Errors = append(rep.Errors, "kernel: "+err.Error())
-		} else {
-			rep.Drift = d
 		}
 	}
 	rep.Healthz = probe(ctx, *url+"/healthz")
@@ -124,14 +124,23 @@ func probe(ctx context.Context, url string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// checkDrift compares the daemon's desired state with what the kernel has
-// on our devices (and our-protocol routes elsewhere).
-func checkDrift(st daemon.Status) (*drift, error) {
+// readKernel fills rep's drift and WireGuard devices from the kernel.
+func readKernel(st daemon.Status, rep *statusReport) error {
 	dp, err := dataplane.NewNetlink(slog.New(slog.DiscardHandler), netns.None())
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer dp.Close()
+	if rep.Drift, err = checkDrift(dp, st); err != nil {
+		return err
+	}
+	rep.WireGuard, err = readWireGuard(dp, st.Devices)
+	return err
+}
+
+// checkDrift compares the daemon's desired state with what the kernel has
+// on our devices (and our-protocol routes elsewhere).
+func checkDrift(dp *dataplane.Netlink, st daemon.Status) (*drift, error) {
 	k, err := dp.Dump(st.Devices...)
 	if err != nil {
 		return nil, err
@@ -227,6 +236,7 @@ func printStatus(w io.Writer, rep statusReport) {
 			}
 		}
 	}
+	printWireGuard(w, rep.WireGuard)
 	if s := rep.Store; s != nil {
 		fmt.Fprintf(w, "store     %d leases in etcd\n", s.Leases)
 	}
