@@ -50,22 +50,41 @@ func TestWireGuard(t *testing.T) {
 		{"dual-stack", `{"Network":"10.62.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:62::/56",
 			"Backend":{"Type":"wireguard","PSK":"` + psk + `","PersistentKeepaliveInterval":25}}`, "fd18:62::/64",
 			[]string{"flannel-wg", "flannel-wg-v6"}, []uint16{51820, 51821}},
+		// One device for both families, peers reached over IPv6 (their
+		// v6 addresses are not private: fd18::/16 is, 2001:db8:: is not).
+		{"dual-stack-one-device", `{"Network":"10.65.0.0/16","EnableIPv6":true,"IPv6Network":"fd00:65::/56",
+			"Backend":{"Type":"wireguard","Mode":"ipv6"}}`, "2001:db8:65::/64",
+			[]string{"flannel-wg"}, []uint16{51820}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n := 60 + i
+			if i == 3 {
+				n = 65 // 63 and 64 are the restart and Kubernetes tests'
+			}
 			c := newClusterV6(t, fmt.Sprintf("wtwg%d", i), 3, fmt.Sprintf("198.18.%d.0/24", n), tc.u6, tc.netconf)
 			c.startAll("--resync-period=2s", wgUserspace, "--healthz-ip=127.0.0.1", "--healthz-port=9102")
 			var pods []*lab.Pod
 			for _, h := range c.Hosts {
 				pods = append(pods, c.addPod(h, "p1"))
 			}
-			want := 3 * 2 * len(tc.devs)
+			want := 3 * 2
+			if tc.u6 != "" && strings.Contains(tc.netconf, `"Network"`) {
+				want *= 2 // both families
+			}
 			if got := c.podMatrix(pods, 20*time.Second); got != want {
 				t.Fatalf("%d of %d pod pairs answered", got, want)
 			}
 			h1 := c.Hosts[0]
 			for j, dev := range tc.devs {
 				c.checkWGDevice(h1, dev, tc.ports[j], 2, tc.name == "dual-stack", true)
+			}
+			if strings.Contains(tc.netconf, `"Mode":"ipv6"`) {
+				// wg show <dev> endpoints: "<key>\t[<addr>]:<port>" per peer.
+				for _, l := range strings.Split(strings.TrimSpace(c.sh(h1, "wg", "show", "flannel-wg", "endpoints")), "\n") {
+					if !strings.Contains(l, "[2001:db8:65::") {
+						t.Errorf("Mode ipv6: peer endpoint %q is not the peer's IPv6 address", l)
+					}
+				}
 			}
 			if mtu := c.linkMTU(h1, tc.devs[0]); mtu != 1420 {
 				t.Errorf("%s mtu %d, want 1420 (underlay 1500 less 80)", tc.devs[0], mtu)
