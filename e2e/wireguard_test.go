@@ -95,7 +95,38 @@ func TestWireGuard(t *testing.T) {
 				}
 			}
 			c.checkWGStatus(h1, tc.devs)
+			c.checkWGLeases()
 		})
+	}
+}
+
+// checkWGLeases checks that weft leases names each host by the public key
+// its device reports.
+func (c *cluster) checkWGLeases() {
+	c.t.Helper()
+	out, err := execOut(weftBin, "leases", "--etcd-endpoints", c.EtcdClientURL, "--json")
+	if err != nil {
+		c.t.Fatalf("weft leases: %v\n%s", err, out)
+	}
+	var rows []struct{ Subnet, IPv6Subnet, Backend, Identity string }
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		c.t.Fatalf("weft leases --json: %v\n%s", err, out)
+	}
+	keys := map[string]bool{}
+	for _, h := range c.Hosts {
+		dev := "flannel-wg"
+		if !c.subnets[h.Index].IsValid() {
+			dev = "flannel-wg-v6"
+		}
+		keys[strings.TrimSpace(c.sh(h, "wg", "show", dev, "public-key"))] = true
+	}
+	if len(rows) != len(c.Hosts) {
+		c.t.Fatalf("weft leases: %d rows, want %d:\n%s", len(rows), len(c.Hosts), out)
+	}
+	for _, r := range rows {
+		if r.Backend != "wireguard" || !keys[r.Identity] {
+			c.t.Errorf("weft leases row %+v: want backend wireguard and one of the devices' keys", r)
+		}
 	}
 }
 
