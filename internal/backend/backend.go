@@ -82,8 +82,17 @@ func SkipReason(err error) string {
 	return ReasonDecode
 }
 
-// CheckPeerSubnets applies the checks every backend makes on a peer:
-// its subnets lie inside the network, do not overlap ours, and it offers
+// CheckPeer applies the checks every backend makes on a peer: its lease
+// is of backend type typ, and CheckPeerSubnets.
+func CheckPeer(n *config.Network, typ string, self, peer lease.Lease) error {
+	if peer.Attrs.BackendType != typ {
+		return Skipf(ReasonBackendType, "lease %s has backend %q, want %q", peer.Key(), peer.Attrs.BackendType, typ)
+	}
+	return CheckPeerSubnets(n, self, peer)
+}
+
+// CheckPeerSubnets applies the checks every backend makes on a peer's
+// subnets: they lie inside the network, do not overlap ours, and it offers
 // at least one enabled family with a public address.
 func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
 	usable := false

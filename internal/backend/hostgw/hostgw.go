@@ -53,10 +53,7 @@ func (b *Backend) Resume(lease.Lease) lease.Attrs { return b.Attrs() }
 // public address, which the kernel accepts only when it is on-link.
 func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 	var o dataplane.Objects
-	if p.Attrs.BackendType != config.BackendHostGW {
-		return o, backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", p.Key(), p.Attrs.BackendType, config.BackendHostGW)
-	}
-	if err := backend.CheckPeerSubnets(b.net, self, p); err != nil {
+	if err := backend.CheckPeer(b.net, config.BackendHostGW, self, p); err != nil {
 		return o, err
 	}
 	if b.net.EnableIPv4 && p.Subnet.IsValid() {

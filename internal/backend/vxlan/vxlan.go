@@ -259,10 +259,7 @@ func (b *Backend) Attrs() lease.Attrs {
 // is decoded once and its route, neighbour and FDB entry planned.
 func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 	var o dataplane.Objects
-	if p.Attrs.BackendType != config.BackendVXLAN {
-		return o, backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", p.Key(), p.Attrs.BackendType, config.BackendVXLAN)
-	}
-	if err := backend.CheckPeerSubnets(b.net, self, p); err != nil {
+	if err := backend.CheckPeer(b.net, config.BackendVXLAN, self, p); err != nil {
 		return o, err
 	}
 	vni := b.net.Backend.VNI

@@ -6,9 +6,9 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 
+	"github.com/weft-net/weft/internal/atomicfile"
 	"github.com/weft-net/weft/internal/dataplane"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -51,49 +51,12 @@ func parseKeyFile(path string, data []byte) (dataplane.WGKey, error) {
 	return k, nil
 }
 
-// writeKeyFile writes k to path atomically: the key goes to a temporary
-// file in the same directory, readable by its owner only from before the
-// first byte, which is then renamed over path, so a crash leaves either
-// no key file or a whole one, never a truncated key that the next start
-// would refuse.
-func writeKeyFile(path string, k dataplane.WGKey) (err error) {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+// writeKeyFile writes k to path atomically, readable by its owner only
+// from before the first byte: a crash leaves either no key file or a
+// whole one, never a truncated key that the next start would refuse.
+func writeKeyFile(path string, k dataplane.WGKey) error {
+	if err := atomicfile.Write(path, []byte(k.String()), 0o400); err != nil {
 		return fmt.Errorf("wireguard key file: %w", err)
-	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("wireguard key file: %w", err)
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	// Chmod, not a create mode: a mode given at creation is cut by the
-	// umask, chmod sets it exactly.
-	if err := f.Chmod(0o400); err != nil {
-		return fmt.Errorf("wireguard key file %s: %w", tmp, err)
-	}
-	if _, err := f.WriteString(k.String()); err != nil {
-		return fmt.Errorf("wireguard key file %s: %w", tmp, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("wireguard key file %s: %w", tmp, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("wireguard key file %s: %w", tmp, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("wireguard key file: %w", err)
-	}
-	// The rename is durable once the directory is; best effort, as the
-	// default directory, /run, does not survive a reboot anyway.
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

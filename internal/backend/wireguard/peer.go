@@ -24,10 +24,7 @@ type family struct {
 // once per family and its WireGuard peer entries planned.
 func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 	var o dataplane.Objects
-	if p.Attrs.BackendType != config.BackendWireGuard {
-		return o, backend.Skipf(backend.ReasonBackendType, "lease %s has backend %q, want %q", p.Key(), p.Attrs.BackendType, config.BackendWireGuard)
-	}
-	if err := backend.CheckPeerSubnets(b.net, self, p); err != nil {
+	if err := backend.CheckPeer(b.net, config.BackendWireGuard, self, p); err != nil {
 		return o, err
 	}
 	var f4, f6 family
