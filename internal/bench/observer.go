@@ -1,0 +1,223 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lab"
+)
+
+// Counts are the per-peer kernel objects found on the daemon's device:
+// routes, neighbours and FDB entries for vxlan, WireGuard peers for
+// wireguard (whose one route covers the whole network, so counts nothing).
+type Counts struct {
+	dataplane.DevCounts
+	WGPeers int `json:",omitempty"`
+}
+
+// observer sees, from outside the daemon, one backend's per-peer kernel
+// objects in the host's namespace.
+type observer interface {
+	// device is the link the per-peer objects hang off.
+	device() string
+	// pollEvery is how often bulk phases count.
+	pollEvery() time.Duration
+	count() (Counts, error)
+	// complete reports whether c is every object of n peers (0: none).
+	complete(c Counts, n int) bool
+	describe(c Counts) string
+	// watch starts seeing single peers come and go.
+	watch(ctx context.Context) (singleWatch, error)
+	// cost is what observing asked of the daemon under test: UAPI gets
+	// and their wall time (zero when the kernel answers).
+	cost() (gets int, d time.Duration)
+	close()
+}
+
+// singleWatch sees one peer's object appear or go. expect is called
+// before the write that causes the change (so nothing is missed), and the
+// function it returns waits until the change is seen and returns when.
+type singleWatch interface {
+	expect(p peer, added bool) (wait func(context.Context) (time.Time, error))
+	stop() error
+}
+
+// newObserver returns backend's observer for host h, whose namespace is
+// ns, counting through probe.
+func newObserver(backend string, h *lab.Host, ns netns.NsHandle, probe *dataplane.Probe) (observer, error) {
+	switch backend {
+	case config.BackendVXLAN:
+		return &vxlanObserver{ns: ns, probe: probe}, nil
+	case config.BackendWireGuard:
+		return &wgObserver{r: newWGReader(ns, wgDevice, h.WireGuardSocket(wgDevice))}, nil
+	}
+	return nil, fmt.Errorf("backend %q: the bench knows vxlan and wireguard", backend)
+}
+
+const (
+	// vxlanDevice is the VXLAN device every flannel daemon programs for
+	// VNI 1.
+	vxlanDevice = "flannel.1"
+	// vxlanPoll is the counting dump's period. A dump of 3×10,000 entries
+	// parsed only as far as their headers costs well under a millisecond,
+	// so polling this often barely competes with the daemon for the CPU.
+	vxlanPoll = 10 * time.Millisecond
+	// wgDevice is the IPv4 WireGuard device of flannel's wireguard
+	// backend.
+	wgDevice = "flannel-wg"
+	// wgPoll is the counting period for WireGuard: a get is O(K) text
+	// (about 200 bytes a peer), served by the daemon itself when the
+	// device is userspace.
+	wgPoll = 25 * time.Millisecond
+	// wgSinglePoll is the period while one peer is awaited: WireGuard
+	// announces no peer changes, so single joins and leaves are seen by
+	// polling, to within this (plus one get).
+	wgSinglePoll = 2 * time.Millisecond
+)
+
+// vxlanObserver counts through raw netlink dumps and sees single peers
+// through a route subscription: the route is the last object a join
+// writes (after FDB entry and neighbour) and the first a leave deletes.
+type vxlanObserver struct {
+	ns    netns.NsHandle
+	probe *dataplane.Probe
+}
+
+func (o *vxlanObserver) device() string             { return vxlanDevice }
+func (o *vxlanObserver) pollEvery() time.Duration   { return vxlanPoll }
+func (o *vxlanObserver) cost() (int, time.Duration) { return 0, 0 }
+func (o *vxlanObserver) close()                     {}
+
+func (o *vxlanObserver) count() (Counts, error) {
+	c, err := o.probe.Count(vxlanDevice)
+	return Counts{DevCounts: c}, err
+}
+
+func (o *vxlanObserver) complete(c Counts, n int) bool {
+	return c.Routes == n && c.Neighs == n && c.FDB == n
+}
+
+func (o *vxlanObserver) describe(c Counts) string {
+	return fmt.Sprintf("%d routes, %d neighbours, %d fdb entries", c.Routes, c.Neighs, c.FDB)
+}
+
+func (o *vxlanObserver) watch(ctx context.Context) (singleWatch, error) {
+	w, err := dataplane.OpenRouteWatch(o.ns)
+	if err != nil {
+		return nil, err
+	}
+	rw := &routeWatch{waiters: map[routeKey]chan time.Time{}}
+	ctx, rw.cancel = context.WithCancel(ctx)
+	rw.g.Go(func() error {
+		return w.Run(ctx, func(dst netip.Prefix, added bool) {
+			at := time.Now()
+			rw.mu.Lock()
+			ch, ok := rw.waiters[routeKey{dst, added}]
+			delete(rw.waiters, routeKey{dst, added})
+			rw.mu.Unlock()
+			if ok {
+				ch <- at
+			}
+		})
+	})
+	return rw, nil
+}
+
+type routeKey struct {
+	dst   netip.Prefix
+	added bool
+}
+
+// routeWatch hands each route notification, timed on arrival, to whoever
+// expects it.
+type routeWatch struct {
+	cancel  context.CancelFunc
+	g       errgroup.Group
+	mu      sync.Mutex
+	waiters map[routeKey]chan time.Time
+}
+
+func (rw *routeWatch) expect(p peer, added bool) func(context.Context) (time.Time, error) {
+	ch := make(chan time.Time, 1)
+	rw.mu.Lock()
+	rw.waiters[routeKey{p.dst, added}] = ch
+	rw.mu.Unlock()
+	return func(ctx context.Context) (time.Time, error) {
+		t := time.NewTimer(sampleTimeout)
+		defer t.Stop()
+		select {
+		case at := <-ch:
+			return at, nil
+		case <-t.C:
+			return time.Time{}, fmt.Errorf("no route notification for %s within %s", p.dst, sampleTimeout)
+		case <-ctx.Done():
+			return time.Time{}, ctx.Err()
+		}
+	}
+}
+
+func (rw *routeWatch) stop() error {
+	rw.cancel()
+	return rw.g.Wait()
+}
+
+// wgObserver reads the WireGuard device's peers (wgReader) for both bulk
+// counts and single samples.
+type wgObserver struct{ r *wgReader }
+
+func (o *wgObserver) device() string           { return wgDevice }
+func (o *wgObserver) pollEvery() time.Duration { return wgPoll }
+func (o *wgObserver) close()                   { o.r.close() }
+
+func (o *wgObserver) cost() (int, time.Duration) { return o.r.gets, o.r.getTime }
+
+func (o *wgObserver) count() (Counts, error) {
+	keys, err := o.r.read()
+	return Counts{WGPeers: len(keys)}, err
+}
+
+func (o *wgObserver) complete(c Counts, n int) bool { return c.WGPeers == n }
+
+func (o *wgObserver) describe(c Counts) string { return fmt.Sprintf("%d wireguard peers", c.WGPeers) }
+
+func (o *wgObserver) watch(context.Context) (singleWatch, error) { return o, nil }
+
+func (o *wgObserver) stop() error { return nil }
+
+// expect polls every wgSinglePoll until p's public key is present (or
+// absent) and returns the end of the first get that shows it: an upper
+// bound, later than the change by at most one period and one get.
+func (o *wgObserver) expect(p peer, added bool) func(context.Context) (time.Time, error) {
+	return func(ctx context.Context) (time.Time, error) {
+		deadline := time.Now().Add(sampleTimeout)
+		t := time.NewTicker(wgSinglePoll)
+		defer t.Stop()
+		for {
+			keys, err := o.r.read()
+			at := time.Now()
+			if err != nil {
+				return time.Time{}, err
+			}
+			if _, ok := keys[p.pub]; ok == added {
+				return at, nil
+			}
+			if at.After(deadline) {
+				return time.Time{}, fmt.Errorf("wireguard peer %s (%s) still %s after %s",
+					p.pub, p.dst, map[bool]string{true: "absent", false: "present"}[added], sampleTimeout)
+			}
+			select {
+			case <-ctx.Done():
+				return time.Time{}, ctx.Err()
+			case <-t.C:
+			}
+		}
+	}
+}
