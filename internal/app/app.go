@@ -12,12 +12,10 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/vishvananda/netns"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/daemon"
-	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
@@ -63,11 +61,12 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 		store = es
 	}
 
-	dp, err := dataplane.NewNetlink(log.With("component", "dataplane"), netns.None())
+	dp, err := openDataplane(log, opts)
 	if err != nil {
 		return err
 	}
 	defer dp.Close()
+	m.WatchWireGuard(wireGuardStats(dp))
 
 	health := httpapi.NewHealth(opts.ResyncPeriod, watchDeadline, store.WatchDownSince)
 	board := &daemon.Board{}

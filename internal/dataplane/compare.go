@@ -47,16 +47,36 @@ func sameIdentity(want, have Link) bool {
 }
 
 // linkSatisfied reports whether a device with identity have, admin state
-// up and global addresses addrs needs no write to become want. A zero MTU
-// or MAC in want means "whatever the kernel chose".
+// up and global addresses addrs needs no write to become want. A zero MTU,
+// MAC, WireGuard listen port or private key in want means "whatever the
+// device has".
 func linkSatisfied(want, have Link, up bool, addrs []netip.Prefix) bool {
 	return sameIdentity(want, have) && up &&
 		(want.MTU == 0 || want.MTU == have.MTU) &&
 		(want.MAC.IsZero() || want.MAC == have.MAC) &&
-		(want.Kind != KindWireGuard || want.Port == have.Port) &&
+		(want.Kind != KindWireGuard || want.Port == 0 || want.Port == have.Port) &&
 		(want.PrivateKey == WGKey{} || want.PrivateKey == have.PrivateKey) &&
-		len(staleAddrs(want.Addr, addrs)) == 0 &&
-		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr))
+		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr)) &&
+		(!want.Addr2.IsValid() || slices.Contains(addrs, want.Addr2)) &&
+		len(staleLinkAddrs(want, addrs)) == 0
+}
+
+// staleLinkAddrs returns the global addresses among addrs that a device
+// declared as want must not keep: those of Addr's family other than Addr,
+// and of Addr2's other than Addr2. A WireGuard device carries only what we
+// declare, so there an address of the other family than Addr is stale too
+// when Addr2 is unset (a device that carried both families and now carries
+// one). A VXLAN device's other family is left alone, as it always was.
+func staleLinkAddrs(want Link, addrs []netip.Prefix) []netip.Prefix {
+	out := append(staleAddrs(want.Addr, addrs), staleAddrs(want.Addr2, addrs)...)
+	if want.Kind == KindWireGuard && want.Addr.IsValid() && !want.Addr2.IsValid() {
+		for _, a := range addrs {
+			if a.Addr().Is4() != want.Addr.Addr().Is4() {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 // staleAddrs returns the addresses of want's family on the device other
@@ -92,6 +112,22 @@ func firstAddr(addrs []netip.Prefix) netip.Prefix {
 	return s[0]
 }
 
+// withAddrs returns l showing the global addresses addrs as a State does:
+// Addr is the first; a WireGuard device, which may carry both families,
+// shows the first of the other family as Addr2.
+func withAddrs(l Link, addrs []netip.Prefix) Link {
+	l.Addr, l.Addr2 = firstAddr(addrs), netip.Prefix{}
+	if l.Kind != KindWireGuard || !l.Addr.IsValid() {
+		return l
+	}
+	for _, a := range addrs {
+		if a.Addr().Is4() != l.Addr.Addr().Is4() && (!l.Addr2.IsValid() || a.Addr().Less(l.Addr2.Addr())) {
+			l.Addr2 = a
+		}
+	}
+	return l
+}
+
 // checkLink, checkRoute, checkNeigh and checkFDB reject declared objects
 // the kernel would refuse or store under another identity, so a bad entry
 // fails alone instead of being rewritten on every pass.
@@ -101,6 +137,14 @@ func checkLink(name string, l Link) error {
 		return fmt.Errorf("link keyed %q is named %q", name, l.Name)
 	case l.VNI >= 1<<24:
 		return fmt.Errorf("link %s: VNI %d does not fit in 24 bits", name, l.VNI)
+	case l.Kind != KindVXLAN && l.Kind != KindWireGuard:
+		return fmt.Errorf("link %s: unknown kind %d", name, l.Kind)
+	case l.Addr2.IsValid() && (!l.Addr.IsValid() || l.Addr2.Addr().Is4() == l.Addr.Addr().Is4()):
+		return fmt.Errorf("link %s: Addr2 %s is not of the other family than Addr %s", name, l.Addr2, l.Addr)
+	case l.Kind == KindWireGuard && (l.VNI != 0 || l.GBP || l.Learning || l.Local.IsValid() || l.ParentIndex != 0 || !l.MAC.IsZero()):
+		return fmt.Errorf("link %s: a WireGuard device has no VNI, GBP, learning, local address, parent or MAC", name)
+	case l.Kind == KindVXLAN && l.PrivateKey != (WGKey{}):
+		return fmt.Errorf("link %s: a VXLAN device has no private key", name)
 	}
 	return nil
 }

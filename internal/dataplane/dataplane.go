@@ -10,21 +10,26 @@ import "context"
 // failed write, and returns what it changed together with all errors
 // (errors.Join); the index reflects the state actually reached, so the next
 // call retries only what failed. With full set it first re-reads the kernel
-// (a dump of our devices and of routes carrying RouteProtocol), which
-// repairs drift and garbage-collects objects of ours that desired lacks;
-// without it, no dump happens and the cost is proportional to the change.
+// (a dump of our devices and of routes carrying RouteProtocol, and the
+// peers of our WireGuard devices), which repairs drift and
+// garbage-collects objects of ours that desired lacks; without it, no
+// dump happens and the cost is proportional to the change. WireGuard
+// announces no peer changes, so drift on a peer is only ever found by a
+// full Reconcile.
 //
 // Links in desired are created, adopted (an existing device whose identity
-// — VNI, port, local address, parent, GBP, learning — matches is reused
-// untouched so a restart keeps traffic flowing), or replaced when the
-// identity differs. MTU, MAC, address and up state are fixed in place.
+// — VNI, port, local address, parent, GBP, learning; for WireGuard the
+// kind alone — matches is reused untouched so a restart keeps traffic
+// flowing), or replaced when the identity differs. MTU, MAC, addresses and
+// up state (and a WireGuard device's listen port and private key) are
+// fixed in place.
 // A link that was ours (in the index) and is no longer desired is deleted;
 // other links are never deleted.
 //
 // ReconcileDelta is the incremental form of a non-full Reconcile, for a
 // caller that knows which keys changed: it brings the links to desired as
-// Reconcile does, then diffs only the touched routes, neighbours and FDB
-// entries against the index — a touched key in desired is written if the
+// Reconcile does, then diffs only the touched routes, neighbours, FDB
+// entries and WireGuard peers against the index — a touched key in desired is written if the
 // index disagrees, a touched key absent from desired is deleted if the
 // index has it — so its cost is proportional to the change, not to the
 // size of desired. Untouched keys are assumed unchanged since the last

@@ -57,18 +57,20 @@ type fakeRoute struct {
 }
 
 type fakeTables struct {
-	links  map[string]fakeLink
-	routes map[RouteKey]fakeRoute
-	neighs map[NeighKey]Neigh
-	fdb    map[FDBKey]FDB
+	links   map[string]fakeLink
+	routes  map[RouteKey]fakeRoute
+	neighs  map[NeighKey]Neigh
+	fdb     map[FDBKey]FDB
+	wgPeers map[WGPeerKey]fakeWGPeer
 }
 
 func newFakeTables() fakeTables {
 	return fakeTables{
-		links:  map[string]fakeLink{},
-		routes: map[RouteKey]fakeRoute{},
-		neighs: map[NeighKey]Neigh{},
-		fdb:    map[FDBKey]FDB{},
+		links:   map[string]fakeLink{},
+		routes:  map[RouteKey]fakeRoute{},
+		neighs:  map[NeighKey]Neigh{},
+		fdb:     map[FDBKey]FDB{},
+		wgPeers: map[WGPeerKey]fakeWGPeer{},
 	}
 }
 
@@ -76,6 +78,7 @@ func (t fakeTables) dropDev(dev string) {
 	maps.DeleteFunc(t.routes, func(_ RouteKey, r fakeRoute) bool { return r.Dev == dev })
 	maps.DeleteFunc(t.neighs, func(_ NeighKey, n Neigh) bool { return n.Dev == dev })
 	maps.DeleteFunc(t.fdb, func(f FDBKey, _ FDB) bool { return f.Dev == dev })
+	maps.DeleteFunc(t.wgPeers, func(k WGPeerKey, _ fakeWGPeer) bool { return k.Dev == dev })
 }
 
 // NewFake returns a Fake over an empty simulated kernel.
@@ -113,41 +116,34 @@ func (f *Fake) LinkIndex(name string) int {
 }
 
 // Kernel returns a copy of everything in the simulated kernel, including
-// routes that are not ours. A link's Addr is its first address.
+// routes that are not ours. Links show their addresses as withAddrs does.
 func (f *Fake) Kernel() *State {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
-	s := NewState()
-	for name, l := range f.k.t.links {
-		v := l.Link
-		v.Addr = firstAddr(l.addrs)
-		s.Links[name] = v
-	}
-	for k, r := range f.k.t.routes {
-		s.Routes[k] = r.Route
-	}
-	maps.Copy(s.Neighs, f.k.t.neighs)
-	maps.Copy(s.FDB, f.k.t.fdb)
-	return s
+	return f.k.t.state()
 }
 
 // Dump returns what a full Reconcile would consider its own given links,
 // like Netlink.Dump.
 func (f *Fake) Dump(links ...string) *State {
 	f.k.mu.Lock()
-	t := f.k.read(links)
-	f.k.mu.Unlock()
+	defer f.k.mu.Unlock()
+	return f.k.read(links).state()
+}
+
+func (t fakeTables) state() *State {
 	s := NewState()
 	for name, l := range t.links {
-		v := l.Link
-		v.Addr = firstAddr(l.addrs)
-		s.Links[name] = v
+		s.Links[name] = withAddrs(l.Link, l.addrs)
 	}
 	for k, r := range t.routes {
 		s.Routes[k] = r.Route
 	}
 	maps.Copy(s.Neighs, t.neighs)
 	maps.Copy(s.FDB, t.fdb)
+	for k, p := range t.wgPeers {
+		s.WGPeers[k] = p.WGPeer
+	}
 	return s
 }
 
@@ -219,8 +215,8 @@ func (f *Fake) DeleteLink(name string) {
 	})
 }
 
-// LinkByName returns the VXLAN device name as the kernel has it (Addr is
-// its first address), like Netlink.LinkByName.
+// LinkByName returns the VXLAN or WireGuard device name as the kernel has
+// it (addresses as withAddrs shows them), like Netlink.LinkByName.
 func (f *Fake) LinkByName(name string) (Link, bool, error) {
 	f.k.mu.Lock()
 	defer f.k.mu.Unlock()
@@ -228,9 +224,7 @@ func (f *Fake) LinkByName(name string) (Link, bool, error) {
 	if !ok {
 		return Link{}, false, nil
 	}
-	v := l.Link
-	v.Addr = firstAddr(l.addrs)
-	return v, true, nil
+	return withAddrs(l.Link, l.addrs), true, nil
 }
 
 // AddForeignRoute adds a route as an administrator would (`ip route add`,
@@ -327,6 +321,11 @@ func (k *fakeKernel) read(links []string) fakeTables {
 			t.fdb[key] = e
 		}
 	}
+	for key, p := range k.t.wgPeers {
+		if l, ok := t.links[p.Dev]; ok && l.Kind == KindWireGuard {
+			t.wgPeers[key] = p
+		}
+	}
 	return t
 }
 
@@ -385,10 +384,13 @@ func (f *Fake) reconcile(ctx context.Context, desired *State, full bool, touched
 	var tr map[RouteKey]struct{}
 	var tn map[NeighKey]struct{}
 	var tf map[FDBKey]struct{}
+	var tw map[WGPeerKey]struct{}
 	if touched != nil {
 		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
+		tw = nonNil(touched.WGPeers)
 	}
 
+	errs = append(errs, f.addWGPeers(entries(desired.WGPeers, tw), &c)...)
 	for key, e := range entries(desired.FDB, tf) {
 		if _, ok := f.idx.fdb[key]; ok {
 			continue
@@ -445,6 +447,7 @@ func (f *Fake) reconcile(ctx context.Context, desired *State, full bool, touched
 			}
 		}
 	}
+	f.delWGPeers(desired, gone, tw, &c)
 	for key, n := range entries(f.idx.neighs, tn) {
 		if _, ok := desired.Neighs[key]; !ok && !gone[n.Dev] {
 			delete(f.idx.neighs, key)
@@ -505,14 +508,7 @@ func (f *Fake) ensureLink(want Link, c *Changes) error {
 	}
 	if created {
 		k.next++
-		have = fakeLink{Link: want, index: k.next}
-		have.Addr, have.Port = netip.Prefix{}, normPort(want.Port)
-		if have.MTU == 0 {
-			have.MTU = 1450
-		}
-		if have.MAC.IsZero() {
-			have.MAC = MAC{0x02, 0, 0, 0, byte(k.next >> 8), byte(k.next)}
-		}
+		have = newFakeLink(want, k.next)
 		c.LinksAdded++
 	}
 	wrote := false
@@ -527,15 +523,20 @@ func (f *Fake) ensureLink(want Link, c *Changes) error {
 			maps.DeleteFunc(t.neighs, func(_ NeighKey, n Neigh) bool { return n.Dev == name })
 		}
 	}
-	if stale := staleAddrs(want.Addr, have.addrs); len(stale) > 0 {
+	for _, a := range []netip.Prefix{want.Addr, want.Addr2} {
+		if a.IsValid() && !slices.Contains(have.addrs, a) {
+			have.addrs, wrote = append(slices.Clone(have.addrs), a), true
+		}
+	}
+	if stale := staleLinkAddrs(want, have.addrs); len(stale) > 0 {
 		have.addrs = slices.DeleteFunc(slices.Clone(have.addrs), func(p netip.Prefix) bool { return slices.Contains(stale, p) })
 		wrote = true
 	}
-	if want.Addr.IsValid() && !slices.Contains(have.addrs, want.Addr) {
-		have.addrs, wrote = append(slices.Clone(have.addrs), want.Addr), true
-	}
 	if !have.up {
 		have.up, wrote = true, true
+	}
+	if want.Kind == KindWireGuard && fixFakeWG(want, &have) {
+		wrote = true
 	}
 	if wrote && !created {
 		c.LinksUpdated++

@@ -34,6 +34,15 @@ func (h *fakeHarness) AddRoute(r dataplane.Route, ours bool) { h.check(h.f.AddKe
 func (h *fakeHarness) AddNeigh(n dataplane.Neigh)            { h.check(h.f.AddKernelNeigh(n)) }
 func (h *fakeHarness) AddFDB(f dataplane.FDB)                { h.check(h.f.AddKernelFDB(f)) }
 
+func (h *fakeHarness) WGNames() (string, string)          { return "flannel-wg", "flannel-wg-v6" }
+func (h *fakeHarness) DeleteWGPeer(k dataplane.WGPeerKey) { h.f.DeleteWGPeer(k) }
+func (h *fakeHarness) AddWGPeer(p dataplane.WGPeer)       { h.check(h.f.AddKernelWGPeer(p)) }
+func (h *fakeHarness) WireGuard(name string) (dataplane.WGStatus, bool) {
+	st, ok, err := h.f.WireGuard(name)
+	h.check(err)
+	return st, ok
+}
+
 func (h *fakeHarness) check(err error) {
 	h.t.Helper()
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"iter"
 	"log/slog"
 	"maps"
-	"net"
 	"net/netip"
 	"slices"
 	"sync"
@@ -52,12 +51,18 @@ type Netlink struct {
 	nhFreeBatch int
 	// notes counts the notifications Subscribe has read.
 	notes atomic.Uint64
+
+	wg *wgState // WireGuard devices (wireguard_linux.go)
 }
 
 // NetlinkOption adjusts a Netlink.
 type NetlinkOption func(*netlinkOptions)
 
-type netlinkOptions struct{ plainRoutes bool }
+type netlinkOptions struct {
+	plainRoutes bool
+	wgMode      string
+	wgCreate    func(name string, mtu int) (WGDevice, error)
+}
 
 // PlainRoutes makes Netlink install every route as a plain route, as on a
 // kernel without nexthop objects, instead of giving IPv4 gateway routes a
@@ -80,10 +85,11 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	var (
-		h   *netlink.Handle
-		err error
-	)
+	wg, err := newWGState(o)
+	if err != nil {
+		return nil, err
+	}
+	var h *netlink.Handle
 	if ns.IsOpen() {
 		h, err = netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
 	} else {
@@ -97,7 +103,7 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 		h.Close()
 		return nil, err
 	}
-	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch}
+	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch, wg: wg}
 	if !o.plainRoutes {
 		ok, why := n.nexthopsUsable()
 		n.nhOK = ok
@@ -108,17 +114,19 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 	return n, nil
 }
 
-// Close releases the netlink sockets.
+// Close ends the userspace WireGuard devices n serves and releases the
+// netlink sockets.
 func (n *Netlink) Close() {
+	n.closeWG()
 	n.h.Close()
 	n.w.close()
 }
 
 // Dump reads from the kernel what Reconcile would consider its own given
-// links: those VXLAN devices (a device's Addr is its first global
-// address), the routes not made by the kernel itself, permanent neighbours
-// and FDB entries on them, and main-table routes carrying RouteProtocol on
-// any device. It does not change the index.
+// links: those VXLAN and WireGuard devices (addresses as withAddrs shows
+// them), the routes not made by the kernel itself, permanent neighbours,
+// FDB entries and WireGuard peers on them, and main-table routes carrying
+// RouteProtocol on any device. It does not change the index.
 func (n *Netlink) Dump(links ...string) (*State, error) {
 	names := map[string]bool{}
 	for _, l := range links {
@@ -152,6 +160,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	}
 	n.pass.Lock()
 	defer n.pass.Unlock()
+	n.reapWG()
 	p := &pass{n: n, ctx: ctx, ifindex: map[string]int{}}
 	if n.resync.Swap(false) {
 		// A notification may have been lost: the index cannot be trusted
@@ -212,12 +221,18 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	var tr map[RouteKey]struct{}
 	var tn map[NeighKey]struct{}
 	var tf map[FDBKey]struct{}
+	var tw map[WGPeerKey]struct{}
 	if touched != nil {
 		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
+		tw = nonNil(touched.WGPeers)
 	}
+	// WireGuard peers first: a route into a WireGuard device sends
+	// traffic nowhere until the peer that takes it is there.
+	p.addWGPeers(entries(desired.WGPeers, tw))
 	p.addFDB(entries(desired.FDB, tf))
 	p.addNeighs(entries(desired.Neighs, tn))
 	p.addRoutes(entries(desired.Routes, tr))
+	p.greetWGPeers()
 	// Deletions are not interrupted once started: each takes its batch
 	// out of the index first, and stopping halfway would lose track of
 	// objects still in the kernel.
@@ -228,6 +243,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.delNeighs(desired, gone, tn)
 	p.delFDB(desired, gone, tf)
 	p.flush()
+	p.delWGPeers(desired, gone, tw)
 	p.delNexthops()
 	p.delLinks(gone)
 	return p.changes, errors.Join(p.errs...)
@@ -247,6 +263,9 @@ type pass struct {
 	unusedNH []uint32
 	// q are the writes queued for the next flush.
 	q []queued
+	// greet are peers written to a new WireGuard device, to be greeted
+	// once routes are in (greetWGPeers): the first allowed address of each.
+	greet []netip.Addr
 }
 
 func (p *pass) fail(err error) { p.errs = append(p.errs, err) }
@@ -262,7 +281,8 @@ func (p *pass) stopped() bool {
 }
 
 // ownLink reports whether dev is one of our VXLAN devices. Only routes
-// on those get nexthop objects: the kernel flushes an object, and the
+// on those get nexthop objects (WireGuard devices carry a few device
+// routes, one per peer subnet, which need none): the kernel flushes an object, and the
 // routes using it, without a notification when its device loses carrier,
 // where a plain IPv4 route only turns linkdown. On the underlay (host-gw,
 // DirectRouting routes) a cable or switch flap would then drop the routes
@@ -272,8 +292,8 @@ func (p *pass) stopped() bool {
 func (p *pass) ownLink(dev string) bool {
 	p.n.mu.Lock()
 	defer p.n.mu.Unlock()
-	_, ok := p.n.idx.links[dev]
-	return ok
+	l, ok := p.n.idx.links[dev]
+	return ok && l.Kind == KindVXLAN
 }
 
 // resolve returns dev's ifindex, preferring our own links' (which may have
@@ -301,146 +321,6 @@ func (p *pass) resolve(dev string) (int, error) {
 		return 0, fmt.Errorf("device %s: %w", dev, ErrNoDevice)
 	}
 	return i, nil
-}
-
-func (p *pass) ensureLink(want Link) {
-	n, name := p.n, want.Name
-	n.mu.Lock()
-	have, ok := n.idx.links[name]
-	n.mu.Unlock()
-	if ok && linkSatisfied(want, have.Link, have.up, have.addrs) {
-		return
-	}
-	isVXLAN := ok
-	if !ok {
-		l, found, vx, err := n.readLink(name)
-		if err != nil {
-			p.fail(err)
-			return
-		}
-		have, ok, isVXLAN = l, found, vx
-	}
-	if ok && !(isVXLAN && sameIdentity(want, have.Link)) {
-		// The kernel takes the device's routes, neighbours and FDB entries
-		// with it; forget them first so their deletion notifications are
-		// not mistaken for drift.
-		n.forgetLink(name)
-		switch err := n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: have.index, Name: name}}); {
-		case err == nil:
-			p.changes.LinksRemoved++
-			n.log.Info("deleted link with another identity", "link", name, "vni", have.VNI, "local", have.Local)
-		case !errors.Is(err, unix.ENODEV):
-			p.fail(fmt.Errorf("delete link %s to recreate it: %w", name, err))
-			return
-		}
-		ok = false
-	}
-	created := false
-	if !ok {
-		if err := n.h.LinkAdd(newVxlan(want)); err != nil {
-			p.fail(fmt.Errorf("create link %s: %w", name, err))
-			return
-		}
-		p.changes.LinksAdded++
-		n.log.Info("created link", "link", name, "vni", want.VNI, "local", want.Local)
-		l, found, _, err := n.readLink(name)
-		if err != nil || !found {
-			p.fail(fmt.Errorf("read back link %s: %w", name, errors.Join(err, ErrNoDevice)))
-			return
-		}
-		have, created = l, true
-	}
-	if p.fixLink(want, &have) && !created {
-		p.changes.LinksUpdated++
-	}
-	n.mu.Lock()
-	n.idx.links[name] = have
-	n.mu.Unlock()
-}
-
-func newVxlan(want Link) *netlink.Vxlan {
-	v := &netlink.Vxlan{
-		LinkAttrs:    netlink.LinkAttrs{Name: want.Name, MTU: want.MTU},
-		VxlanId:      int(want.VNI),
-		VtepDevIndex: want.ParentIndex,
-		Port:         int(want.Port), // 0: not sent, the kernel default applies
-		Learning:     want.Learning,
-		GBP:          want.GBP,
-	}
-	if !want.MAC.IsZero() {
-		v.HardwareAddr = net.HardwareAddr(want.MAC[:])
-	}
-	if want.Local.IsValid() {
-		v.SrcAddr = want.Local.AsSlice()
-	}
-	return v
-}
-
-// fixLink makes have's mutable attributes match want, updating have to
-// what the kernel accepted; it reports whether it wrote anything.
-func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
-	h, name := p.n.h, want.Name
-	link := &netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: have.index, Name: name}}
-	have.addrs = slices.Clone(have.addrs) // may share its array with the index entry
-	if want.MTU != 0 && want.MTU != have.MTU {
-		if err := h.LinkSetMTU(link, want.MTU); err != nil {
-			p.fail(fmt.Errorf("set mtu %d on %s: %w", want.MTU, name, err))
-		} else {
-			have.MTU, wrote = want.MTU, true
-		}
-	}
-	if !want.MAC.IsZero() && want.MAC != have.MAC {
-		// A new device address makes the kernel flush the device's ARP and
-		// ND entries, permanent ones included (neigh_changeaddr). Forget
-		// ours first, so the add phase rewrites them and the flush's
-		// notifications are not taken for drift.
-		p.n.mu.Lock()
-		maps.DeleteFunc(p.n.idx.neighs, func(_ NeighKey, nb nlNeigh) bool { return nb.Dev == name })
-		p.n.mu.Unlock()
-		if err := h.LinkSetHardwareAddr(link, net.HardwareAddr(want.MAC[:])); err != nil {
-			p.fail(fmt.Errorf("set address %s on %s: %w", want.MAC, name, err))
-		} else {
-			have.MAC, wrote = want.MAC, true
-		}
-	}
-	for _, a := range staleAddrs(want.Addr, have.addrs) {
-		if err := h.AddrDel(link, &netlink.Addr{IPNet: ipNet(a)}); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
-			p.fail(fmt.Errorf("remove address %s from %s: %w", a, name, err))
-			continue
-		}
-		have.addrs, wrote = slices.DeleteFunc(have.addrs, func(b netip.Prefix) bool { return b == a }), true
-	}
-	if want.Addr.IsValid() && !slices.Contains(have.addrs, want.Addr) {
-		addr := &netlink.Addr{IPNet: ipNet(want.Addr)}
-		if want.Addr.Addr().Is6() {
-			// The address is unique by lease construction, and duplicate
-			// address detection on an overlay without a default FDB
-			// destination reaches no one: it would only keep the address
-			// tentative (unusable as a source) for a second.
-			addr.Flags = unix.IFA_F_NODAD
-		}
-		if err := h.AddrAdd(link, addr); err != nil && !errors.Is(err, unix.EEXIST) {
-			p.fail(fmt.Errorf("add address %s to %s: %w", want.Addr, name, err))
-		} else {
-			have.addrs, wrote = append(have.addrs, want.Addr), true
-		}
-	}
-	if !have.up {
-		if err := h.LinkSetUp(link); err != nil {
-			p.fail(fmt.Errorf("set %s up: %w", name, err))
-		} else {
-			have.up, wrote = true, true
-		}
-	}
-	return wrote
-}
-
-// forgetLink drops a link and everything on it from the index.
-func (n *Netlink) forgetLink(name string) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	delete(n.idx.links, name)
-	n.idx.dropDev(name)
 }
 
 // exec sends a phase's requests in batches (see nlWriter) and returns
@@ -779,20 +659,6 @@ func alreadyGone(err error) bool {
 	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV)
 }
 
-// goneLinks are our links that desired no longer has. Objects on them are
-// not deleted one by one: deleting the device takes them along.
-func (p *pass) goneLinks(desired *State) map[string]bool {
-	gone := map[string]bool{}
-	p.n.mu.Lock()
-	defer p.n.mu.Unlock()
-	for name := range p.n.idx.links {
-		if _, ok := desired.Links[name]; !ok {
-			gone[name] = true
-		}
-	}
-	return gone
-}
-
 // takeStale removes from m, under the index lock, the entries desired
 // lacks and that are not on a device about to be deleted, and returns them.
 // With touched non-nil only those keys are considered (a delta pass), so
@@ -953,29 +819,4 @@ func (p *pass) delFDB(desired *State, gone map[string]bool, touched map[FDBKey]s
 		func(f nlFDB, err error) {
 			p.fail(fmt.Errorf("delete fdb %s dst %s dev %s: %w", f.MAC, f.Dst, f.Dev, err))
 		})
-}
-
-func (p *pass) delLinks(gone map[string]bool) {
-	n := p.n
-	for _, name := range slices.Sorted(maps.Keys(gone)) {
-		n.mu.Lock()
-		l, ok := n.idx.links[name]
-		n.mu.Unlock()
-		if !ok {
-			continue
-		}
-		n.forgetLink(name)
-		if err := n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.index, Name: name}}); err != nil {
-			if errors.Is(err, unix.ENODEV) {
-				continue
-			}
-			// Still there: keep the link itself, so the next pass retries;
-			// its objects are re-read by the next full pass.
-			n.withIndex(func(x *nlIndex) { x.links[name] = l })
-			p.fail(fmt.Errorf("delete link %s: %w", name, err))
-			continue
-		}
-		p.changes.LinksRemoved++
-		n.log.Info("deleted link", "link", name)
-	}
 }

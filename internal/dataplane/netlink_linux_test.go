@@ -35,6 +35,9 @@ type nsHarness struct {
 	h     *netlink.Handle
 	dp    *dataplane.Netlink
 	u     dataplanetest.Underlay
+	wg    [2]string // WireGuard device names (wireguard_linux_test.go)
+	// wgMode is the WireGuard mode of the Netlinks under test (""; auto).
+	wgMode string
 }
 
 func run(t *testing.T, args ...string) {
@@ -83,14 +86,14 @@ func newNS(t *testing.T) *nsHarness {
 		t.Fatal(err)
 	}
 	u.Index = l.Attrs().Index
-	nh := &nsHarness{t: t, name: name, ns: ns, h: h, u: u}
+	nh := &nsHarness{t: t, name: name, ns: ns, h: h, u: u, wg: wgNames()}
 	nh.dp = nh.newDP()
 	return nh
 }
 
 func (h *nsHarness) newDP() *dataplane.Netlink {
 	log := slog.New(slog.NewTextHandler(h.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	var opts []dataplane.NetlinkOption
+	opts := []dataplane.NetlinkOption{h.userspaceWG(h.wgMode)}
 	if h.plain {
 		opts = append(opts, dataplane.PlainRoutes())
 	}

@@ -22,6 +22,7 @@ type (
 		index int
 		up    bool
 		addrs []netip.Prefix // global-scope addresses on the device
+		user  bool           // a userspace WireGuard device (its TUN)
 	}
 	nlRoute struct {
 		Route
@@ -39,19 +40,21 @@ type (
 		ifindex int
 	}
 	nlIndex struct {
-		links  map[string]nlLink
-		routes map[RouteKey]nlRoute
-		neighs map[NeighKey]nlNeigh
-		fdb    map[FDBKey]nlFDB
+		links   map[string]nlLink
+		routes  map[RouteKey]nlRoute
+		neighs  map[NeighKey]nlNeigh
+		fdb     map[FDBKey]nlFDB
+		wgPeers map[WGPeerKey]nlWGPeer
 	}
 )
 
 func newIndex() *nlIndex {
 	return &nlIndex{
-		links:  map[string]nlLink{},
-		routes: map[RouteKey]nlRoute{},
-		neighs: map[NeighKey]nlNeigh{},
-		fdb:    map[FDBKey]nlFDB{},
+		links:   map[string]nlLink{},
+		routes:  map[RouteKey]nlRoute{},
+		neighs:  map[NeighKey]nlNeigh{},
+		fdb:     map[FDBKey]nlFDB{},
+		wgPeers: map[WGPeerKey]nlWGPeer{},
 	}
 }
 
@@ -73,6 +76,11 @@ func (x *nlIndex) dropDev(dev string) {
 			delete(x.fdb, k)
 		}
 	}
+	for k := range x.wgPeers {
+		if k.Dev == dev {
+			delete(x.wgPeers, k)
+		}
+	}
 }
 
 // devName returns the name of our link with the given ifindex, or "".
@@ -88,9 +96,7 @@ func (x *nlIndex) devName(ifindex int) string {
 func (x *nlIndex) state() *State {
 	s := NewState()
 	for name, l := range x.links {
-		v := l.Link
-		v.Addr = firstAddr(l.addrs)
-		s.Links[name] = v
+		s.Links[name] = withAddrs(l.Link, l.addrs)
 	}
 	for k, r := range x.routes {
 		s.Routes[k] = r.Route
@@ -100,6 +106,9 @@ func (x *nlIndex) state() *State {
 	}
 	for k, f := range x.fdb {
 		s.FDB[k] = f.FDB
+	}
+	for k, p := range x.wgPeers {
+		s.WGPeers[k] = p.WGPeer
 	}
 	return s
 }
@@ -233,8 +242,11 @@ func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRou
 	for _, l := range links {
 		a := l.Attrs()
 		byName[a.Name], byIndex[a.Index] = a.Index, a.Name
-		if v, ok := l.(*netlink.Vxlan); ok && names[a.Name] {
-			x.links[a.Name] = fromVxlan(v)
+		if !names[a.Name] {
+			continue
+		}
+		if nl, ok := n.ourLink(l); ok {
+			x.links[a.Name] = nl
 			ours[a.Index] = a.Name
 		}
 	}
@@ -250,6 +262,9 @@ func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRou
 				l.addrs = append(l.addrs, p)
 				x.links[name] = l
 			}
+		}
+		if err := n.readWG(x); err != nil {
+			return nil, nil, nil, err
 		}
 	}
 
@@ -358,8 +373,9 @@ func rawDump[T any](n *Netlink, what string, typ int, hdr nl.NetlinkRequestData,
 }
 
 // readLink reads one device by name. found is false when it does not
-// exist; vxlan is false when it exists but is of another type.
-func (n *Netlink) readLink(name string) (l nlLink, found, vxlan bool, err error) {
+// exist; known is false when it exists but is not of a kind we manage
+// (ourLink).
+func (n *Netlink) readLink(name string) (l nlLink, found, known bool, err error) {
 	link, err := n.h.LinkByName(name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
 		return nlLink{}, false, false, nil
@@ -367,11 +383,15 @@ func (n *Netlink) readLink(name string) (l nlLink, found, vxlan bool, err error)
 	if err != nil {
 		return nlLink{}, false, false, fmt.Errorf("look up link %s: %w", name, err)
 	}
-	v, ok := link.(*netlink.Vxlan)
+	l, ok := n.ourLink(link)
 	if !ok {
 		return nlLink{Link: Link{Name: name}, index: link.Attrs().Index}, true, false, nil
 	}
-	l = fromVxlan(v)
+	if l.Kind == KindWireGuard {
+		if _, err := n.readWGLink(&l); err != nil {
+			return nlLink{}, false, false, err
+		}
+	}
 	addrs, err := dump("addresses of "+name, func() ([]netlink.Addr, error) { return n.h.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
 		return nlLink{}, false, false, err

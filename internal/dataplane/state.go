@@ -1,12 +1,14 @@
 // Package dataplane is the only package that talks to the kernel (through
-// github.com/vishvananda/netlink). It takes a declared State — VXLAN
-// devices, routes, permanent neighbours and FDB entries — and reconciles
+// github.com/vishvananda/netlink, and wgctrl for WireGuard). It takes a
+// declared State — VXLAN and WireGuard devices, routes, permanent
+// neighbours, FDB entries and WireGuard peers — and reconciles
 // the kernel to it, writing only the difference and adding before it
 // deletes, so running the same State twice writes nothing and a restart
 // that finds the kernel already right disturbs no traffic.
 //
 // Every object is keyed by its identity (a route by destination, a
-// neighbour by device+IP, an FDB entry by device+MAC+destination), so the
+// neighbour by device+IP, an FDB entry by device+MAC+destination, a
+// WireGuard peer by device+public key), so the
 // diff is map lookups. Every object we install is recognisable as ours:
 // it lives on a device we own, or (routes on shared devices, as host-gw
 // installs) carries our route protocol number RouteProtocol. Garbage

@@ -10,18 +10,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// LinkByName returns the current attributes of the VXLAN device name (its
-// Addr is its first global address); ok is false if there is no such
-// device or it is not a VXLAN device. The daemon reuses an existing
-// device's MAC so peers' FDB entries stay valid across restarts.
+// LinkByName returns the current attributes of the VXLAN or WireGuard
+// device name (addresses as withAddrs shows them); ok is false if there is
+// no such device or it is of another kind. The daemon reuses an existing
+// VXLAN device's MAC so peers' FDB entries stay valid across restarts.
 func (n *Netlink) LinkByName(name string) (l Link, ok bool, err error) {
-	rec, found, vxlan, err := n.readLink(name)
-	if err != nil || !found || !vxlan {
+	rec, found, known, err := n.readLink(name)
+	if err != nil || !found || !known {
 		return Link{}, false, err
 	}
-	v := rec.Link
-	v.Addr = firstAddr(rec.addrs)
-	return v, true, nil
+	return withAddrs(rec.Link, rec.addrs), true, nil
 }
 
 // Interfaces lists the namespace's devices with their global-scope

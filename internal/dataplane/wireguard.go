@@ -3,7 +3,9 @@ package dataplane
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
+	"time"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -73,8 +75,10 @@ func (p WGPeer) Allowed() []netip.Prefix {
 }
 
 // String renders p as `wg set` arguments, without the preshared key's
-// value (a secret).
+// value (a secret). It shows p as WireGuard stores it (normWGPeer), so a
+// peer read back compares equal as text.
 func (p WGPeer) String() string {
+	p = normWGPeer(p)
 	var allowed []string
 	for _, a := range p.Allowed() {
 		allowed = append(allowed, a.String())
@@ -133,4 +137,71 @@ func linkLine(l Link) string {
 		line += " addr " + l.Addr2.String()
 	}
 	return line
+}
+
+// normWGPeer returns p as WireGuard stores it, so that a peer read back
+// compares equal (==) to the declared one it was written from: allowed IPs
+// are a set of masked prefixes (the kernel clears host bits), here in
+// address order with duplicates dropped and unused entries last; the
+// endpoint's address is unmapped (an IPv4 peer is reported as IPv4).
+func normWGPeer(p WGPeer) WGPeer {
+	var a []netip.Prefix
+	for _, x := range p.Allowed() {
+		a = append(a, x.Masked())
+	}
+	slices.SortFunc(a, comparePrefix)
+	a = slices.Compact(a)
+	p.AllowedIPs = [2]netip.Prefix{}
+	copy(p.AllowedIPs[:], a)
+	p.Endpoint = netip.AddrPortFrom(p.Endpoint.Addr().Unmap(), p.Endpoint.Port())
+	return p
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
+// WGDevice is a userspace WireGuard device this process serves (package
+// wguser makes them): Close ends it and deletes its netdev, returning once
+// that is done; Done is closed when the device has ended, by Close or on
+// its own (its netdev was deleted).
+type WGDevice interface {
+	Close() error
+	Done() <-chan struct{}
+}
+
+// WireGuard implementations, as WGStatus.Impl reports them and the
+// --wireguard-device flag names them (config.WireGuardAuto etc.; auto: the
+// kernel's if it has the module, else userspace).
+const (
+	WGAuto      = "auto"
+	WGKernel    = "kernel"
+	WGUserspace = "userspace"
+)
+
+// WGStatus is what `weft status` and the metrics show of a WireGuard
+// device. It never carries a private or preshared key.
+type WGStatus struct {
+	// Impl is WGKernel or WGUserspace.
+	Impl       string
+	ListenPort uint16
+	// PublicKey is zero while the device has no private key.
+	PublicKey WGKey
+	Peers     []WGPeerStatus
+}
+
+// WGPeerStatus is one peer of a WireGuard device as the device reports it.
+type WGPeerStatus struct {
+	PublicKey WGKey
+	// Endpoint is where the peer was last heard from (or the configured
+	// endpoint, before any packet arrived).
+	Endpoint   netip.AddrPort
+	AllowedIPs []netip.Prefix
+	// LatestHandshake is zero if no handshake has completed.
+	LatestHandshake time.Time
+	RxBytes         int64
+	TxBytes         int64
 }

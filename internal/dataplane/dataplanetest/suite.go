@@ -49,6 +49,17 @@ type Harness interface {
 	// AddNeigh and AddFDB add permanent entries.
 	AddNeigh(n dataplane.Neigh)
 	AddFDB(f dataplane.FDB)
+
+	// WGNames names the two WireGuard devices of the WireGuard cases:
+	// unique to the harness, since userspace devices' control sockets
+	// share one directory machine-wide.
+	WGNames() (a, b string)
+	// DeleteWGPeer and AddWGPeer change a device's peers as `wg set`
+	// does (AddWGPeer overwrites a peer with the same key).
+	DeleteWGPeer(k dataplane.WGPeerKey)
+	AddWGPeer(p dataplane.WGPeer)
+	// WireGuard is the Reconciler's status read of a WireGuard device.
+	WireGuard(name string) (dataplane.WGStatus, bool)
 }
 
 // Link names of the topology, as flannel names its devices for VNI 1.
@@ -78,7 +89,10 @@ func NewTopology(u Underlay) *Topology {
 	}
 }
 
-func (tp *Topology) peerPublic(u netip.Prefix, id int) netip.Addr {
+func (tp *Topology) peerPublic(u netip.Prefix, id int) netip.Addr { return peerAddr(u, id) }
+
+// peerAddr is peer id's public address in the underlay subnet u.
+func peerAddr(u netip.Prefix, id int) netip.Addr {
 	b := u.Masked().Addr().AsSlice()
 	b[len(b)-1] = byte(10 + id)
 	a, _ := netip.AddrFromSlice(b)
@@ -181,6 +195,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"GarbageCollection", testGC},
 		{"GarbageCollectionAfterRestart", testRestartGC},
 		{"InPlaceMTUAndMAC", testInPlace},
+		{"InPlaceAddress", testReaddress},
 		{"IdentityChangeReplacesLink", testIdentityChange},
 		{"RestartWritesNothing", testRestart},
 		{"LinkRemoval", testLinkRemoval},
@@ -191,6 +206,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"DeltaMatchesCompleteDiff", testDelta},
 		{"DeltaFallsBackOnLinkChange", testDeltaLinkChange},
 	}
+	cases = append(cases, wgCases()...)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newDP(t)) })
 	}
@@ -322,6 +338,25 @@ func testInPlace(t *testing.T, h Harness) {
 	if h.LinkIndex(Dev4) != idx4 || h.LinkIndex(Dev6) != idx6 {
 		t.Errorf("ifindex changed: %s %d→%d, %s %d→%d", Dev4, idx4, h.LinkIndex(Dev4), Dev6, idx6, h.LinkIndex(Dev6))
 	}
+}
+
+// testReaddress: a device's address changes in place (a new lease), and
+// the routes through it stay: the kernel flushes, unannounced, every IPv4
+// route through a device that loses its last IPv4 address, so the new
+// address must be in before the old one goes.
+func testReaddress(t *testing.T, h Harness) {
+	tp := setup(t, h)
+	want := tp.State()
+	for name, a := range map[string]netip.Prefix{
+		Dev4: netip.MustParsePrefix("10.244.0.5/32"), Dev6: netip.MustParsePrefix("fd10:244::5/128"),
+	} {
+		l := want.Links[name]
+		l.Addr = a
+		want.Links[name] = l
+	}
+	WantChanges(t, "address", Reconcile(t, h.Reconciler(), want, false), dataplane.Changes{LinksUpdated: 2})
+	WantKernel(t, h, want)
+	WantChanges(t, "full", Reconcile(t, h.Reconciler(), want, true), dataplane.Changes{})
 }
 
 func testIdentityChange(t *testing.T, h Harness) {
@@ -488,6 +523,7 @@ func touchedBetween(from, to *dataplane.State) *dataplane.Delta {
 	touch(d.Routes, from.Routes, to.Routes)
 	touch(d.Neighs, from.Neighs, to.Neighs)
 	touch(d.FDB, from.FDB, to.FDB)
+	touch(d.WGPeers, from.WGPeers, to.WGPeers)
 	return d
 }
 

@@ -1,0 +1,61 @@
+package app
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/backend/wireguard"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/dataplane/wguser"
+	"github.com/weft-net/weft/internal/metrics"
+)
+
+// openDataplane opens the kernel dataplane in our own network namespace.
+// WireGuard devices are the kernel's where it has the module; otherwise
+// (--wireguard-device auto or userspace) wireguard-go serves them from
+// this process, with the standard UAPI socket so that wg(8) and wgctrl
+// see them as they would a kernel device. Such a device ends with the
+// process: a restart recreates it (docs/MIGRATION.md says what that
+// costs).
+func openDataplane(log *slog.Logger, opts config.Options) (*dataplane.Netlink, error) {
+	log = log.With("component", "dataplane")
+	create := func(name string, mtu int) (dataplane.WGDevice, error) {
+		self, err := netns.Get()
+		if err != nil {
+			return nil, fmt.Errorf("userspace WireGuard device %s: own network namespace: %w", name, err)
+		}
+		defer self.Close() // Create keeps a copy of its own
+		return wguser.Create(log.With("device", name), self, name, mtu)
+	}
+	return dataplane.NewNetlink(log, netns.None(), dataplane.WireGuard(opts.WireGuardDevice, create))
+}
+
+// wireGuardStats reads our WireGuard devices for the metrics, at scrape
+// time; devices that do not exist (another backend) are left out.
+func wireGuardStats(dp *dataplane.Netlink) func() []metrics.WireGuardDevice {
+	return func() []metrics.WireGuardDevice {
+		var out []metrics.WireGuardDevice
+		for _, name := range []string{wireguard.Device, wireguard.DeviceV6} {
+			st, ok, err := dp.WireGuard(name)
+			if err != nil || !ok {
+				continue
+			}
+			d := metrics.WireGuardDevice{Name: name, Impl: st.Impl}
+			for _, p := range st.Peers {
+				age := time.Duration(-1)
+				if !p.LatestHandshake.IsZero() {
+					age = time.Since(p.LatestHandshake)
+				}
+				d.Handshakes = append(d.Handshakes, age)
+				d.RxBytes += p.RxBytes
+				d.TxBytes += p.TxBytes
+			}
+			out = append(out, d)
+		}
+		return out
+	}
+}
