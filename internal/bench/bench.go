@@ -305,8 +305,12 @@ func (x *runner) measure(ctx context.Context) error {
 
 	// 3. Single joins and leaves at scale.
 	log2 := fileSize(x.h.LogFile)
-	join, leave, acks, err := x.singles(ctx, singles)
+	join, leave, lowJoin, lowLeave, acks, err := x.singles(ctx, singles)
 	r.SingleJoin, r.SingleLeave, r.SinglePutAck = summarize(join), summarize(leave), summarize(acks)
+	if x.backend == config.BackendWireGuard {
+		lj, ll := summarize(lowJoin), summarize(lowLeave)
+		r.SingleJoinLow, r.SingleLeaveLow = &lj, &ll
+	}
 	if err != nil {
 		return err
 	}

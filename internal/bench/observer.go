@@ -44,11 +44,19 @@ type observer interface {
 
 // singleWatch sees one peer's object appear or go. expect is called
 // before the write that causes the change (so nothing is missed), and the
-// function it returns waits until the change is seen and returns when.
+// function it returns waits until the change is seen and returns when;
+// it must be called (with a cancelled context, if the write failed), as
+// it ends what expect started.
 type singleWatch interface {
-	expect(p peer, added bool) (wait func(context.Context) (time.Time, error))
+	expect(p peer, added bool) (wait func(context.Context) (seen, error))
 	stop() error
 }
+
+// seen brackets when a change happened: after After, by At. A
+// notification's arrival is one instant (After = At); polling knows only
+// that the change came after the previous poll began and before this one
+// ended.
+type seen struct{ After, At time.Time }
 
 // newObserver returns backend's observer for host h, whose namespace is
 // ns, counting through probe.
@@ -145,21 +153,21 @@ type routeWatch struct {
 	waiters map[routeKey]chan time.Time
 }
 
-func (rw *routeWatch) expect(p peer, added bool) func(context.Context) (time.Time, error) {
+func (rw *routeWatch) expect(p peer, added bool) func(context.Context) (seen, error) {
 	ch := make(chan time.Time, 1)
 	rw.mu.Lock()
 	rw.waiters[routeKey{p.dst, added}] = ch
 	rw.mu.Unlock()
-	return func(ctx context.Context) (time.Time, error) {
+	return func(ctx context.Context) (seen, error) {
 		t := time.NewTimer(sampleTimeout)
 		defer t.Stop()
 		select {
 		case at := <-ch:
-			return at, nil
+			return seen{at, at}, nil
 		case <-t.C:
-			return time.Time{}, fmt.Errorf("no route notification for %s within %s", p.dst, sampleTimeout)
+			return seen{}, fmt.Errorf("no route notification for %s within %s", p.dst, sampleTimeout)
 		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
+			return seen{}, ctx.Err()
 		}
 	}
 }
@@ -192,32 +200,57 @@ func (o *wgObserver) watch(context.Context) (singleWatch, error) { return o, nil
 
 func (o *wgObserver) stop() error { return nil }
 
-// expect polls every wgSinglePoll until p's public key is present (or
-// absent) and returns the end of the first get that shows it: an upper
-// bound, later than the change by at most one period and one get.
-func (o *wgObserver) expect(p peer, added bool) func(context.Context) (time.Time, error) {
-	return func(ctx context.Context) (time.Time, error) {
-		deadline := time.Now().Add(sampleTimeout)
+// expect polls every wgSinglePoll, from now (before the write) until p's
+// public key is present (or absent). The change happened before the end
+// of the first get that shows it and after the start of the last get that
+// did not (the device answers from one moment in between): at most one
+// period and two gets apart.
+func (o *wgObserver) expect(p peer, added bool) func(context.Context) (seen, error) {
+	type result struct {
+		s   seen
+		err error
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ch, done := make(chan result, 1), make(chan struct{})
+	go func() {
+		defer close(done)
 		t := time.NewTicker(wgSinglePoll)
 		defer t.Stop()
+		var before time.Time // start of the last get without the change
 		for {
+			start := time.Now()
 			keys, err := o.r.read()
 			at := time.Now()
 			if err != nil {
-				return time.Time{}, err
+				ch <- result{err: err}
+				return
 			}
 			if _, ok := keys[p.pub]; ok == added {
-				return at, nil
+				ch <- result{s: seen{before, at}}
+				return
 			}
-			if at.After(deadline) {
-				return time.Time{}, fmt.Errorf("wireguard peer %s (%s) still %s after %s",
-					p.pub, p.dst, map[bool]string{true: "absent", false: "present"}[added], sampleTimeout)
-			}
+			before = start
 			select {
 			case <-ctx.Done():
-				return time.Time{}, ctx.Err()
+				ch <- result{err: ctx.Err()}
+				return
 			case <-t.C:
 			}
+		}
+	}()
+	return func(wctx context.Context) (seen, error) {
+		// The poller owns the reader until it has ended.
+		defer func() { cancel(); <-done }()
+		t := time.NewTimer(sampleTimeout)
+		defer t.Stop()
+		select {
+		case r := <-ch:
+			return r.s, r.err
+		case <-t.C:
+			return seen{}, fmt.Errorf("wireguard peer %s (%s) still %s after %s",
+				p.pub, p.dst, map[bool]string{true: "absent", false: "present"}[added], sampleTimeout)
+		case <-wctx.Done():
+			return seen{}, wctx.Err()
 		}
 	}
 }

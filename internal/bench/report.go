@@ -52,6 +52,11 @@ type RunResult struct {
 	// present (absent).
 	SingleJoin  Stats `json:"singleJoinMs"`
 	SingleLeave Stats `json:"singleLeaveMs"`
+	// SingleJoinLow and SingleLeaveLow (wireguard) are the lower bounds
+	// polling gives: from the write to the start of the last poll that
+	// did not yet show the change.
+	SingleJoinLow  *Stats `json:"singleJoinLowMs,omitempty"`
+	SingleLeaveLow *Stats `json:"singleLeaveLowMs,omitempty"`
 	// SinglePutAck is how long each single join's Put took to be
 	// acknowledged by etcd: the part of SingleJoin no daemon can shorten
 	// (the watch event leaves etcd at about the same time).
@@ -98,6 +103,14 @@ type Stats struct {
 	Max    float64 `json:"max"`
 }
 
+// median is s's median, NaN (shown as "-") without samples.
+func (s *Stats) median() float64 {
+	if s == nil {
+		return math.NaN()
+	}
+	return s.Median
+}
+
 func summarize(xs []float64) Stats {
 	if len(xs) == 0 {
 		return Stats{}
@@ -134,11 +147,13 @@ func tableRows() []row {
 		{"single join p90", func(r *RunResult) float64 { return r.SingleJoin.P90 }, "ms", false},
 		{"single join p99", func(r *RunResult) float64 { return r.SingleJoin.P99 }, "ms", false},
 		{"single join max", func(r *RunResult) float64 { return r.SingleJoin.Max }, "ms", false},
+		{"  lower bound (median)", func(r *RunResult) float64 { return r.SingleJoinLow.median() }, "ms", true},
 		{"  of which etcd Put ack (median)", func(r *RunResult) float64 { return r.SinglePutAck.Median }, "ms", false},
 		{"single leave median", func(r *RunResult) float64 { return r.SingleLeave.Median }, "ms", false},
 		{"single leave p90", func(r *RunResult) float64 { return r.SingleLeave.P90 }, "ms", false},
 		{"single leave p99", func(r *RunResult) float64 { return r.SingleLeave.P99 }, "ms", false},
 		{"single leave max", func(r *RunResult) float64 { return r.SingleLeave.Max }, "ms", false},
+		{"  lower bound (median)", func(r *RunResult) float64 { return r.SingleLeaveLow.median() }, "ms", true},
 		{"mass leave: deletes took", func(r *RunResult) float64 { return r.LeaveWrites }, "s", false},
 		{"mass leave: first delete → all gone", func(r *RunResult) float64 { return r.MassLeave }, "s", false},
 		{"mass leave: lag after last delete", func(r *RunResult) float64 { return r.MassLeaveLag }, "s", false},
@@ -203,15 +218,20 @@ func (res *Result) Print(w io.Writer) {
 			var vals []float64
 			for _, c := range cols {
 				v, ok := res.median(c, k, rw.get)
+				if !ok {
+					v = math.NaN()
+				}
 				vals = append(vals, v)
-				if ok {
+				if ok && rw.unit == "" {
+					fmt.Fprintf(tw, "%.0f\t", v)
+				} else if ok {
 					fmt.Fprintf(tw, "%s\t", format(v))
 				} else {
 					fmt.Fprint(tw, "-\t")
 				}
 			}
 			if len(vals) == 2 {
-				if vals[0] > 0 {
+				if vals[0] > 0 && !math.IsNaN(vals[1]) {
 					fmt.Fprintf(tw, "%.2f\t", vals[1]/vals[0])
 				} else {
 					fmt.Fprint(tw, "-\t")
@@ -242,7 +262,9 @@ func (res *Result) median(c column, k int, get func(*RunResult) float64) (float6
 	for i := range res.Runs {
 		r := &res.Runs[i]
 		if r.Daemon == c.daemon && r.backend() == c.backend && r.Leases == k && len(r.Errors) == 0 {
-			xs = append(xs, get(r))
+			if v := get(r); !math.IsNaN(v) {
+				xs = append(xs, v)
+			}
 		}
 	}
 	if len(xs) == 0 {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -223,5 +224,63 @@ func TestWGReaderKernel(t *testing.T) {
 	checkKeys(t, r, want)
 	if r.gets != 0 {
 		t.Errorf("%d UAPI gets counted for a kernel device", r.gets)
+	}
+}
+
+// BenchmarkWGReaderUAPI is one read of a userspace device with 50 and
+// 1000 peers: what every poll of the wireguard bench costs (most of it
+// served by wireguard-go, inside the daemon under test).
+func BenchmarkWGReaderUAPI(b *testing.B) {
+	for _, k := range []int{50, 1000} {
+		b.Run(strconv.Itoa(k), func(b *testing.B) { benchmarkWGReader(b, k) })
+	}
+}
+
+func benchmarkWGReader(b *testing.B, k int) {
+	name := "wtbw" + strings.ToLower(rand.Text()[:6])
+	nsName := name + "ns"
+	if out, err := exec.Command("ip", "netns", "add", nsName).CombinedOutput(); err != nil {
+		b.Fatalf("ip netns add: %v\n%s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", nsName).Run()
+	ns, err := netns.GetFromName(nsName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	d, err := wguser.Create(slog.New(slog.DiscardHandler), ns, name, 1420)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer d.Close()
+	c, err := wgctrl.New()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ps, err := makePeers("wireguard", k, subnetAt(k+1))
+	if err != nil {
+		b.Fatal(err)
+	}
+	var cfgs []wgtypes.PeerConfig
+	for i, p := range ps {
+		cfgs = append(cfgs, wgtypes.PeerConfig{
+			PublicKey:  p.pub,
+			Endpoint:   &net.UDPAddr{IP: net.IPv4(100, 64, byte(i>>8), byte(i)), Port: wgPort},
+			AllowedIPs: []net.IPNet{{IP: p.dst.Addr().AsSlice(), Mask: net.CIDRMask(24, 32)}},
+		})
+	}
+	priv, port := wgPeerKey(100000), 51820
+	if err := c.ConfigureDevice(name, wgtypes.Config{PrivateKey: &priv, ListenPort: &port, Peers: cfgs}); err != nil {
+		b.Fatal(err)
+	}
+	r := newWGReader(ns, name, wguser.SocketPath(name))
+	defer r.close()
+	b.ResetTimer()
+	for b.Loop() {
+		keys, err := r.read()
+		if err != nil || len(keys) != k {
+			b.Fatalf("%d keys, %v", len(keys), err)
+		}
 	}
 }
