@@ -193,8 +193,12 @@ func runOne(ctx context.Context, o Options, d Daemon, backend string, k, run int
 	}
 	defer x.obs.close()
 	err = x.measure(ctx)
-	gets, getTime := x.obs.cost()
-	x.r.ObserverGets, x.r.ObserverGetSeconds = gets, secs(getTime)
+	cost := x.obs.cost()
+	x.r.ObserverGets, x.r.ObserverGetSeconds = cost.gets, secs(cost.total)
+	if len(cost.singleGets) > 0 {
+		s := summarize(cost.singleGets)
+		x.r.SingleGet = &s
+	}
 	if err != nil {
 		x.r.Errors = append(x.r.Errors, err.Error())
 	}

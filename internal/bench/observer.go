@@ -36,10 +36,19 @@ type observer interface {
 	describe(c Counts) string
 	// watch starts seeing single peers come and go.
 	watch(ctx context.Context) (singleWatch, error)
-	// cost is what observing asked of the daemon under test: UAPI gets
-	// and their wall time (zero when the kernel answers).
-	cost() (gets int, d time.Duration)
+	// cost is what observing asked of the daemon under test.
+	cost() observerCost
 	close()
+}
+
+// observerCost is what observing asked of the daemon under test: UAPI
+// gets and their wall time (zero when the kernel answers), and how long
+// each get during the single samples took (the polling's resolution is
+// its period plus about one get).
+type observerCost struct {
+	gets       int
+	total      time.Duration
+	singleGets []float64 // ms
 }
 
 // singleWatch sees one peer's object appear or go. expect is called
@@ -99,10 +108,10 @@ type vxlanObserver struct {
 	probe *dataplane.Probe
 }
 
-func (o *vxlanObserver) device() string             { return vxlanDevice }
-func (o *vxlanObserver) pollEvery() time.Duration   { return vxlanPoll }
-func (o *vxlanObserver) cost() (int, time.Duration) { return 0, 0 }
-func (o *vxlanObserver) close()                     {}
+func (o *vxlanObserver) device() string           { return vxlanDevice }
+func (o *vxlanObserver) pollEvery() time.Duration { return vxlanPoll }
+func (o *vxlanObserver) cost() observerCost       { return observerCost{} }
+func (o *vxlanObserver) close()                   {}
 
 func (o *vxlanObserver) count() (Counts, error) {
 	c, err := o.probe.Count(vxlanDevice)
@@ -179,13 +188,18 @@ func (rw *routeWatch) stop() error {
 
 // wgObserver reads the WireGuard device's peers (wgReader) for both bulk
 // counts and single samples.
-type wgObserver struct{ r *wgReader }
+type wgObserver struct {
+	r          *wgReader
+	singleGets []float64 // ms, each get's wall time while awaiting a single
+}
 
 func (o *wgObserver) device() string           { return wgDevice }
 func (o *wgObserver) pollEvery() time.Duration { return wgPoll }
 func (o *wgObserver) close()                   { o.r.close() }
 
-func (o *wgObserver) cost() (int, time.Duration) { return o.r.gets, o.r.getTime }
+func (o *wgObserver) cost() observerCost {
+	return observerCost{gets: o.r.gets, total: o.r.getTime, singleGets: o.singleGets}
+}
 
 func (o *wgObserver) count() (Counts, error) {
 	keys, err := o.r.read()
@@ -221,6 +235,7 @@ func (o *wgObserver) expect(p peer, added bool) func(context.Context) (seen, err
 			start := time.Now()
 			keys, err := o.r.read()
 			at := time.Now()
+			o.singleGets = append(o.singleGets, ms(at.Sub(start)))
 			if err != nil {
 				ch <- result{err: err}
 				return

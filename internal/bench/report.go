@@ -86,6 +86,12 @@ type RunResult struct {
 	// kernel devices, which the kernel answers.
 	ObserverGets       int     `json:"observerGets,omitempty"`
 	ObserverGetSeconds float64 `json:"observerGetSeconds,omitempty"`
+	// SingleGet is the wall time of each get made while awaiting single
+	// joins and leaves, in milliseconds: with the 2 ms period, the
+	// resolution of SingleJoin and SingleLeave. A get holds the userspace
+	// device's configuration lock, so a daemon write arriving meanwhile
+	// waits for it.
+	SingleGet *Stats `json:"singleGetMs,omitempty"`
 
 	// Correctness: counts when each phase ended.
 	JoinInstalled  Counts   `json:"joinInstalled"`
@@ -163,6 +169,7 @@ func tableRows() []row {
 		{"log bytes at cold start", func(r *RunResult) float64 { return float64(r.ColdStartLogBytes) }, "B", false},
 		{"UAPI gets served for the bench", func(r *RunResult) float64 { return float64(r.ObserverGets) }, "", true},
 		{"  their wall time", func(r *RunResult) float64 { return r.ObserverGetSeconds }, "s", true},
+		{"  one get while sampling singles (median)", func(r *RunResult) float64 { return r.SingleGet.median() }, "ms", true},
 	}
 }
 
