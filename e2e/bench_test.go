@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -20,19 +21,23 @@ type benchResult struct {
 		Leaves struct {
 			N int `json:"n"`
 		} `json:"singleLeaveMs"`
-		JoinInstalled  struct{ Routes, Neighs, FDB int } `json:"joinInstalled"`
-		ColdInstalled  struct{ Routes, Neighs, FDB int } `json:"coldInstalled"`
-		LeaveRemaining struct{ Routes, Neighs, FDB int } `json:"leaveRemaining"`
-		PeakRSSMB      float64                           `json:"peakRSSMB"`
-		CPUSeconds     float64                           `json:"cpuSeconds"`
-		Errors         []string                          `json:"errors"`
+		Backend        string      `json:"backend"`
+		JoinInstalled  benchCounts `json:"joinInstalled"`
+		ColdInstalled  benchCounts `json:"coldInstalled"`
+		LeaveRemaining benchCounts `json:"leaveRemaining"`
+		PeakRSSMB      float64     `json:"peakRSSMB"`
+		CPUSeconds     float64     `json:"cpuSeconds"`
+		Errors         []string    `json:"errors"`
 	} `json:"runs"`
 }
 
-// TestBench runs a CI-sized `weft bench` against our flanneld and checks
-// that what it measured is right — every lease installed, after the burst
-// and after the cold start, every one removed, every single sample seen —
-// not how fast: timing on a shared CI machine proves nothing.
+type benchCounts struct{ Routes, Neighs, FDB, WGPeers int }
+
+// TestBench runs a CI-sized `weft bench` against our flanneld, for each
+// backend, and checks that what it measured is right — every lease
+// installed, after the burst and after the cold start, every one removed,
+// every single sample seen — not how fast: timing on a shared CI machine
+// proves nothing.
 func TestBench(t *testing.T) {
 	bin := t.TempDir()
 	out, err := exec.Command("go", "build", "-o", bin+"/",
@@ -40,8 +45,25 @@ func TestBench(t *testing.T) {
 	if err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	const k, samples = 200, 5
-	cmd := exec.Command(filepath.Join(bin, "weft"), "bench", "--leases", "200", "--samples", "5",
+	for _, tc := range []struct {
+		backend string
+		k       int
+		// want is every peer's objects, for k peers.
+		want func(k int) benchCounts
+	}{
+		{"vxlan", 200, func(k int) benchCounts { return benchCounts{Routes: k, Neighs: k, FDB: k} }},
+		// One WireGuard peer per host; the one device route is for the
+		// whole network, so no per-peer route.
+		{"wireguard", 50, func(k int) benchCounts { return benchCounts{WGPeers: k} }},
+	} {
+		t.Run(tc.backend, func(t *testing.T) { benchOne(t, bin, tc.backend, tc.k, tc.want) })
+	}
+}
+
+func benchOne(t *testing.T, bin, backend string, k int, want func(int) benchCounts) {
+	const samples = 5
+	cmd := exec.Command(filepath.Join(bin, "weft"), "bench", "--backend", backend,
+		"--leases", strconv.Itoa(k), "--samples", strconv.Itoa(samples),
 		"--json", "--name", "wtbt", "--dir", filepath.Join(t.TempDir(), "bench"))
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -57,15 +79,15 @@ func TestBench(t *testing.T) {
 		t.Fatalf("got %d runs, want 1: %s", len(res.Runs), stdout)
 	}
 	r := res.Runs[0]
-	if len(r.Errors) > 0 || r.Leases != k || r.Daemon != "flanneld" {
-		t.Errorf("run: daemon %q, %d leases, errors %v", r.Daemon, r.Leases, r.Errors)
+	if len(r.Errors) > 0 || r.Leases != k || r.Daemon != "flanneld" || r.Backend != backend {
+		t.Errorf("run: daemon %q, backend %q, %d leases, errors %v", r.Daemon, r.Backend, r.Leases, r.Errors)
 	}
-	for name, c := range map[string]struct{ Routes, Neighs, FDB int }{"join burst": r.JoinInstalled, "cold start": r.ColdInstalled} {
-		if c.Routes != k || c.Neighs != k || c.FDB != k {
-			t.Errorf("%s: installed %+v, want %d of each", name, c, k)
+	for name, c := range map[string]benchCounts{"join burst": r.JoinInstalled, "cold start": r.ColdInstalled} {
+		if c != want(k) {
+			t.Errorf("%s: installed %+v, want %+v", name, c, want(k))
 		}
 	}
-	if c := r.LeaveRemaining; c.Routes != 0 || c.Neighs != 0 || c.FDB != 0 {
+	if c := r.LeaveRemaining; c != (benchCounts{}) {
 		t.Errorf("mass leave: %+v remain, want none", c)
 	}
 	if r.Samples.N != samples || r.Leaves.N != samples {

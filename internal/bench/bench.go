@@ -1,25 +1,30 @@
 // Package bench is `weft bench`: a reproducible scale benchmark of any
 // flannel-compatible daemon binary. For each lease count K it builds a
 // one-host lab cluster (internal/lab: a namespace on a bridge, an embedded
-// etcd), runs the daemon there with the vxlan backend, injects K synthetic
-// peer leases in upstream's exact etcd format, and measures through
-// netlink, from outside the daemon, how long the kernel takes to reflect
+// etcd), runs the daemon there with the vxlan or the wireguard backend,
+// injects K synthetic peer leases in upstream's exact etcd format, and
+// measures, from outside the daemon, how long the kernel takes to reflect
 // them:
 //
 //  1. join burst: K leases written (transactions of 100) while the daemon
-//     runs → all K routes, neighbours and FDB entries on flannel.1;
-//  2. cold start: daemon stopped, flannel.1 deleted, daemon started with K
-//     leases in etcd → all present, and → subnet.env written;
-//  3. single join / leave at scale: one Put (Delete) → its RTM_NEWROUTE
-//     (RTM_DELROUTE), from a netlink subscription;
+//     runs → every peer's objects present (vxlan: K routes, neighbours and
+//     FDB entries on flannel.1; wireguard: K peers on flannel-wg);
+//  2. cold start: daemon stopped, its device deleted, daemon started with
+//     K leases in etcd → all present, and → subnet.env written;
+//  3. single join / leave at scale: one Put (Delete) → its object seen
+//     (vxlan: the RTM_NEWROUTE / RTM_DELROUTE, from a netlink
+//     subscription; wireguard, which announces no peer changes: the first
+//     poll, every 2 ms, that finds the public key present / absent);
 //  4. mass leave: all K deleted (transactions of 100) → all gone;
 //  5. cost: the daemon's peak RSS, CPU seconds, log bytes per lease event.
 //
 // It relies only on flanneld's flags (--etcd-endpoints, --iface,
 // --subnet-file) and upstream's etcd layout, so upstream flanneld can be
-// measured side by side (--vs). Counting in bulk polls a cheap raw netlink
-// dump every few milliseconds (dataplane.Probe); single events come from a
-// subscription (dataplane.RouteWatch). Nothing parses ip(8) output.
+// measured side by side (--vs). VXLAN objects are counted by polling a
+// cheap raw netlink dump every few milliseconds (dataplane.Probe);
+// WireGuard peers by asking the device for its peers (wgReader: the UAPI
+// socket of a userspace device, wgctrl for a kernel one). Nothing parses
+// ip(8) output.
 package bench
 
 import (
@@ -29,8 +34,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
-	"sync"
+	"strings"
 	"syscall"
 	"time"
 
@@ -38,7 +44,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/weft-net/weft/internal/ctxsleep"
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lab"
 )
@@ -51,9 +57,13 @@ type Daemon struct {
 
 // Options configure a benchmark.
 type Options struct {
-	// Daemons are measured in turn for every K and run, interleaved
-	// (A B A B …), so drift in the machine's load hits both alike.
+	// Daemons are measured in turn for every K, run and backend,
+	// interleaved (A B A B …), so drift in the machine's load hits both
+	// alike.
 	Daemons []Daemon
+	// Backends are the network config's backend types to measure, each
+	// vxlan or wireguard (default: vxlan), interleaved like Daemons.
+	Backends []string
 	// Leases is the series of K.
 	Leases []int
 	// Samples is the number of single joins (and leaves) per run.
@@ -72,14 +82,7 @@ type Options struct {
 	Log      *slog.Logger
 }
 
-// device is the VXLAN device both daemons program for VNI 1.
-const device = "flannel.1"
-
 const (
-	// pollEvery is the counting dump's period. A dump of 3×10,000 entries
-	// parsed only as far as their headers costs well under a millisecond,
-	// so polling this often barely competes with the daemon for the CPU.
-	pollEvery = 10 * time.Millisecond
 	// phaseTimeout bounds each bulk phase; upstream needs ~7 s at 8,000.
 	phaseTimeout = 3 * time.Minute
 	// sampleTimeout bounds one single join or leave.
@@ -101,16 +104,24 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Runs < 1 {
 		o.Runs = 1
 	}
-	res := &Result{CPUs: cpus(), Daemons: o.Daemons, Leases: o.Leases, Samples: o.Samples}
+	if len(o.Backends) == 0 {
+		o.Backends = []string{config.BackendVXLAN}
+	}
+	if err := checkBackends(ctx, o); err != nil {
+		return nil, err
+	}
+	res := &Result{CPUs: cpus(), Daemons: o.Daemons, Backends: o.Backends, Leases: o.Leases, Samples: o.Samples}
 	for _, k := range o.Leases {
 		for run := 1; run <= o.Runs; run++ {
-			for _, d := range o.Daemons {
-				r, err := runOne(ctx, o, d, k, run)
-				if r != nil {
-					res.Runs = append(res.Runs, *r)
-				}
-				if err != nil {
-					return res, fmt.Errorf("%s at %d leases (run %d): %w", d.Name, k, run, err)
+			for _, b := range o.Backends {
+				for _, d := range o.Daemons {
+					r, err := runOne(ctx, o, d, b, k, run)
+					if r != nil {
+						res.Runs = append(res.Runs, *r)
+					}
+					if err != nil {
+						return res, fmt.Errorf("%s (%s) at %d leases (run %d): %w", d.Name, b, k, run, err)
+					}
 				}
 			}
 		}
@@ -123,26 +134,29 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 // runner is one (daemon, K, run) measurement.
 type runner struct {
-	o     Options
-	d     Daemon
-	k     int
-	label string
-	c     *lab.Cluster
-	h     *lab.Host
-	cli   *clientv3.Client
-	probe *dataplane.Probe
-	ns    netns.NsHandle
-	r     *RunResult
-	last  time.Time // last progress line
+	o       Options
+	d       Daemon
+	backend string
+	k       int
+	label   string
+	c       *lab.Cluster
+	h       *lab.Host
+	cli     *clientv3.Client
+	probe   *dataplane.Probe
+	obs     observer
+	ns      netns.NsHandle
+	r       *RunResult
+	last    time.Time // last progress line
 }
 
-func runOne(ctx context.Context, o Options, d Daemon, k, run int) (_ *RunResult, err error) {
-	dir := filepath.Join(o.Dir, fmt.Sprintf("%s-k%d-r%d", sanitize(d.Name), k, run))
+func runOne(ctx context.Context, o Options, d Daemon, backend string, k, run int) (_ *RunResult, err error) {
+	dir := filepath.Join(o.Dir, fmt.Sprintf("%s-%s-k%d-r%d", sanitize(d.Name), backend, k, run))
 	if !o.Keep {
 		defer os.RemoveAll(dir)
 	}
-	x := &runner{o: o, d: d, k: k, label: fmt.Sprintf("K=%d %s run %d", k, d.Name, run),
-		r: &RunResult{Daemon: d.Name, Path: d.Path, Leases: k, Run: run}}
+	x := &runner{o: o, d: d, backend: backend, k: k,
+		label: fmt.Sprintf("K=%d %s %s run %d", k, d.Name, backend, run),
+		r:     &RunResult{Daemon: d.Name, Path: d.Path, Backend: backend, Leases: k, Run: run}}
 	x.progress("building lab")
 	// Building the lab may take a few seconds; it must not outlive a
 	// Ctrl-C, but Close runs regardless.
@@ -160,7 +174,7 @@ func runOne(ctx context.Context, o Options, d Daemon, k, run int) (_ *RunResult,
 		return nil, fmt.Errorf("etcd client: %w", err)
 	}
 	defer x.cli.Close()
-	if _, err := x.cli.Put(ctx, prefix+"/config", netConfig); err != nil {
+	if _, err := x.cli.Put(ctx, prefix+"/config", netConfig(backend)); err != nil {
 		return nil, fmt.Errorf("write network config: %w", err)
 	}
 	x.ns, err = netns.GetFromName(x.h.NS)
@@ -173,7 +187,18 @@ func runOne(ctx context.Context, o Options, d Daemon, k, run int) (_ *RunResult,
 		return nil, err
 	}
 	defer x.probe.Close()
+	x.obs, err = newObserver(backend, x.h, x.ns, x.probe)
+	if err != nil {
+		return nil, err
+	}
+	defer x.obs.close()
 	err = x.measure(ctx)
+	cost := x.obs.cost()
+	x.r.ObserverGets, x.r.ObserverGetSeconds = cost.gets, secs(cost.total)
+	if len(cost.singleGets) > 0 {
+		s := summarize(cost.singleGets)
+		x.r.SingleGet = &s
+	}
 	if err != nil {
 		x.r.Errors = append(x.r.Errors, err.Error())
 	}
@@ -199,7 +224,7 @@ func (x *runner) measure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ps, err := makePeers(x.k+x.o.Samples, self)
+	ps, err := makePeers(x.backend, x.k+x.o.Samples, self)
 	if err != nil {
 		return err
 	}
@@ -218,7 +243,7 @@ func (x *runner) measure(ctx context.Context) error {
 	}
 	tw := time.Now()
 	r.JoinWrites = secs(tw.Sub(t0))
-	c, err := x.waitCounts(ctx, "join burst", func(c dataplane.DevCounts) bool { return all(c, x.k) })
+	c, err := x.waitCounts(ctx, "join burst", x.k)
 	r.JoinInstalled = c
 	if err != nil {
 		return err
@@ -237,7 +262,10 @@ func (x *runner) measure(ctx context.Context) error {
 		// on SIGTERM in some versions); the measurement goes on.
 		x.o.Log.Debug("daemon exit", "err", err)
 	}
-	if err := x.probe.DeleteLink(device); err != nil {
+	// A userspace WireGuard device has ended with its daemon; a kernel
+	// device (vxlan, or WireGuard where the kernel has it) survives a
+	// SIGTERM and is deleted here.
+	if err := x.probe.DeleteLink(x.obs.device()); err != nil {
 		return err
 	}
 	// Both daemons find their lease again by public IP, so removing
@@ -261,7 +289,7 @@ func (x *runner) measure(ctx context.Context) error {
 		envAt = time.Now()
 		return nil
 	})
-	c, err = x.waitCounts(ctx, "cold start", func(c dataplane.DevCounts) bool { return all(c, x.k) })
+	c, err = x.waitCounts(ctx, "cold start", x.k)
 	r.ColdInstalled = c
 	if err != nil {
 		return err
@@ -281,8 +309,12 @@ func (x *runner) measure(ctx context.Context) error {
 
 	// 3. Single joins and leaves at scale.
 	log2 := fileSize(x.h.LogFile)
-	join, leave, acks, err := x.singles(ctx, singles)
+	join, leave, lowJoin, lowLeave, acks, err := x.singles(ctx, singles)
 	r.SingleJoin, r.SingleLeave, r.SinglePutAck = summarize(join), summarize(leave), summarize(acks)
+	if x.backend == config.BackendWireGuard {
+		lj, ll := summarize(lowJoin), summarize(lowLeave)
+		r.SingleJoinLow, r.SingleLeaveLow = &lj, &ll
+	}
 	if err != nil {
 		return err
 	}
@@ -295,7 +327,7 @@ func (x *runner) measure(ctx context.Context) error {
 	}
 	tw = time.Now()
 	r.LeaveWrites = secs(tw.Sub(t0))
-	c, err = x.waitCounts(ctx, "mass leave", func(c dataplane.DevCounts) bool { return all(c, 0) })
+	c, err = x.waitCounts(ctx, "mass leave", 0)
 	r.LeaveRemaining = c
 	if err != nil {
 		return err
@@ -320,89 +352,45 @@ func (x *runner) measure(ctx context.Context) error {
 	return nil
 }
 
-// singles measures one Put (then one Delete) at a time: the time from just
-// before the etcd request to the arrival of the route notification.
-func (x *runner) singles(ctx context.Context, ps []peer) (join, leave, acks []float64, err error) {
-	w, err := dataplane.OpenRouteWatch(x.ns)
+// checkBackends refuses unknown or repeated backends, and a second daemon
+// with wireguard where the kernel has no WireGuard: upstream's wireguard
+// backend makes kernel devices only (ours falls back to a userspace one),
+// so it would fail to start, which would be no measurement.
+func checkBackends(ctx context.Context, o Options) error {
+	seen := map[string]bool{}
+	for _, b := range o.Backends {
+		if b != config.BackendVXLAN && b != config.BackendWireGuard {
+			return fmt.Errorf("backend %q: the bench knows vxlan and wireguard", b)
+		}
+		if seen[b] {
+			return fmt.Errorf("backend %q given twice", b)
+		}
+		seen[b] = true
+	}
+	if !seen[config.BackendWireGuard] || len(o.Daemons) < 2 {
+		return nil
+	}
+	ok, why, err := kernelWireGuard(ctx, o.Name+"-wgck")
 	if err != nil {
-		return nil, nil, nil, err
+		return err
 	}
-	type key struct {
-		dst   netip.Prefix
-		added bool
+	if !ok {
+		return fmt.Errorf("--vs with the wireguard backend needs the kernel's WireGuard module, which upstream flanneld requires and this kernel lacks (%s)", why)
 	}
-	var (
-		mu      sync.Mutex
-		waiters = map[key]chan time.Time{}
-	)
-	wctx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	g.Go(func() error {
-		return w.Run(wctx, func(dst netip.Prefix, added bool) {
-			at := time.Now()
-			mu.Lock()
-			ch, ok := waiters[key{dst, added}]
-			delete(waiters, key{dst, added})
-			mu.Unlock()
-			if ok {
-				ch <- at
-			}
-		})
-	})
-	defer func() {
-		stop()
-		if werr := g.Wait(); werr != nil && err == nil {
-			err = werr
-		}
-	}()
-	one := func(p peer, added bool) (float64, error) {
-		ch := make(chan time.Time, 1)
-		mu.Lock()
-		waiters[key{p.dst, added}] = ch
-		mu.Unlock()
-		t0 := time.Now()
-		var err error
-		if added {
-			_, err = x.cli.Put(ctx, p.key, p.value, clientv3.WithLease(p.lease))
-		} else {
-			_, err = x.cli.Delete(ctx, p.key)
-		}
-		if err != nil {
-			return 0, fmt.Errorf("write %s: %w", p.key, err)
-		}
-		if added {
-			acks = append(acks, float64(time.Since(t0))/float64(time.Millisecond))
-		}
-		t := time.NewTimer(sampleTimeout)
-		defer t.Stop()
-		select {
-		case at := <-ch:
-			return float64(at.Sub(t0)) / float64(time.Millisecond), nil
-		case <-t.C:
-			return 0, fmt.Errorf("no route notification for %s within %s", p.dst, sampleTimeout)
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
-	}
-	for i, added := range []bool{true, false} {
-		for j, p := range ps {
-			x.progress(fmt.Sprintf("single %s %d/%d", []string{"join", "leave"}[i], j+1, len(ps)))
-			ms, err := one(p, added)
-			if err != nil {
-				return join, leave, acks, err
-			}
-			if added {
-				join = append(join, ms)
-			} else {
-				leave = append(leave, ms)
-			}
-			if err := ctxsleep.For(ctx, sampleGap); err != nil {
-				return join, leave, acks, err
-			}
-		}
-	}
-	return join, leave, acks, nil
+	return nil
 }
 
-// all reports whether c holds n of each kind.
-func all(c dataplane.DevCounts, n int) bool { return c.Routes == n && c.Neighs == n && c.FDB == n }
+// kernelWireGuard reports whether the kernel makes WireGuard devices, by
+// making one in a scratch namespace of that name; why is ip's complaint
+// when it does not.
+func kernelWireGuard(ctx context.Context, ns string) (ok bool, why string, err error) {
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		return false, "", fmt.Errorf("ip netns add %s: %w: %s", ns, err, strings.TrimSpace(string(out)))
+	}
+	defer exec.Command("ip", "netns", "del", ns).Run()
+	out, err := exec.CommandContext(ctx, "ip", "-n", ns, "link", "add", "wgck", "type", "wireguard").CombinedOutput()
+	if err != nil {
+		return false, "ip link add type wireguard: " + strings.TrimSpace(string(out)), nil
+	}
+	return true, "", nil
+}

@@ -1,11 +1,16 @@
 package bench
 
 import (
+	"context"
+	"crypto/rand"
 	"net/netip"
 	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/wireguard"
+	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -13,7 +18,7 @@ import (
 // skip the daemon's own subnet, and are pairwise distinct.
 func TestMakePeers(t *testing.T) {
 	self := subnetAt(1)
-	ps, err := makePeers(300, self)
+	ps, err := makePeers(config.BackendVXLAN, 300, self)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +48,104 @@ func TestMakePeers(t *testing.T) {
 			seen[k] = true
 		}
 	}
-	if _, err := makePeers(maxSubnets, self); err == nil {
+	if _, err := makePeers(config.BackendVXLAN, maxSubnets, self); err == nil {
 		t.Error("makePeers(maxSubnets) did not fail")
+	}
+}
+
+// TestMakePeersWireGuard checks the synthetic wireguard leases: upstream's
+// exact format, backend data that the wireguard backend's own decoder
+// accepts (valid keys, port 51820), and pairwise distinct subnets, public
+// IPs and public keys.
+func TestMakePeersWireGuard(t *testing.T) {
+	self := subnetAt(1)
+	ps, err := makePeers(config.BackendWireGuard, 2000, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `{"PublicIP":"100.64.0.1","PublicIPv6":null,"BackendType":"wireguard","BackendData":{"PublicKey":"` +
+		wgPeerKey(1).PublicKey().String() + `","Port":51820}}`
+	if ps[0].value != want {
+		t.Errorf("first value\n got %s\nwant %s", ps[0].value, want)
+	}
+	seen := map[string]bool{}
+	for _, p := range ps {
+		if p.dst == self {
+			t.Errorf("peer has the daemon's own subnet %s", self)
+		}
+		l, err := lease.Decode(strings.TrimPrefix(p.key, prefix+"/subnets/"), []byte(p.value))
+		if err != nil {
+			t.Fatalf("%s: %v", p.key, err)
+		}
+		d, err := wireguard.DecodeData(l.Attrs.BackendData)
+		if err != nil {
+			t.Fatalf("%s: %v", p.key, err)
+		}
+		if d.Port != wgPort || d.PublicKey != p.pub.String() {
+			t.Errorf("%s: decoded %+v, want key %s port %d", p.key, d, p.pub, wgPort)
+		}
+		for _, k := range []string{p.key, l.Attrs.PublicIP.String(), d.PublicKey} {
+			if seen[k] {
+				t.Errorf("%s repeated", k)
+			}
+			seen[k] = true
+		}
+	}
+	// Deterministic: a second call makes the same keys.
+	again, err := makePeers(config.BackendWireGuard, 3, self)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range again {
+		if again[i] != ps[i] {
+			t.Errorf("peer %d differs between calls", i)
+		}
+	}
+	// Distinct well beyond the sizes the bench runs.
+	keys := map[dataplane.WGKey]bool{}
+	for j := range 20000 {
+		k := wgPeerKey(j).PublicKey()
+		if keys[k] {
+			t.Fatalf("public key of peer %d repeats an earlier one", j)
+		}
+		keys[k] = true
+	}
+	if _, err := makePeers("host-gw", 1, self); err == nil {
+		t.Error("makePeers(host-gw) did not fail")
+	}
+}
+
+// TestCheckBackends: unknown and repeated backends are refused; a second
+// daemon with wireguard only where the kernel makes WireGuard devices.
+func TestCheckBackends(t *testing.T) {
+	one := []Daemon{{Name: "a"}}
+	two := []Daemon{{Name: "a"}, {Name: "b"}}
+	name := "wtck" + strings.ToLower(rand.Text()[:2])
+	for _, tc := range []struct {
+		backends []string
+		daemons  []Daemon
+		err      string
+	}{
+		{[]string{"vxlan", "wireguard"}, one, ""},
+		{[]string{"vxlan"}, two, ""},
+		{[]string{"host-gw"}, one, `backend "host-gw"`},
+		{[]string{"vxlan", "vxlan"}, one, "given twice"},
+	} {
+		err := checkBackends(context.Background(), Options{Backends: tc.backends, Daemons: tc.daemons, Name: name})
+		if (err == nil) != (tc.err == "") || err != nil && !strings.Contains(err.Error(), tc.err) {
+			t.Errorf("%v with %d daemons: error %v, want %q", tc.backends, len(tc.daemons), err, tc.err)
+		}
+	}
+	ok, why, err := kernelWireGuard(context.Background(), name+"-wgck")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = checkBackends(context.Background(), Options{Backends: []string{"wireguard"}, Daemons: two, Name: name})
+	if ok != (err == nil) {
+		t.Errorf("kernel WireGuard %v (%s), yet --vs with wireguard: %v", ok, why, err)
+	}
+	if !ok && (err == nil || !strings.Contains(err.Error(), "lacks") || strings.Contains(err.Error(), "\n")) {
+		t.Errorf("error %q is not one line saying why", err)
 	}
 }
 
@@ -66,7 +167,7 @@ func TestSummarize(t *testing.T) {
 // BenchmarkDecodeLease decodes one lease in the exact format the bench
 // (and upstream) writes: the per-event cost of the watch path.
 func BenchmarkDecodeLease(b *testing.B) {
-	ps, err := makePeers(1, netip.Prefix{})
+	ps, err := makePeers(config.BackendVXLAN, 1, netip.Prefix{})
 	if err != nil {
 		b.Fatal(err)
 	}

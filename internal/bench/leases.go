@@ -2,6 +2,8 @@ package bench
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"net/netip"
 
@@ -9,14 +11,16 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/internal/backend/vxlan"
+	"github.com/weft-net/weft/internal/backend/wireguard"
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
 
 const (
-	// netConfig is the network the bench runs: a /9 of /24s holds 32,768
+	// network is the network the bench runs: a /9 of /24s holds 32,768
 	// subnets, so 20,000 synthetic peers and the host itself fit.
-	netConfig = `{"Network":"10.0.0.0/9","SubnetLen":24,"Backend":{"Type":"vxlan"}}`
+	network = "10.0.0.0/9"
 	// maxSubnets is how many /24s netConfig's /9 holds.
 	maxSubnets = 1 << 15
 	// prefix is upstream's default etcd prefix.
@@ -31,13 +35,24 @@ const (
 	grantWorkers = 16
 	// vni is the default VXLAN VNI, the one netConfig implies.
 	vni = 1
+	// wgPort is upstream's default WireGuard listen port, which every
+	// synthetic wireguard peer publishes.
+	wgPort = 51820
 )
+
+// netConfig is the network config the bench writes for backend.
+func netConfig(backend string) string {
+	return `{"Network":"` + network + `","SubnetLen":24,"Backend":{"Type":"` + backend + `"}}`
+}
 
 // peer is one synthetic host's lease.
 type peer struct {
 	key   string
 	value string
 	dst   netip.Prefix
+	// pub is the peer's WireGuard public key (wireguard only): the
+	// identity of its object in the kernel.
+	pub   dataplane.WGKey
 	lease clientv3.LeaseID
 }
 
@@ -46,14 +61,20 @@ func subnetAt(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
 }
 
-// makePeers builds n synthetic peers in upstream's exact key and value
-// format, skipping the subnet the daemon under test holds. Each has a
-// distinct public IP from 100.64.0.0/10 (shared address space; never
-// reached, the VXLAN driver only needs it as a destination) and a distinct
-// unicast, locally administered VTEP MAC.
-func makePeers(n int, self netip.Prefix) ([]peer, error) {
+// makePeers builds n synthetic peers of backend (vxlan or wireguard) in
+// upstream's exact key and value format, skipping the subnet the daemon
+// under test holds. Each has a distinct public IP from 100.64.0.0/10
+// (shared address space; never reached: the VXLAN driver only needs it as
+// a destination, and WireGuard sends nothing to a peer until there is
+// traffic for it) and, for vxlan, a distinct unicast, locally administered
+// VTEP MAC; for wireguard, a distinct valid public key (wgPeerKey) and
+// port 51820.
+func makePeers(backend string, n int, self netip.Prefix) ([]peer, error) {
 	if n+1 > maxSubnets {
-		return nil, fmt.Errorf("%d leases do not fit in %s (at most %d)", n, "10.0.0.0/9", maxSubnets-1)
+		return nil, fmt.Errorf("%d leases do not fit in %s (at most %d)", n, network, maxSubnets-1)
+	}
+	if backend != config.BackendVXLAN && backend != config.BackendWireGuard {
+		return nil, fmt.Errorf("backend %q: the bench knows vxlan and wireguard", backend)
 	}
 	out := make([]peer, 0, n)
 	for i := 0; len(out) < n; i++ {
@@ -63,8 +84,15 @@ func makePeers(n int, self netip.Prefix) ([]peer, error) {
 		}
 		j := len(out) + 1
 		pub := netip.AddrFrom4([4]byte{100, 64 | byte(j>>16), byte(j >> 8), byte(j)})
-		mac := dataplane.MAC{0x0e, 0x57, 0, byte(j >> 16), byte(j >> 8), byte(j)}
-		a := lease.Attrs{PublicIP: pub, BackendType: "vxlan", BackendData: vxlan.EncodeData(vni, mac)}
+		a := lease.Attrs{PublicIP: pub, BackendType: backend}
+		var key dataplane.WGKey
+		if backend == config.BackendWireGuard {
+			key = wgPeerKey(j).PublicKey()
+			a.BackendData = wireguard.EncodeData(key, wgPort)
+		} else {
+			mac := dataplane.MAC{0x0e, 0x57, 0, byte(j >> 16), byte(j >> 8), byte(j)}
+			a.BackendData = vxlan.EncodeData(vni, mac)
+		}
 		v, err := a.MarshalJSON()
 		if err != nil {
 			return nil, fmt.Errorf("encode lease %s: %w", dst, err)
@@ -73,9 +101,24 @@ func makePeers(n int, self netip.Prefix) ([]peer, error) {
 			key:   prefix + "/subnets/" + lease.MakeKey(dst, netip.Prefix{}),
 			value: string(v),
 			dst:   dst,
+			pub:   key,
 		})
 	}
 	return out, nil
+}
+
+// wgPeerKey is synthetic peer j's WireGuard private key: sha256 of its
+// number, clamped as Curve25519 wants it. Deterministic, so a run can be
+// repeated exactly; distinct numbers give distinct keys (and, but for a
+// chance of about 2^-250, distinct public keys, which TestMakePeers checks
+// for the first 20,000).
+func wgPeerKey(j int) dataplane.WGKey {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(j))
+	k := dataplane.WGKey(sha256.Sum256(b[:]))
+	k[0] &= 248
+	k[31] = k[31]&127 | 64
+	return k
 }
 
 // grant gives each peer its own etcd lease, concurrently: a grant is a

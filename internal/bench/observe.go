@@ -14,32 +14,31 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/ctxsleep"
-	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
-// waitCounts polls the device's object counts until done holds, showing
-// progress, and returns the last counts.
-func (x *runner) waitCounts(ctx context.Context, phase string, done func(dataplane.DevCounts) bool) (dataplane.DevCounts, error) {
+// waitCounts polls the backend's per-peer objects until they are those of
+// n peers, showing progress, and returns the last counts.
+func (x *runner) waitCounts(ctx context.Context, phase string, n int) (Counts, error) {
 	deadline := time.Now().Add(phaseTimeout)
-	t := time.NewTicker(pollEvery)
+	t := time.NewTicker(x.obs.pollEvery())
 	defer t.Stop()
 	for {
-		c, err := x.probe.Count(device)
+		c, err := x.obs.count()
 		if err != nil {
-			return c, err
+			return c, fmt.Errorf("%s: %w", phase, err)
 		}
-		if done(c) {
+		if x.obs.complete(c, n) {
 			return c, nil
 		}
 		if exited, err := x.h.Exited(); exited {
 			return c, fmt.Errorf("%s: daemon exited: %v (log: %s)", phase, err, x.h.LogFile)
 		}
 		if time.Now().After(deadline) {
-			return c, fmt.Errorf("%s: not reached after %s: %d routes, %d neighbours, %d fdb entries (want %d each)",
-				phase, phaseTimeout, c.Routes, c.Neighs, c.FDB, x.k)
+			return c, fmt.Errorf("%s: not reached after %s: %s (want those of %d peers)",
+				phase, phaseTimeout, x.obs.describe(c), n)
 		}
-		x.progress(fmt.Sprintf("%s: %d routes, %d neighbours, %d fdb", phase, c.Routes, c.Neighs, c.FDB))
+		x.progress(phase + ": " + x.obs.describe(c))
 		select {
 		case <-ctx.Done():
 			return c, ctx.Err()
@@ -48,11 +47,12 @@ func (x *runner) waitCounts(ctx context.Context, phase string, done func(datapla
 	}
 }
 
-// waitDevice waits for the daemon to create its VXLAN device.
+// waitDevice waits for the daemon to create its device.
 func (x *runner) waitDevice(ctx context.Context) error {
+	dev := x.obs.device()
 	deadline := time.Now().Add(phaseTimeout)
 	for {
-		ifi, err := x.probe.LinkIndex(device)
+		ifi, err := x.probe.LinkIndex(dev)
 		if err != nil {
 			return err
 		}
@@ -60,12 +60,12 @@ func (x *runner) waitDevice(ctx context.Context) error {
 			return nil
 		}
 		if exited, err := x.h.Exited(); exited {
-			return fmt.Errorf("daemon exited before creating %s: %v (log: %s)", device, err, x.h.LogFile)
+			return fmt.Errorf("daemon exited before creating %s: %v (log: %s)", dev, err, x.h.LogFile)
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("no %s after %s", device, phaseTimeout)
+			return fmt.Errorf("no %s after %s", dev, phaseTimeout)
 		}
-		if err := ctxsleep.For(ctx, pollEvery); err != nil {
+		if err := ctxsleep.For(ctx, x.obs.pollEvery()); err != nil {
 			return err
 		}
 	}
@@ -84,7 +84,7 @@ func (x *runner) waitSubnetEnv(ctx context.Context) (netip.Prefix, error) {
 		if time.Now().After(deadline) {
 			return netip.Prefix{}, fmt.Errorf("no %s after %s", x.h.SubnetFile, phaseTimeout)
 		}
-		if err := ctxsleep.For(ctx, pollEvery); err != nil {
+		if err := ctxsleep.For(ctx, 10*time.Millisecond); err != nil {
 			return netip.Prefix{}, err
 		}
 	}

@@ -281,6 +281,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	daemon := fs.String("daemon", "", "daemon binary to measure (default: the flanneld next to this binary)")
 	vs := fs.String("vs", "", "a second daemon binary to measure side by side (e.g. upstream flanneld)")
 	leases := fs.String("leases", "1000,5000", "comma-separated series of peer lease counts")
+	backendList := fs.String("backend", "vxlan", "backend(s) to measure: vxlan, wireguard, or both comma-separated (interleaved)")
 	samples := fs.Int("samples", 20, "single joins and leaves per run")
 	runs := fs.Int("runs", 1, "runs per daemon and lease count (interleaved; the table shows medians)")
 	asJSON := fs.Bool("json", false, "print every run as JSON on stdout")
@@ -306,6 +307,11 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 2
 		}
 		o.Leases = append(o.Leases, k)
+	}
+	o.Backends = splitComma(*backendList)
+	if len(o.Backends) == 0 {
+		fmt.Fprintln(stderr, "weft bench: --backend: empty")
+		return 2
 	}
 	if *daemon == "" {
 		self, err := os.Executable()

@@ -457,6 +457,12 @@ func (h *Host) wireguardDir() string {
 	return filepath.Join(filepath.Dir(h.SubnetFile), "wireguard")
 }
 
+// WireGuardSocket is the UAPI socket of h's userspace WireGuard device dev
+// as seen from outside h's commands (they see it in /run/wireguard).
+func (h *Host) WireGuardSocket(dev string) string {
+	return filepath.Join(h.wireguardDir(), dev+".sock")
+}
+
 // inNS returns the `ip` arguments that run name with args in h's network
 // namespace, with h's own WireGuard socket directory: `ip netns exec`
 // gives each command a private mount namespace (mounts made in it do not
