@@ -105,7 +105,7 @@ type daemon struct {
 	self    lease.Lease
 	peers   map[lease.ID]lease.Lease
 	seen    map[lease.ID]time.Time // when each peer's lease last changed
-	skipped map[lease.ID]string    // reason of peers skipped, to warn once
+	skipped *skipSet               // peer leases not used, by raw key
 	wrote   bool                   // subnet.env written
 
 	// desired is the desired kernel state, updated per peer event;
@@ -244,7 +244,7 @@ const (
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, renewed <-chan lease.Lease) error {
 	d.peers = map[lease.ID]lease.Lease{}
 	d.seen = map[lease.ID]time.Time{}
-	d.skipped = map[lease.ID]string{}
+	d.skipped = newSkipSet()
 	// Our own subnets are fixed for the daemon's lifetime (a renewal only
 	// moves revision and expiry), so the base is planned once.
 	d.newDesired(0)
@@ -362,7 +362,9 @@ func (d *daemon) apply(b lease.Batch) error {
 		// A snapshot replaces everything: peers not in it are gone.
 		seen := make(map[lease.ID]bool, len(b.Events))
 		for _, ev := range b.Events {
-			seen[ev.Lease.ID()] = true
+			if ev.Err == nil || !errors.Is(ev.Err, lease.ErrBadKey) {
+				seen[ev.Lease.ID()] = true
+			}
 		}
 		removed := 0
 		for id := range d.peers {
@@ -371,11 +373,7 @@ func (d *daemon) apply(b lease.Batch) error {
 				removed++
 			}
 		}
-		for id := range d.skipped {
-			if !seen[id] {
-				delete(d.skipped, id)
-			}
-		}
+		d.skipped.retain(d.skipped.keys(b.Events))
 		if _, ok := seen[d.self.ID()]; !ok {
 			return fmt.Errorf("%w: %s is not in the store", ErrOwnLeaseLost, d.self.Key())
 		}
@@ -386,10 +384,23 @@ func (d *daemon) apply(b lease.Batch) error {
 			return err
 		}
 	}
+	for reason, n := range d.skipped.takeChanged() {
+		d.cfg.Metrics.SetSkipped(reason, n)
+	}
 	return nil
 }
 
 func (d *daemon) applyEvent(ev lease.Event) error {
+	if ev.Err != nil && errors.Is(ev.Err, lease.ErrBadKey) {
+		// A key that is not a lease's names no subnets: whatever it says,
+		// it concerns no peer (and not us).
+		if ev.Type == lease.Removed {
+			d.skipped.remove(ev.Key)
+		} else {
+			d.skip(ev, ev.Err)
+		}
+		return nil
+	}
 	id := ev.Lease.ID()
 	if id == d.self.ID() {
 		switch {
@@ -405,7 +416,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 			d.log.Debug("peer removed", "lease", id)
 		}
 		d.dropPeer(id)
-		delete(d.skipped, id)
+		d.skipped.remove(ev.Key)
 		return nil
 	}
 	err := ev.Err
@@ -415,15 +426,10 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	if err != nil {
 		d.dropPeer(id)
-		reason := backend.SkipReason(err)
-		d.cfg.Metrics.Skipped(reason)
-		if d.skipped[id] != reason {
-			d.log.Warn("skipping peer lease", "key", ev.Key, "reason", reason, "err", err)
-		}
-		d.skipped[id] = reason
+		d.skip(ev, err)
 		return nil
 	}
-	delete(d.skipped, id)
+	d.skipped.remove(ev.Key)
 	d.log.Debug("peer added", "lease", id, "public_ip", ev.Lease.Attrs.PublicIP)
 	if old, ok := d.peers[id]; !ok || !old.Attrs.Equal(ev.Lease.Attrs) {
 		d.seen[id] = time.Now()
@@ -431,6 +437,24 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	d.peers[id] = ev.Lease
 	d.desired.SetPeer(ev.Lease, objs, d.delta())
 	return nil
+}
+
+// skip records a peer lease that is not used: counted when it becomes
+// skipped (or for another reason), logged when it is one of the examples
+// the status shows (skipSet), so that a flood of junk in the store costs
+// a few log lines.
+func (d *daemon) skip(ev lease.Event, err error) {
+	reason := backend.SkipReason(err)
+	news, example := d.skipped.add(ev.Key, reason)
+	if !news {
+		return
+	}
+	d.cfg.Metrics.Skipped(reason)
+	level := slog.LevelDebug
+	if example {
+		level = slog.LevelWarn
+	}
+	d.log.Log(context.Background(), level, "skipping peer lease", "key", lease.Shorten(ev.Key), "reason", reason, "err", err)
 }
 
 // dropPeer forgets a peer and withdraws its objects.
