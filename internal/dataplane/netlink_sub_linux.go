@@ -105,11 +105,20 @@ func (n *Netlink) subscribe() (*nl.NetlinkSocket, error) {
 func (n *Netlink) notification(typ uint16, hdr unix.NlMsghdr, data []byte) bool {
 	switch typ {
 	case unix.RTM_DELLINK:
+		if len(data) < unix.SizeofIfInfomsg {
+			return false
+		}
+		msg := nl.DeserializeIfInfomsg(data)
+		n.forgetLinkState(int(msg.Index))
 		link, err := netlink.LinkDeserialize(&hdr, data)
 		if err != nil {
 			return false
 		}
-		return n.linkEvent(netlink.LinkUpdate{IfInfomsg: *nl.DeserializeIfInfomsg(data), Header: hdr, Link: link})
+		return n.linkEvent(netlink.LinkUpdate{IfInfomsg: *msg, Header: hdr, Link: link})
+	case unix.RTM_NEWLINK:
+		return n.linkFlagsEvent(data)
+	case unix.RTM_NEWROUTE:
+		return n.connectedRouteEvent(data)
 	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
 		nb, err := netlink.NeighDeserialize(data)
 		if err != nil {
@@ -123,8 +132,8 @@ func (n *Netlink) notification(typ uint16, hdr unix.NlMsghdr, data []byte) bool 
 		}
 		return n.routeEvent(netlink.RouteUpdate{Type: typ, Route: r}, nhid)
 	}
-	// New links and routes: only deletions of ours matter (a replaced
-	// route of ours is seen by the next full pass).
+	// Nothing else is subscribed. (A route of ours replaced by someone
+	// arrives as RTM_NEWROUTE: the next full pass sees it.)
 	return false
 }
 
