@@ -455,7 +455,11 @@ func (s *Store) list(ctx context.Context) (*listing, error) {
 	ls := &listing{rev: resp.Header.Revision, events: make([]lease.Event, 0, len(resp.Kvs)), values: make([][]byte, 0, len(resp.Kvs))}
 	for _, kv := range resp.Kvs {
 		ls.events = append(ls.events, s.putEvent(kv))
-		ls.values = append(ls.values, kv.Value)
+		v := kv.Value
+		if len(v) > lease.MaxValueSize {
+			v = nil // not a lease (putEvent refused it): nothing to compare with
+		}
+		ls.values = append(ls.values, v)
 	}
 	return ls, nil
 }
@@ -612,10 +616,11 @@ func (s *Store) snapshot(ctx context.Context, first bool) (lease.Batch, error) {
 
 // prime keeps an Acquire's listing for the first snapshot of a Watch yet
 // to start; once one runs, listings are not kept (they would only hold
-// memory).
+// memory). The snapshot reuses decoded events only: the raw values, which
+// junk in the store can make tens of MiB, are let go now.
 func (s *Store) prime(ls *listing) {
 	if !s.watching.Load() {
-		s.primed.Store(ls)
+		s.primed.Store(&listing{rev: ls.rev, events: ls.events})
 	}
 }
 
