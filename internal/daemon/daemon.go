@@ -454,24 +454,6 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	return nil
 }
 
-// skip records a peer lease that is not used: counted when it becomes
-// skipped (or for another reason), logged when it is one of the examples
-// the status shows (skipSet), so that a flood of junk in the store costs
-// a few log lines.
-func (d *daemon) skip(ev lease.Event, err error) {
-	reason := backend.SkipReason(err)
-	news, example := d.skipped.add(ev.Key, reason)
-	if !news {
-		return
-	}
-	d.cfg.Metrics.Skipped(reason)
-	level := slog.LevelDebug
-	if example {
-		level = slog.LevelWarn
-	}
-	d.log.Log(context.Background(), level, "skipping peer lease", "key", lease.Shorten(ev.Key), "reason", reason, "err", err)
-}
-
 // dropPeer forgets a peer and withdraws its objects.
 func (d *daemon) dropPeer(id lease.ID) {
 	delete(d.peers, id)

@@ -1,11 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"hash/maphash"
+	"log/slog"
 	"maps"
 	"slices"
 	"strings"
 
+	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -32,6 +35,24 @@ type skipSet struct {
 	count    map[string]int               // reason → leases; zeros kept, for the metric
 	examples map[string]map[uint64]string // reason → hash → shortened key
 	changed  map[string]struct{}          // reasons whose count moved since takeChanged
+}
+
+// skip records a peer lease that is not used: counted when it becomes
+// skipped (or for another reason), logged when it is one of the examples
+// the status shows (skipSet), so that a flood of junk in the store costs
+// a few log lines.
+func (d *daemon) skip(ev lease.Event, err error) {
+	reason := backend.SkipReason(err)
+	news, example := d.skipped.add(ev.Key, reason)
+	if !news {
+		return
+	}
+	d.cfg.Metrics.Skipped(reason)
+	level := slog.LevelDebug
+	if example {
+		level = slog.LevelWarn
+	}
+	d.log.Log(context.Background(), level, "skipping peer lease", "key", lease.Shorten(ev.Key), "reason", reason, "err", err)
 }
 
 func newSkipSet() *skipSet {
