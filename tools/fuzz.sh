@@ -3,7 +3,7 @@
 # and fails on the first finding. `make test` already runs each target's
 # seed corpus; this explores beyond it.
 #
-#   tools/fuzz.sh                 every target, FUZZTIME each (default 3s: 17 targets take ~90 s)
+#   tools/fuzz.sh                 every target, FUZZTIME each (default 3s: 17 targets take ~80 s)
 #   FUZZTIME=60s tools/fuzz.sh    longer, by hand
 #   tools/fuzz.sh FuzzPeer        only the targets named
 #
