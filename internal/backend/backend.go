@@ -45,9 +45,15 @@ func (u Underlay) OnLink(ip netip.Addr) bool {
 	return false
 }
 
-// Skip reasons, also the label values of the skipped-lease metric.
+// Skip reasons, also the label values of the skipped-lease metrics.
 const (
-	ReasonDecode       = "decode"
+	// ReasonDecode: the value is not a lease (bad JSON, a public IP that
+	// is not an address of its family).
+	ReasonDecode = "decode"
+	// ReasonBadKey: the store key is not a lease's (lease.ErrBadKey).
+	ReasonBadKey = "bad_key"
+	// ReasonTooLarge: the value exceeds lease.MaxValueSize.
+	ReasonTooLarge     = "value_too_large"
 	ReasonBackendType  = "backend_type"
 	ReasonBackendData  = "backend_data"
 	ReasonOutside      = "outside_network"
@@ -56,6 +62,9 @@ const (
 	ReasonNoPublicIP   = "no_public_ip"
 	ReasonFamilyAbsent = "no_enabled_family"
 	ReasonNotOnLink    = "not_on_link"
+	// ReasonOwnPublicIP: a lease for other subnets than ours that names
+	// our public address (see CheckPeerSubnets).
+	ReasonOwnPublicIP = "own_public_ip"
 )
 
 // SkipError says why a peer lease is not used; Reason is one of the
@@ -73,11 +82,18 @@ func Skipf(reason, format string, args ...any) error {
 	return &SkipError{Reason: reason, Err: fmt.Errorf(format, args...)}
 }
 
-// SkipReason returns err's reason, or ReasonDecode for other errors.
+// SkipReason returns err's reason: a SkipError's, ReasonBadKey or
+// ReasonTooLarge for the lease decoder's errors of that kind, else
+// ReasonDecode.
 func SkipReason(err error) string {
 	var se *SkipError
-	if errors.As(err, &se) {
+	switch {
+	case errors.As(err, &se):
 		return se.Reason
+	case errors.Is(err, lease.ErrBadKey):
+		return ReasonBadKey
+	case errors.Is(err, lease.ErrValueTooLarge):
+		return ReasonTooLarge
 	}
 	return ReasonDecode
 }
@@ -93,7 +109,18 @@ func CheckPeer(n *config.Network, typ string, self, peer lease.Lease) error {
 
 // CheckPeerSubnets applies the checks every backend makes on a peer's
 // subnets: they lie inside the network, do not overlap ours, and it offers
-// at least one enabled family with a public address.
+// at least one enabled family with a public address, which is not ours.
+//
+// A lease naming our public address for other subnets is not a peer: the
+// host behind that address is us, so its routes would point at ourselves
+// (host-gw: a gateway that is a local address; vxlan: packets
+// encapsulated to ourselves and routed back out, a loop). Upstream
+// installs it. It is a stale lease of this host — a Kubernetes node object
+// left from before a rename, a second lease from a restart with another
+// configuration or a different --public-ip — or a misconfigured host
+// sharing our address; neither can be routed to, and neither is ours to
+// delete, so it is skipped until it expires or is removed. (Acquire reuses
+// the lease holding our address, so an ordinary restart keeps one lease.)
 func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
 	usable := false
 	if n.EnableIPv4 && peer.Subnet.IsValid() {
@@ -106,6 +133,9 @@ func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
 		if !peer.Attrs.PublicIP.IsValid() {
 			return Skipf(ReasonNoPublicIP, "lease %s has no PublicIP", peer.Key())
 		}
+		if peer.Attrs.PublicIP == self.Attrs.PublicIP {
+			return Skipf(ReasonOwnPublicIP, "lease %s names our PublicIP %s (a stale lease of this host?)", peer.Key(), peer.Attrs.PublicIP)
+		}
 		usable = true
 	}
 	if n.EnableIPv6 && peer.IPv6Subnet.IsValid() {
@@ -117,6 +147,9 @@ func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
 		}
 		if !peer.Attrs.PublicIPv6.IsValid() {
 			return Skipf(ReasonNoPublicIP, "lease %s has no PublicIPv6", peer.Key())
+		}
+		if peer.Attrs.PublicIPv6 == self.Attrs.PublicIPv6 {
+			return Skipf(ReasonOwnPublicIP, "lease %s names our PublicIPv6 %s (a stale lease of this host?)", peer.Key(), peer.Attrs.PublicIPv6)
 		}
 		usable = true
 	}

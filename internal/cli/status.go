@@ -7,12 +7,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -258,14 +263,52 @@ func printStatus(w io.Writer, rep statusReport) {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", dash(p.Subnet), dash(p.IPv6Subnet), dash(pub), dash(mac), time.Since(p.LastSeen).Round(time.Second))
 		}
 		tw.Flush()
-		if len(st.Skipped) > 0 {
-			fmt.Fprintf(w, "\nSKIPPED LEASES (%d)\n", len(st.Skipped))
-			for _, s := range st.Skipped {
-				fmt.Fprintf(w, "  %s  %s\n", s.Key, s.Reason)
-			}
-		}
+		writeSkipped(w, st)
 	}
 	for _, e := range rep.Errors {
 		fmt.Fprintf(w, "error: %s\n", e)
 	}
+}
+
+// writeSkipped lists the skipped leases: the count per reason, then the
+// keys the daemon keeps as examples (a few per reason), quoted when they
+// hold anything but printable text (a key is whatever was written).
+func writeSkipped(w io.Writer, st *daemon.Status) {
+	total := 0
+	for _, n := range st.SkippedByReason {
+		total += n
+	}
+	if total == 0 && len(st.Skipped) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nSKIPPED LEASES (%d)\n", total)
+	for _, reason := range slices.Sorted(maps.Keys(st.SkippedByReason)) {
+		shown := 0
+		for _, s := range st.Skipped {
+			if s.Reason == reason {
+				shown++
+			}
+		}
+		more := ""
+		if n := st.SkippedByReason[reason]; n > shown {
+			more = fmt.Sprintf(", %d shown", shown)
+		}
+		fmt.Fprintf(w, "  %s: %d%s\n", reason, st.SkippedByReason[reason], more)
+	}
+	for _, s := range st.Skipped {
+		key := s.Key
+		if !isPrintable(key) {
+			key = strconv.Quote(key)
+		}
+		fmt.Fprintf(w, "  %s  %s\n", key, s.Reason)
+	}
+}
+
+func isPrintable(s string) bool {
+	for _, r := range s {
+		if !unicode.IsPrint(r) || r == utf8.RuneError {
+			return false
+		}
+	}
+	return s != ""
 }

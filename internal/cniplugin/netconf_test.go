@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 func TestParseNetConfDefaults(t *testing.T) {
@@ -99,6 +100,44 @@ func FuzzParseNetConf(f *testing.F) {
 		}
 		if r := back.IPAM.Ranges; len(r) != 2 || r[0][0].Subnet != "10.5.52.0/24" || r[1][0].Subnet != "fc00:5:0:34::/64" {
 			t.Fatalf("ranges = %+v", r)
+		}
+	})
+}
+
+// FuzzDecodeSaved: a saved delegate configuration (a file under dataDir,
+// read back at DEL) is accepted only with a delegate type, and replaying
+// it for a request gives a JSON document for that delegate with the
+// request's version, prevResult and runtimeConfig.
+func FuzzDecodeSaved(f *testing.F) {
+	f.Add([]byte(`{"cniVersion":"0.3.1","name":"cbr0","type":"bridge","ipam":{"type":"host-local"}}`), "1.0.0", []byte(`{"cniVersion":"1.0.0","ips":[]}`))
+	f.Add([]byte(`{"type":""}`), "", []byte(nil))
+	f.Add([]byte(`{"type":"bridge","prevResult":7,"runtimeConfig":{"x":1}}`), "0.4.0", []byte(`null`))
+	f.Fuzz(func(t *testing.T, data []byte, version string, prev []byte) {
+		conf, err := decodeSaved(data)
+		if err != nil {
+			return
+		}
+		typ, _ := conf["type"].(string)
+		if typ == "" {
+			t.Fatalf("%q accepted without a type", data)
+		}
+		if !json.Valid(prev) {
+			prev = nil
+		}
+		if !utf8.ValidString(version) {
+			return // ParseNetConf's versions are JSON strings
+		}
+		n := NetConf{CNIVersion: version, PrevResult: prev, RuntimeConfig: map[string]any{"portMappings": []any{}}}
+		out, gotType, err := replayConfig(conf, n)
+		if err != nil {
+			return // a value JSON cannot hold (none come from a decoded document)
+		}
+		var back map[string]any
+		if err := json.Unmarshal(out, &back); err != nil || gotType != typ || back["type"] != typ || back["cniVersion"] != version {
+			t.Fatalf("replay of %q: %s (type %q), %v", data, out, gotType, err)
+		}
+		if _, ok := back["prevResult"]; ok != (len(prev) > 0) {
+			t.Fatalf("replay of %q with prevResult %q: %s", data, prev, out)
 		}
 	})
 }

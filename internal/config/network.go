@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
-	"strings"
 )
 
 // Backend types understood by the daemon.
@@ -102,8 +101,9 @@ func fieldErr(field, format string, args ...any) error {
 // ParseNetwork decodes and validates a network config document.
 func ParseNetwork(data []byte) (*Network, error) {
 	var raw rawNetwork
-	dec := json.NewDecoder(strings.NewReader(string(data)))
-	if err := dec.Decode(&raw); err != nil {
+	// Unmarshal, not a Decoder: a document with anything after its
+	// object ("{…}}", a second object) is refused, as upstream refuses it.
+	if err := json.Unmarshal(data, &raw); err != nil {
 		return nil, fmt.Errorf("network config: %s", jsonReason(err))
 	}
 	n := &Network{

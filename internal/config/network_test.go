@@ -1,7 +1,9 @@
 package config
 
 import (
+	"encoding/json"
 	"net/netip"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -122,6 +124,8 @@ func TestParseNetworkErrorsNameTheField(t *testing.T) {
 		{`{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","MTU":20}}`, "Backend.MTU"},
 		{`{"Network":"10.0.0.0/16","Backend":{"Type":"vxlan","VNI":"x"}}`, "Backend.VNI"},
 		{`{"Network":`, "invalid JSON"},
+		{`{"Network":"10.0.0.0/16"}}`, "invalid JSON"},
+		{`{"Network":"10.0.0.0/16"} {"Network":"10.1.0.0/16"}`, "invalid JSON"},
 	}
 	for _, tt := range tests {
 		_, err := ParseNetwork([]byte(tt.json))
@@ -140,10 +144,20 @@ func FuzzParseNetwork(f *testing.F) {
 	f.Add([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`))
 	f.Add([]byte(`{"EnableIPv6":true,"IPv6Network":"fc00::/48","Network":"10.0.0.0/8","SubnetLen":30}`))
 	f.Add([]byte(`{"Network":"10.0.0.0/16","SubnetMin":"10.0.4.0","SubnetMax":"10.0.8.0"}`))
+	f.Add([]byte(`{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:10::","Backend":{"Type":"host-gw"}}`))
+	f.Add([]byte(`{"Network":"10.0.0.0/16","EnableNFTables":true,"Backend":{"Type":"wireguard","PSK":"<&>","MTU":1400}}`))
+	f.Add([]byte(`{"Network":"10.0.0.0/16"}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		n, err := ParseNetwork(data)
 		if err != nil {
+			// One line an operator can act on.
+			if msg := err.Error(); !strings.HasPrefix(msg, "network config: ") || strings.Contains(msg, "\n") {
+				t.Fatalf("ParseNetwork(%q) error %q: want one line starting %q", data, msg, "network config: ")
+			}
 			return
+		}
+		if !json.Valid(data) {
+			t.Fatalf("ParseNetwork accepted %q, which is not JSON", data)
 		}
 		// Whatever parses must be internally consistent.
 		if n.EnableIPv4 {
@@ -159,7 +173,51 @@ func FuzzParseNetwork(f *testing.F) {
 				t.Fatalf("inconsistent v6 range: %+v", n)
 			}
 		}
+		// And written out with every default made explicit, it reads
+		// back the same: defaults are fixed points.
+		again, err := ParseNetwork(render(t, n))
+		if err != nil {
+			t.Fatalf("%q parsed to %+v, whose rendering %s does not parse: %v", data, n, render(t, n), err)
+		}
+		if !sameJSON(n.Backend.Raw, again.Backend.Raw) {
+			t.Fatalf("Backend.Raw %s became %s", n.Backend.Raw, again.Backend.Raw)
+		}
+		again.Backend.Raw = n.Backend.Raw
+		if !reflect.DeepEqual(n, again) {
+			t.Fatalf("%q: %+v, rendered %s, parsed back as %+v", data, n, render(t, n), again)
+		}
 	})
+}
+
+// render writes n as a network config document.
+func render(t *testing.T, n *Network) []byte {
+	m := map[string]any{"EnableIPv4": n.EnableIPv4, "EnableIPv6": n.EnableIPv6}
+	if n.EnableNFTables != nil {
+		m["EnableNFTables"] = *n.EnableNFTables
+	}
+	if n.EnableIPv4 {
+		m["Network"], m["SubnetLen"], m["SubnetMin"], m["SubnetMax"] = n.Network.String(), n.SubnetLen, n.SubnetMin.String(), n.SubnetMax.String()
+	}
+	if n.EnableIPv6 {
+		m["IPv6Network"], m["IPv6SubnetLen"], m["IPv6SubnetMin"], m["IPv6SubnetMax"] = n.IPv6Network.String(), n.IPv6SubnetLen, n.IPv6SubnetMin.String(), n.IPv6SubnetMax.String()
+	}
+	if n.Backend.Raw != nil {
+		m["Backend"] = n.Backend.Raw
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatalf("render %+v: %v", n, err)
+	}
+	return b
+}
+
+// sameJSON reports whether a and b are the same JSON value.
+func sameJSON(a, b json.RawMessage) bool {
+	if len(a) == 0 || len(b) == 0 {
+		return len(a) == len(b)
+	}
+	var va, vb any
+	return json.Unmarshal(a, &va) == nil && json.Unmarshal(b, &vb) == nil && reflect.DeepEqual(va, vb)
 }
 
 func mp(s string) netip.Prefix { return netip.MustParsePrefix(s) }

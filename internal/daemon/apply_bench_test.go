@@ -47,7 +47,7 @@ func BenchmarkApplySnapshot5000(b *testing.B) {
 			cfg: Config{Metrics: m}, untracked: true}
 		d.peers = map[lease.ID]lease.Lease{}
 		d.seen = map[lease.ID]time.Time{}
-		d.skipped = map[lease.ID]string{}
+		d.skipped = newSkipSet()
 		d.newDesired(0)
 		d.touched = dataplane.NewDelta()
 		if err := d.apply(snap); err != nil {

@@ -20,6 +20,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -105,7 +107,7 @@ type daemon struct {
 	self    lease.Lease
 	peers   map[lease.ID]lease.Lease
 	seen    map[lease.ID]time.Time // when each peer's lease last changed
-	skipped map[lease.ID]string    // reason of peers skipped, to warn once
+	skipped *skipSet               // peer leases not used, by raw key
 	wrote   bool                   // subnet.env written
 
 	// desired is the desired kernel state, updated per peer event;
@@ -244,7 +246,7 @@ const (
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, renewed <-chan lease.Lease) error {
 	d.peers = map[lease.ID]lease.Lease{}
 	d.seen = map[lease.ID]time.Time{}
-	d.skipped = map[lease.ID]string{}
+	d.skipped = newSkipSet()
 	// Our own subnets are fixed for the daemon's lifetime (a renewal only
 	// moves revision and expiry), so the base is planned once.
 	d.newDesired(0)
@@ -285,6 +287,9 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 				retry.Reset(time.Second)
 				rediff = true
 			} else {
+				if first {
+					releaseStartupMemory()
+				}
 				full, first, rediff = false, false, false
 			}
 			dirty, repair = false, false
@@ -327,6 +332,16 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 	}
 }
 
+// releaseStartupMemory hands back to the system what the start used and
+// no longer needs. The start reads the whole store twice (Acquire's
+// listing, then the watch's snapshot); among a cluster's worth of leases,
+// or junk in the store (the bad-input flood: ~30 MiB of oversized values
+// left the daemon at 180 MiB), that is garbage right after the first
+// pass, which the GC, with nothing allocating any more, would only collect
+// at its two-minute forced cycle and the scavenger return later still.
+// One forced collection now costs a few milliseconds, once.
+func releaseStartupMemory() { runtime.GC(); debug.FreeOSMemory() }
+
 // newDesired starts the desired state over from our own objects, with
 // room for about peers peers. Our own subnets are fixed for the daemon's
 // lifetime (a renewal only moves revision and expiry), so the base is the
@@ -362,7 +377,9 @@ func (d *daemon) apply(b lease.Batch) error {
 		// A snapshot replaces everything: peers not in it are gone.
 		seen := make(map[lease.ID]bool, len(b.Events))
 		for _, ev := range b.Events {
-			seen[ev.Lease.ID()] = true
+			if ev.Err == nil || !errors.Is(ev.Err, lease.ErrBadKey) {
+				seen[ev.Lease.ID()] = true
+			}
 		}
 		removed := 0
 		for id := range d.peers {
@@ -371,11 +388,7 @@ func (d *daemon) apply(b lease.Batch) error {
 				removed++
 			}
 		}
-		for id := range d.skipped {
-			if !seen[id] {
-				delete(d.skipped, id)
-			}
-		}
+		d.skipped.retain(d.skipped.keys(b.Events))
 		if _, ok := seen[d.self.ID()]; !ok {
 			return fmt.Errorf("%w: %s is not in the store", ErrOwnLeaseLost, d.self.Key())
 		}
@@ -386,10 +399,23 @@ func (d *daemon) apply(b lease.Batch) error {
 			return err
 		}
 	}
+	for reason, n := range d.skipped.takeChanged() {
+		d.cfg.Metrics.SetSkipped(reason, n)
+	}
 	return nil
 }
 
 func (d *daemon) applyEvent(ev lease.Event) error {
+	if ev.Err != nil && errors.Is(ev.Err, lease.ErrBadKey) {
+		// A key that is not a lease's names no subnets: whatever it says,
+		// it concerns no peer (and not us).
+		if ev.Type == lease.Removed {
+			d.skipped.remove(ev.Key)
+		} else {
+			d.skip(ev, ev.Err)
+		}
+		return nil
+	}
 	id := ev.Lease.ID()
 	if id == d.self.ID() {
 		switch {
@@ -405,7 +431,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 			d.log.Debug("peer removed", "lease", id)
 		}
 		d.dropPeer(id)
-		delete(d.skipped, id)
+		d.skipped.remove(ev.Key)
 		return nil
 	}
 	err := ev.Err
@@ -415,15 +441,10 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	if err != nil {
 		d.dropPeer(id)
-		reason := backend.SkipReason(err)
-		d.cfg.Metrics.Skipped(reason)
-		if d.skipped[id] != reason {
-			d.log.Warn("skipping peer lease", "key", ev.Key, "reason", reason, "err", err)
-		}
-		d.skipped[id] = reason
+		d.skip(ev, err)
 		return nil
 	}
-	delete(d.skipped, id)
+	d.skipped.remove(ev.Key)
 	d.log.Debug("peer added", "lease", id, "public_ip", ev.Lease.Attrs.PublicIP)
 	if old, ok := d.peers[id]; !ok || !old.Attrs.Equal(ev.Lease.Attrs) {
 		d.seen[id] = time.Now()

@@ -16,6 +16,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/metrics"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -55,6 +56,9 @@ type harness struct {
 	cancel context.CancelFunc
 	// preflight is Config.Preflight (nil: none).
 	preflight func(*config.Network) error
+	// board and metrics are Config.Status and Config.Metrics (nil: none).
+	board   *Board
+	metrics *metrics.Metrics
 }
 
 func newHarness(t *testing.T, netconf string) *harness {
@@ -97,7 +101,7 @@ func (h *harness) start2(ttl time.Duration) {
 	go func() {
 		h.done <- Run(ctx, Config{
 			Options: h.opts, Log: log, Store: h.store, Dataplane: h.dp, System: fakeSys{}, LeaseTTL: ttl,
-			Preflight: h.preflight,
+			Preflight: h.preflight, Status: h.board, Metrics: h.metrics,
 			Observer: func(p Pass) {
 				h.passes <- p
 			},

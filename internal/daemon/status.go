@@ -13,15 +13,19 @@ import (
 // peers, the skipped leases and the last reconcile pass, plus the desired
 // kernel state so that the caller can compare it with the kernel.
 type Status struct {
-	Lease    LeaseStatus    `json:"lease"`
-	Backend  string         `json:"backend"`
-	Rules    string         `json:"rules,omitempty"` // "iptables", "nftables", or "" when not managed
-	Peers    []PeerStatus   `json:"peers"`
-	Skipped  []SkipStatus   `json:"skipped,omitempty"`
-	LastPass PassStatus     `json:"lastPass"`
-	Desired  []string       `json:"desired"` // dataplane.State.Lines()
-	Devices  []string       `json:"devices"` // our devices, for a kernel dump
-	Extra    map[string]any `json:"extra,omitempty"`
+	Lease   LeaseStatus  `json:"lease"`
+	Backend string       `json:"backend"`
+	Rules   string       `json:"rules,omitempty"` // "iptables", "nftables", or "" when not managed
+	Peers   []PeerStatus `json:"peers"`
+	// Skipped lists skipped peer leases by their raw store key: at most
+	// a few per reason (the daemon keeps no more); SkippedByReason counts
+	// them all.
+	Skipped         []SkipStatus   `json:"skipped,omitempty"`
+	SkippedByReason map[string]int `json:"skippedByReason,omitempty"`
+	LastPass        PassStatus     `json:"lastPass"`
+	Desired         []string       `json:"desired"` // dataplane.State.Lines()
+	Devices         []string       `json:"devices"` // our devices, for a kernel dump
+	Extra           map[string]any `json:"extra,omitempty"`
 }
 
 // LeaseStatus is this host's lease.
@@ -50,6 +54,8 @@ type PeerStatus struct {
 
 // SkipStatus is a peer lease that is not used, and why.
 type SkipStatus struct {
+	// Key is the lease's raw store key (etcd key, node name), shortened
+	// when very long.
 	Key    string `json:"key"`
 	Reason string `json:"reason"`
 }
@@ -153,10 +159,7 @@ func (d *daemon) status() Status {
 		ps.Identity, ps.IdentityV6 = backends.Identity(p.Attrs, false), backends.Identity(p.Attrs, true)
 		s.Peers = append(s.Peers, ps)
 	}
-	for id, reason := range d.skipped {
-		s.Skipped = append(s.Skipped, SkipStatus{Key: id.String(), Reason: reason})
-	}
-	sort.Slice(s.Skipped, func(i, j int) bool { return s.Skipped[i].Key < s.Skipped[j].Key })
+	s.Skipped, s.SkippedByReason = d.skipped.status()
 	p := d.last
 	s.LastPass = PassStatus{At: d.lastAt, Full: p.Full, Writes: p.Changes.Total(), Took: p.Took.String()}
 	if p.Err != nil {

@@ -51,6 +51,9 @@ type Netlink struct {
 	nhFreeBatch int
 	// notes counts the notifications Subscribe has read.
 	notes atomic.Uint64
+	// upPending (under mu): devices our routes use that came back up and
+	// whose connected route is awaited (netlink_flap_linux.go).
+	upPending map[int]bool
 
 	wg *wgState // WireGuard devices (wireguard_linux.go)
 }

@@ -105,13 +105,22 @@ func (n *Netlink) subscribe() (*nl.NetlinkSocket, error) {
 func (n *Netlink) notification(typ uint16, hdr unix.NlMsghdr, data []byte) bool {
 	switch typ {
 	case unix.RTM_DELLINK:
-		link, err := netlink.LinkDeserialize(&hdr, data)
+		if len(data) < unix.SizeofIfInfomsg {
+			return false
+		}
+		msg := nl.DeserializeIfInfomsg(data)
+		n.forgetLinkState(int(msg.Index))
+		link, err := decodeSafely(func() (netlink.Link, error) { return netlink.LinkDeserialize(&hdr, data) })
 		if err != nil {
 			return false
 		}
-		return n.linkEvent(netlink.LinkUpdate{IfInfomsg: *nl.DeserializeIfInfomsg(data), Header: hdr, Link: link})
+		return n.linkEvent(netlink.LinkUpdate{IfInfomsg: *msg, Header: hdr, Link: link})
+	case unix.RTM_NEWLINK:
+		return n.linkFlagsEvent(data)
+	case unix.RTM_NEWROUTE:
+		return n.connectedRouteEvent(data)
 	case unix.RTM_NEWNEIGH, unix.RTM_DELNEIGH:
-		nb, err := netlink.NeighDeserialize(data)
+		nb, err := decodeSafely(func() (*netlink.Neigh, error) { return netlink.NeighDeserialize(data) })
 		if err != nil {
 			return false
 		}
@@ -123,8 +132,8 @@ func (n *Netlink) notification(typ uint16, hdr unix.NlMsghdr, data []byte) bool 
 		}
 		return n.routeEvent(netlink.RouteUpdate{Type: typ, Route: r}, nhid)
 	}
-	// New links and routes: only deletions of ours matter (a replaced
-	// route of ours is seen by the next full pass).
+	// Nothing else is subscribed. (A route of ours replaced by someone
+	// arrives as RTM_NEWROUTE: the next full pass sees it.)
 	return false
 }
 
@@ -140,34 +149,34 @@ func parseRoute(b []byte) (r netlink.Route, nhid uint32, ok bool) {
 	msg := nl.DeserializeRtMsg(b)
 	r = netlink.Route{Family: int(msg.Family), Table: int(msg.Table), Type: int(msg.Type),
 		Protocol: netlink.RouteProtocol(msg.Protocol), Scope: netlink.Scope(msg.Scope), Flags: int(msg.Flags)}
-	attrs, err := nl.ParseRouteAttr(b[unix.SizeofRtMsg:])
-	if err != nil {
+	attrs, ok := parseAttrs(b[unix.SizeofRtMsg:])
+	if !ok {
 		return netlink.Route{}, 0, false
 	}
 	for _, a := range attrs {
-		switch a.Attr.Type {
+		switch a.typ {
 		case unix.RTA_DST:
-			r.Dst = &net.IPNet{IP: net.IP(a.Value), Mask: net.CIDRMask(int(msg.Dst_len), 8*len(a.Value))}
+			r.Dst = &net.IPNet{IP: net.IP(a.val), Mask: net.CIDRMask(int(msg.Dst_len), 8*len(a.val))}
 		case unix.RTA_GATEWAY:
-			r.Gw = net.IP(a.Value)
+			r.Gw = net.IP(a.val)
 		case unix.RTA_OIF:
-			if len(a.Value) >= 4 {
-				r.LinkIndex = int(binary.NativeEndian.Uint32(a.Value))
+			if len(a.val) >= 4 {
+				r.LinkIndex = int(binary.NativeEndian.Uint32(a.val))
 			}
 		case unix.RTA_PRIORITY:
-			if len(a.Value) >= 4 {
-				r.Priority = int(binary.NativeEndian.Uint32(a.Value))
+			if len(a.val) >= 4 {
+				r.Priority = int(binary.NativeEndian.Uint32(a.val))
 			}
 		case unix.RTA_TABLE:
-			if len(a.Value) >= 4 {
-				r.Table = int(binary.NativeEndian.Uint32(a.Value))
+			if len(a.val) >= 4 {
+				r.Table = int(binary.NativeEndian.Uint32(a.val))
 			}
 		case unix.RTA_MULTIPATH:
 			// Only its presence matters here: such routes are not ours.
 			r.MultiPath = []*netlink.NexthopInfo{{}}
 		case rtaNHID:
-			if len(a.Value) >= 4 {
-				nhid = binary.NativeEndian.Uint32(a.Value)
+			if len(a.val) >= 4 {
+				nhid = binary.NativeEndian.Uint32(a.val)
 			}
 		}
 	}

@@ -127,22 +127,22 @@ func parseNexthop(b []byte) (nlNexthop, bool) {
 		return nlNexthop{}, false
 	}
 	nh := nlNexthop{proto: b[2], onlink: binary.NativeEndian.Uint32(b[4:8])&unix.RTNH_F_ONLINK != 0}
-	attrs, err := nl.ParseRouteAttr(b[8:])
-	if err != nil {
+	attrs, ok := parseAttrs(b[8:])
+	if !ok {
 		return nlNexthop{}, false
 	}
 	for _, a := range attrs {
-		switch a.Attr.Type {
+		switch a.typ {
 		case unix.NHA_ID:
-			if len(a.Value) >= 4 {
-				nh.id = binary.NativeEndian.Uint32(a.Value)
+			if len(a.val) >= 4 {
+				nh.id = binary.NativeEndian.Uint32(a.val)
 			}
 		case unix.NHA_OIF:
-			if len(a.Value) >= 4 {
-				nh.ifindex = int(binary.NativeEndian.Uint32(a.Value))
+			if len(a.val) >= 4 {
+				nh.ifindex = int(binary.NativeEndian.Uint32(a.val))
 			}
 		case unix.NHA_GATEWAY:
-			nh.gw, _ = netip.AddrFromSlice(a.Value)
+			nh.gw, _ = netip.AddrFromSlice(a.val)
 			nh.gw = nh.gw.Unmap()
 		}
 	}

@@ -437,6 +437,18 @@ func (h *Host) Exited() (bool, error) {
 	}
 }
 
+// Pid returns the process ID of h's running flanneld, or 0. The daemon
+// runs under `ip netns exec` and `sh -c … exec`, both of which exec, so
+// the ID is the daemon's own (its /proc/PID/status is the daemon's).
+func (h *Host) Pid() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.proc == nil || h.proc.Process == nil {
+		return 0
+	}
+	return h.proc.Process.Pid
+}
+
 // Exec runs a command inside h's namespace and returns its combined output.
 func (c *Cluster) Exec(ctx context.Context, h *Host, name string, args ...string) (string, error) {
 	if err := os.MkdirAll(h.wireguardDir(), 0o700); err != nil {

@@ -184,16 +184,25 @@ func PlanAcquire(req Request, current []Lease, rng *rand.Rand) (Plan, error) {
 
 	plan := Plan{Attrs: req.Attrs}
 	// Several keys may carry our address (a crash between writes under
-	// upstream, an operator's reservation added later). Prefer one that fits
-	// the network, and among those a reservation: it states the operator's
-	// intent. The others are left to expire.
+	// upstream, an operator's reservation added later, a stale or forged
+	// lease). Prefer one that fits the network; among those a reservation:
+	// it states the operator's intent; and among equals the one holding
+	// the subnets subnet.env says this host had, whose addresses its pods
+	// still use (upstream takes the first in key order). The others are
+	// left to expire; the daemon skips them as peers (own_public_ip).
+	previous := ID{req.PreviousV4, req.PreviousV6}
 	rank := func(l Lease) int {
 		r := 0
 		if CheckID(n, l.ID()) == nil {
-			r += 2
+			r += 4
 		}
 		if l.Reservation {
-			r++
+			r += 2
+		}
+		if previous.V4.IsValid() || previous.V6.IsValid() {
+			if l.ID() == previous {
+				r++
+			}
 		}
 		return r
 	}
@@ -233,7 +242,7 @@ func PlanAcquire(req Request, current []Lease, rng *rand.Rand) (Plan, error) {
 	if plan.HasOwn {
 		prefer = append(prefer, plan.Own.ID())
 	}
-	prefer = append(prefer, ID{req.PreviousV4, req.PreviousV6})
+	prefer = append(prefer, previous)
 	id, skipped, err := allocate(n, taken, rng, prefer)
 	if err != nil {
 		return Plan{}, fmt.Errorf("acquire lease: %w", err)

@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // Lease is one host's subnet lease, as plain data.
@@ -79,10 +80,16 @@ func ParseKey(key string) (v4, v6 netip.Prefix, err error) {
 	if i := strings.LastIndexByte(key, '/'); i >= 0 {
 		key = key[i+1:]
 	}
+	// The longest real key, "255.255.255.255-32&" and a full IPv6
+	// address with "-128", is 62 bytes. The parsers' errors repeat their
+	// input, so a longer one is refused before it reaches them.
+	if len(key) > maxKeyLen {
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: longer than %d bytes", ErrBadKey, Shorten(key), maxKeyLen)
+	}
 	s4, s6, dual := strings.Cut(key, "&")
 	v4, err = parseKeyPrefix(s4, true)
 	if err != nil {
-		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: %v", ErrBadKey, key, err)
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: %v", ErrBadKey, Shorten(key), err)
 	}
 	if v4.Bits() == 0 && v4.Addr().IsUnspecified() {
 		v4 = netip.Prefix{}
@@ -90,13 +97,34 @@ func ParseKey(key string) (v4, v6 netip.Prefix, err error) {
 	if dual {
 		v6, err = parseKeyPrefix(s6, false)
 		if err != nil {
-			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: %v", ErrBadKey, key, err)
+			return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: %v", ErrBadKey, Shorten(key), err)
 		}
 	}
 	if !v4.IsValid() && !v6.IsValid() {
-		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: no subnet", ErrBadKey, key)
+		return netip.Prefix{}, netip.Prefix{}, fmt.Errorf("%w %q: no subnet", ErrBadKey, Shorten(key))
 	}
 	return v4, v6, nil
+}
+
+// maxKeyLen bounds the key ParseKey reads.
+const maxKeyLen = 96
+
+// maxShown is how much of a malformed key errors and logs repeat.
+const maxShown = 128
+
+// Shorten returns s, or its first bytes and its length when it is long:
+// a malformed key can be as large as the store allows, and repeating it
+// whole in every error and log line would let junk in the store fill the
+// logs.
+func Shorten(s string) string {
+	if len(s) <= maxShown {
+		return s
+	}
+	cut := maxShown
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)) + " bytes)"
 }
 
 func parseKeyPrefix(s string, v4 bool) (netip.Prefix, error) {
@@ -179,7 +207,7 @@ func (a *Attrs) fromWire(w wireAttrs) error {
 	if w.PublicIP != "" {
 		ip, err := netip.ParseAddr(w.PublicIP)
 		if err != nil || !ip.Is4() {
-			return fmt.Errorf("PublicIP %q is not an IPv4 address", w.PublicIP)
+			return fmt.Errorf("PublicIP %q is not an IPv4 address", Shorten(w.PublicIP))
 		}
 		if !ip.IsUnspecified() {
 			out.PublicIP = ip
@@ -188,7 +216,7 @@ func (a *Attrs) fromWire(w wireAttrs) error {
 	if w.PublicIPv6 != nil && *w.PublicIPv6 != "" {
 		ip, err := netip.ParseAddr(*w.PublicIPv6)
 		if err != nil || !ip.Is6() || ip.Is4In6() {
-			return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", *w.PublicIPv6)
+			return fmt.Errorf("PublicIPv6 %q is not an IPv6 address", Shorten(*w.PublicIPv6))
 		}
 		out.PublicIPv6 = ip
 	}
@@ -222,6 +250,16 @@ func jsonEqual(a, b json.RawMessage) bool {
 	return bytes.Equal(ca.Bytes(), cb.Bytes())
 }
 
+// MaxValueSize bounds a lease value Decode reads. Upstream's leases are a
+// few hundred bytes (a public IP or two, a MAC or a public key); anything
+// near this size is junk, refused before it is parsed (etcd itself takes
+// values up to its 1.5 MiB request limit).
+const MaxValueSize = 64 << 10
+
+// ErrValueTooLarge is returned (wrapped) by Decode for a value above
+// MaxValueSize.
+var ErrValueTooLarge = errors.New("lease value too large")
+
 // Decode builds a lease from a store key and value. It returns an error,
 // never panics, on anything malformed; the subnets parsed from the key are
 // returned even when the value is bad so the caller can drop that peer.
@@ -231,6 +269,9 @@ func Decode(key string, value []byte) (Lease, error) {
 		return Lease{}, err
 	}
 	l := Lease{Subnet: v4, IPv6Subnet: v6}
+	if len(value) > MaxValueSize {
+		return l, fmt.Errorf("lease %s: %w: %d bytes (at most %d)", l.Key(), ErrValueTooLarge, len(value), MaxValueSize)
+	}
 	// Into the wire form directly, not through Attrs.UnmarshalJSON:
 	// encoding/json would scan the value once to validate it before the
 	// method, and the method scan it again (a start at 5,000 leases

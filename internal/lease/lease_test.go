@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -266,4 +267,45 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip of %q %q: got %+v, want %+v", key, value, back, l)
 		}
 	})
+}
+
+// Junk of any size is refused without its errors repeating it whole.
+func TestDecodeBoundsItsInput(t *testing.T) {
+	huge := strings.Repeat("9", 1<<20)
+	for _, tc := range []struct {
+		key   string
+		value []byte
+		want  error
+	}{
+		{"10.5.1.0-24", make([]byte, lease.MaxValueSize+1), lease.ErrValueTooLarge},
+		{huge, []byte(`{}`), lease.ErrBadKey},
+		{"10.5.1.0-24&" + huge, []byte(`{}`), lease.ErrBadKey},
+		{"10.5.1.0-24", []byte(`{"PublicIP":"` + huge + `"}`), nil},
+	} {
+		l, err := lease.Decode(tc.key, tc.value)
+		if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
+			t.Errorf("Decode(%s…, %d bytes) = %v, want %v", lease.Shorten(tc.key), len(tc.value), err, tc.want)
+			continue
+		}
+		if len(err.Error()) > 500 {
+			t.Errorf("Decode error is %d bytes long", len(err.Error()))
+		}
+		if errors.Is(err, lease.ErrValueTooLarge) && l.Subnet != netip.MustParsePrefix("10.5.1.0/24") {
+			t.Errorf("too large: subnet %v, want the key's", l.Subnet)
+		}
+	}
+	if s := lease.Shorten("é" + strings.Repeat("é", 200)); !utf8.ValidString(s) || len(s) > 160 {
+		t.Errorf("Shorten = %q", s)
+	}
+	if got := lease.MaxValueSize; got < 4096 {
+		t.Errorf("MaxValueSize %d is below what a real lease may need", got)
+	}
+	exact := make([]byte, lease.MaxValueSize)
+	copy(exact, `{"PublicIP":"10.0.0.1"}`)
+	for i := len(`{"PublicIP":"10.0.0.1"}`); i < len(exact); i++ {
+		exact[i] = ' '
+	}
+	if _, err := lease.Decode("10.5.1.0-24", exact); err != nil {
+		t.Errorf("a value of exactly MaxValueSize: %v", err)
+	}
 }

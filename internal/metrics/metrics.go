@@ -26,6 +26,7 @@ type Metrics struct {
 	objects           *prometheus.CounterVec
 	repaired          *prometheus.CounterVec
 	skipped           *prometheus.CounterVec
+	skippedNow        *prometheus.GaugeVec
 	masqRepairs       prometheus.Counter
 	masqSyncs         *prometheus.CounterVec
 	buildInfo         *prometheus.GaugeVec
@@ -63,7 +64,10 @@ func New(version string) *Metrics {
 			Name: "flannel_kernel_objects_repaired_total", Help: "Kernel objects restored or removed to undo drift (changed behind the daemon's back), by kind.",
 		}, []string{"kind"}),
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flannel_peer_leases_skipped_total", Help: "Peer leases skipped as malformed or unusable, by reason.",
+			Name: "flannel_peer_leases_skipped_total", Help: "Peer leases skipped as malformed or unusable, by reason (counted when a lease becomes skipped, or is skipped for another reason).",
+		}, []string{"reason"}),
+		skippedNow: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "flannel_peer_leases_skipped", Help: "Peer leases in the store currently skipped as malformed or unusable, by reason.",
 		}, []string{"reason"}),
 		masqRepairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "flannel_masquerade_repairs_total", Help: "Masquerade/forward rules restored by a resync.",
@@ -80,7 +84,7 @@ func New(version string) *Metrics {
 	}
 	m.Registry.MustRegister(
 		m.peers, m.leaseExpiry, m.renewals, m.watchRestarts, m.passes, m.passDuration,
-		m.objects, m.repaired, m.skipped, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
+		m.objects, m.repaired, m.skipped, m.skippedNow, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -134,6 +138,13 @@ func (m *Metrics) WatchRestart(reason string) {
 func (m *Metrics) Skipped(reason string) {
 	if m != nil {
 		m.skipped.WithLabelValues(reason).Inc()
+	}
+}
+
+// SetSkipped records how many peer leases are currently skipped for reason.
+func (m *Metrics) SetSkipped(reason string, n int) {
+	if m != nil {
+		m.skippedNow.WithLabelValues(reason).Set(float64(n))
 	}
 }
 

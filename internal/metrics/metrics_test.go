@@ -18,6 +18,7 @@ func TestLintAndValues(t *testing.T) {
 	m.Renewal(true)
 	m.WatchRestart("interrupted")
 	m.Skipped("decode")
+	m.SetSkipped("decode", 3)
 	m.Pass(true, time.Millisecond, dataplane.Changes{RoutesAdded: 2, FDBAdded: 1}, nil, true)
 	m.Pass(false, time.Millisecond, dataplane.Changes{RoutesRemoved: 1}, errors.New("x"), false)
 	m.MasqSync(2, nil)
@@ -40,6 +41,9 @@ func TestLintAndValues(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.passes.WithLabelValues("incremental", "error")); got != 1 {
 		t.Errorf("failed incremental passes = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.skippedNow.WithLabelValues("decode")); got != 3 {
+		t.Errorf("skipped now = %v, want 3", got)
 	}
 	if got := testutil.ToFloat64(m.masqRepairs); got != 2 {
 		t.Errorf("masq repairs = %v", got)
@@ -67,6 +71,7 @@ func TestNilIsSafe(t *testing.T) {
 	m.Renewal(false)
 	m.WatchRestart("x")
 	m.Skipped("x")
+	m.SetSkipped("x", 1)
 	m.MasqSync(1, nil)
 	m.SetLeaseExpiry(time.Time{})
 	m.SubnetFileWritten(time.Now())

@@ -78,7 +78,9 @@ func DecodeData(raw json.RawMessage) (Data, dataplane.MAC, error) {
 	}
 	mac, err := dataplane.ParseMAC(d.VtepMAC)
 	if err != nil {
-		return d, mac, fmt.Errorf("bad VtepMAC %q: %w", d.VtepMAC, err)
+		// Not wrapped: the parser's error repeats the input, which may
+		// be as long as the lease value.
+		return d, mac, fmt.Errorf("bad VtepMAC %q", lease.Shorten(d.VtepMAC))
 	}
 	// A multicast or all-zero MAC would make the kernel flood or drop.
 	if mac.IsZero() || mac[0]&1 == 1 {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
 
@@ -48,7 +49,7 @@ func decodeData(raw json.RawMessage) (Data, dataplane.WGKey, error) {
 	}
 	k, err := wgtypes.ParseKey(d.PublicKey)
 	if err != nil {
-		return d, k, fmt.Errorf("PublicKey %q: %w", d.PublicKey, err)
+		return d, k, fmt.Errorf("PublicKey %q: %w", lease.Shorten(d.PublicKey), err)
 	}
 	// The all-zero key is no one's; the kernel would refuse it (or the
 	// dataplane take it for "unset").

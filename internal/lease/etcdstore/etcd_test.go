@@ -408,6 +408,66 @@ func TestEtcdStore(t *testing.T) {
 		}
 	})
 
+	t.Run("KeysThatAreNotLeases", func(t *testing.T) {
+		// A key below the subnets directory, or a second spelling of a
+		// lease's key, names the same subnets as the real lease would:
+		// it must come out as malformed, with no subnets, so that it
+		// can neither replace or remove that peer nor pass for our own
+		// lease; it still keeps its subnets from being allocated.
+		h := newHarness(t)
+		p := h.Peer.(*etcdPeer)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		v := `{"PublicIP":"10.0.0.9","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"02:00:00:00:00:09"}}`
+		bad := []string{"x/10.5.1.0-24", "10.5.2.0-24&fc00:0::-64", "10.5.3.0-24/"}
+		for _, k := range append(bad, "10.5.4.0-24") {
+			if _, err := peerCli.Put(ctx, p.key(k), v); err != nil {
+				t.Fatal(err)
+			}
+		}
+		nw, _ := config.ParseNetwork([]byte(`{"Network":"10.5.0.0/16","SubnetLen":24}`))
+		l, err := h.Store.Acquire(ctx, lease.Request{Network: nw, Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("10.0.0.1"), BackendType: "vxlan"},
+			PreviousV4: netip.MustParsePrefix("10.5.1.0/24")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Subnet == netip.MustParsePrefix("10.5.1.0/24") {
+			t.Errorf("Acquire took 10.5.1.0/24, which a nested key blocks")
+		}
+		ch := make(chan lease.Batch, 1)
+		go h.Store.Watch(ctx, ch)
+		b := <-ch
+		got := map[string]string{}
+		for _, ev := range b.Events {
+			switch {
+			case errors.Is(ev.Err, lease.ErrBadKey):
+				if ev.Lease.Subnet.IsValid() || ev.Lease.IPv6Subnet.IsValid() {
+					t.Errorf("%s: bad key with subnets %+v", ev.Key, ev.Lease)
+				}
+				got[ev.Key] = "bad"
+			case ev.Err != nil:
+				t.Errorf("%s: %v", ev.Key, ev.Err)
+			default:
+				got[ev.Key] = ev.Lease.Key()
+			}
+		}
+		want := map[string]string{p.key(l.Key()): l.Key(), p.key("10.5.4.0-24"): "10.5.4.0-24"}
+		for _, k := range bad {
+			want[p.key(k)] = "bad"
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("snapshot %v, want %v", got, want)
+		}
+		if _, err := peerCli.Delete(ctx, p.key(bad[0])); err != nil {
+			t.Fatal(err)
+		}
+		b = <-ch
+		if len(b.Events) != 1 || b.Events[0].Type != lease.Removed || !errors.Is(b.Events[0].Err, lease.ErrBadKey) ||
+			b.Events[0].Lease.Subnet.IsValid() || b.Events[0].Key != p.key(bad[0]) {
+			t.Errorf("deletion of a nested key: %+v", b)
+		}
+	})
+
 	t.Run("WatchEndsOnClose", func(t *testing.T) {
 		s := newStore(t, srv.clientURL.String(), "/weft-test/close")
 		ch := make(chan lease.Batch, 1)

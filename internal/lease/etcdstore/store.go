@@ -44,7 +44,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -455,18 +454,22 @@ func (s *Store) list(ctx context.Context) (*listing, error) {
 	}
 	ls := &listing{rev: resp.Header.Revision, events: make([]lease.Event, 0, len(resp.Kvs)), values: make([][]byte, 0, len(resp.Kvs))}
 	for _, kv := range resp.Kvs {
-		ls.events = append(ls.events, putEvent(kv))
-		ls.values = append(ls.values, kv.Value)
+		ls.events = append(ls.events, s.putEvent(kv))
+		v := kv.Value
+		if len(v) > lease.MaxValueSize {
+			v = nil // not a lease (putEvent refused it): nothing to compare with
+		}
+		ls.values = append(ls.values, v)
 	}
 	return ls, nil
 }
 
 // listLeases reads every subnet key. Leases whose value does not decode
-// are kept (their subnets are taken); keys that do not parse are dropped,
-// as are the attributes of keys not in canonical form, which can then
-// block subnets but never be mistaken for this host's own lease (whose key
-// Acquire must be able to name exactly). raw maps canonical keys to their
-// stored values.
+// are kept (their subnets are taken). Keys that are not a lease's own
+// (parseKey) keep the subnets their last element names, if any, taken
+// too, but without attributes: they can block subnets but never be
+// mistaken for this host's own lease (whose key Acquire must be able to
+// name exactly). raw maps canonical keys to their stored values.
 func (s *Store) listLeases(ctx context.Context) ([]lease.Lease, map[string][]byte, *listing, error) {
 	ls, err := s.list(ctx)
 	if err != nil {
@@ -476,14 +479,14 @@ func (s *Store) listLeases(ctx context.Context) ([]lease.Lease, map[string][]byt
 	raw := make(map[string][]byte, len(ls.events))
 	for i, ev := range ls.events {
 		l := ev.Lease
-		if ev.Err != nil && !l.Subnet.IsValid() && !l.IPv6Subnet.IsValid() {
-			continue
-		}
-		name := strings.TrimPrefix(ev.Key, s.subnetsDir)
-		if name != l.Key() {
-			l.Attrs = lease.Attrs{}
+		if errors.Is(ev.Err, lease.ErrBadKey) {
+			v4, v6, err := lease.ParseKey(ev.Key)
+			if err != nil {
+				continue
+			}
+			l = lease.Lease{Subnet: v4, IPv6Subnet: v6, Revision: l.Revision, Reservation: l.Reservation}
 		} else {
-			raw[name] = ls.values[i]
+			raw[strings.TrimPrefix(ev.Key, s.subnetsDir)] = ls.values[i]
 		}
 		out = append(out, l)
 	}
@@ -606,17 +609,18 @@ func (s *Store) snapshot(ctx context.Context, first bool) (lease.Batch, error) {
 			b.Events = append(b.Events, prev.events[i])
 			continue
 		}
-		b.Events = append(b.Events, putEvent(kv))
+		b.Events = append(b.Events, s.putEvent(kv))
 	}
 	return b, nil
 }
 
 // prime keeps an Acquire's listing for the first snapshot of a Watch yet
 // to start; once one runs, listings are not kept (they would only hold
-// memory).
+// memory). The snapshot reuses decoded events only: the raw values, which
+// junk in the store can make tens of MiB, are let go now.
 func (s *Store) prime(ls *listing) {
 	if !s.watching.Load() {
-		s.primed.Store(ls)
+		s.primed.Store(&listing{rev: ls.rev, events: ls.events})
 	}
 }
 
@@ -690,7 +694,7 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 		}
 		b := lease.Batch{Events: make([]lease.Event, 0, len(wr.Events))}
 		for _, ev := range wr.Events {
-			if e, ok := toEvent(ev); ok {
+			if e, ok := s.toEvent(ev); ok {
 				b.Events = append(b.Events, e)
 			}
 		}
@@ -708,33 +712,6 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 		return progressed, err
 	}
 	return progressed, errors.New("watch channel closed")
-}
-
-// toEvent converts one etcd event. A put that changes neither the value
-// nor whether the key has a TTL is a renewal: nothing for the daemon to do
-// (with thousands of hosts renewing, that is most of the traffic), so it is
-// dropped; the PrevKV the watch asks for is what makes this possible.
-func toEvent(ev *clientv3.Event) (lease.Event, bool) {
-	kv := ev.Kv
-	if ev.Type == mvccpb.DELETE {
-		v4, v6, err := lease.ParseKey(string(kv.Key))
-		return lease.Event{
-			Type:  lease.Removed,
-			Lease: lease.Lease{Subnet: v4, IPv6Subnet: v6, Revision: kv.ModRevision},
-			Err:   err,
-			Key:   string(kv.Key),
-		}, true
-	}
-	if p := ev.PrevKv; p != nil && bytes.Equal(p.Value, kv.Value) && (p.Lease == 0) == (kv.Lease == 0) {
-		return lease.Event{}, false
-	}
-	return putEvent(kv), true
-}
-
-func putEvent(kv *mvccpb.KeyValue) lease.Event {
-	l, err := lease.Decode(string(kv.Key), kv.Value)
-	l.Revision, l.Reservation = kv.ModRevision, kv.Lease == 0
-	return lease.Event{Type: lease.Added, Lease: l, Err: err, Key: string(kv.Key)}
 }
 
 func send(ctx context.Context, out chan<- lease.Batch, b lease.Batch) error {

@@ -135,6 +135,14 @@ func FuzzDecode(f *testing.F) {
 			if e.lease.Subnet.IsValid() != e.lease.Attrs.PublicIP.IsValid() || e.lease.IPv6Subnet.IsValid() != e.lease.Attrs.PublicIPv6.IsValid() {
 				t.Fatalf("subnets and public IPs disagree: %+v", e.lease)
 			}
+			// The annotations this store would publish for that lease
+			// decode to it again.
+			pub := families{known: true, ipv4: e.lease.Subnet.IsValid(), ipv6: e.lease.IPv6Subnet.IsValid()}
+			ann := (&Store{ann: a}).wantAnnotations(nil, e.lease.Attrs, pub)
+			back, err := a.decode(node("n", "1", ann, c1, c2), pub)
+			if err != nil || back.err != nil || back.lease.ID() != e.lease.ID() || !back.lease.Attrs.Equal(e.lease.Attrs) {
+				t.Fatalf("lease %+v, published as %v, decodes to %+v (%v, %v)", e.lease, ann, back.lease, err, back.err)
+			}
 		}
 	})
 }
