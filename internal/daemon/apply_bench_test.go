@@ -5,11 +5,11 @@ import (
 	"log/slog"
 	"net/netip"
 	"testing"
-	"time"
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/metrics"
@@ -45,16 +45,15 @@ func BenchmarkApplySnapshot5000(b *testing.B) {
 	for b.Loop() {
 		d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
 			cfg: Config{Metrics: m}, untracked: true}
-		d.peers = map[lease.ID]lease.Lease{}
-		d.seen = map[lease.ID]time.Time{}
-		d.skipped = map[lease.ID]string{}
+		d.peers = cowmap.New[lease.ID, peer](idHash, 0)
+		d.skipped = cowmap.New[lease.ID, string](idHash, 0)
 		d.newDesired(0)
 		d.touched = dataplane.NewDelta()
 		if err := d.apply(snap); err != nil {
 			b.Fatal(err)
 		}
-		if len(d.peers) != 5000 {
-			b.Fatalf("%d peers", len(d.peers))
+		if d.peers.Len() != 5000 {
+			b.Fatalf("%d peers", d.peers.Len())
 		}
 	}
 }
