@@ -71,7 +71,8 @@ type PassStatus struct {
 
 // DefaultMinRender is Board.MinRender's default: at 5,000 peers a
 // rendering costs tens of milliseconds of CPU, so a flood of status
-// requests during churn costs at most a few percent of one core.
+// requests during churn costs at most a few percent of one core, and the
+// status a reader gets is at most this much older than the last pass.
 const DefaultMinRender = 250 * time.Millisecond
 
 // Board lets readers on other goroutines (the /v1/status handler) see the
@@ -82,8 +83,10 @@ const DefaultMinRender = 250 * time.Millisecond
 // twenty leases at 5,000 peers). Everything costly — sorting K peers,
 // naming them, composing the desired state from each peer's planned
 // objects, encoding JSON — is done by a reader, only when something was
-// published since the last rendering, and at most once per MinRender;
-// concurrent readers wait for one rendering and share it. A flood of
+// published since the last rendering, and at most once per MinRender:
+// within MinRender of a rendering, readers get that one even if the loop
+// has published since (so what they read may be that much out of date).
+// Concurrent readers wait for one rendering and share it. A flood of
 // status requests therefore never delays a pass, and costs the process at
 // most one rendering per MinRender.
 //
@@ -101,6 +104,7 @@ type Board struct {
 
 	rendering sync.Mutex // held while rendering: one at a time
 	last      *rendered  // guarded by rendering
+	renders   int        // guarded by rendering; for tests
 }
 
 // snapshot is what the control loop publishes after a pass. Nothing in it
@@ -176,43 +180,42 @@ func (b *Board) publish(s *snapshot) {
 // must not be modified.
 func (b *Board) Get() Status { return b.current().status }
 
-// JSON returns the current status as indented JSON, shared with other
-// callers: the body of /v1/status.
+// JSON returns the current status as JSON, shared with other callers:
+// the body of /v1/status.
 func (b *Board) JSON() []byte { return b.current().json }
 
-// current returns a rendering of the latest snapshot: the last one if
-// nothing was published since, else a new one, made no sooner than
-// MinRender after the last.
+// current returns the last rendering if nothing was published since or
+// it is younger than MinRender, else a new one. Readers arriving during a
+// rendering wait for it (on the mutex) and then share it.
 func (b *Board) current() *rendered {
 	b.rendering.Lock()
 	defer b.rendering.Unlock()
-	for {
-		b.mu.Lock()
-		snap, gen, rules := b.snap, b.gen, b.rules
-		b.mu.Unlock()
-		r := b.last
-		if r != nil && r.gen == gen {
-			return r
-		}
-		if r != nil {
-			if wait := b.minRender() - time.Since(r.at); wait > 0 {
-				// Later readers queue behind us and then share what we
-				// render after the wait (from whatever is newest then).
-				time.Sleep(wait)
-				continue
-			}
-		}
-		r = &rendered{gen: gen, at: time.Now()}
-		r.status = snap.render()
-		r.status.Rules = rules
-		js, err := json.MarshalIndent(r.status, "", "  ")
-		if err != nil { // plain data: only a value put in Extra could fail
-			js, _ = json.Marshal(map[string]string{"error": "encode status: " + err.Error()})
-		}
-		r.json = append(js, '\n')
-		b.last = r
+	b.mu.Lock()
+	snap, gen, rules := b.snap, b.gen, b.rules
+	b.mu.Unlock()
+	// (With no snapshot, since the loop ended, there is nothing to wait
+	// for: an empty status costs nothing.)
+	if r := b.last; r != nil && (r.gen == gen || (snap != nil && time.Since(r.at) < b.minRender())) {
 		return r
 	}
+	r := &rendered{gen: gen, at: time.Now()}
+	b.renders++
+	r.status = snap.render()
+	r.status.Rules = rules
+	js, err := json.Marshal(r.status)
+	if err != nil { // plain data: only a value put in Extra could fail
+		js, _ = json.Marshal(map[string]string{"error": "encode status: " + err.Error()})
+	}
+	r.json = append(js, '\n')
+	b.last = r
+	return r
+}
+
+// renderings returns how many renderings were made.
+func (b *Board) renderings() int {
+	b.rendering.Lock()
+	defer b.rendering.Unlock()
+	return b.renders
 }
 
 func (b *Board) minRender() time.Duration {

@@ -154,7 +154,7 @@ func (h *Health) Ready() error {
 // maxScrapes bounds the /metrics requests served at once; more are
 // answered 503 at once. Prometheus scrapes one at a time; a flood of
 // requests then costs a bounded amount of CPU.
-const maxScrapes = 4
+const maxScrapes = 16
 
 // Handler serves /healthz, /readyz, /metrics and, when status is not nil,
 // /v1/status: status returns the JSON body (daemon.Board.JSON, which

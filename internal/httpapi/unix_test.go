@@ -30,15 +30,16 @@ func unixGet(t *testing.T, sock, path string) (int, string, error) {
 	return resp.StatusCode, string(b), nil
 }
 
-// startUnix serves a status handler at sock and returns a function that
-// stops it and returns ServeUnix's error.
-func startUnix(t *testing.T, sock string) func() error {
+// startUnix serves a status handler answering body at sock, waits until
+// it answers there, and returns a function that stops it and returns
+// ServeUnix's error.
+func startUnix(t *testing.T, sock, body string) func() error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	h := NewHealth(time.Second, time.Minute, nil)
 	go func() {
-		done <- ServeUnix(ctx, slog.New(slog.DiscardHandler), sock, Handler(h, nil, func() []byte { return []byte(`{"ok":1}`) }))
+		done <- ServeUnix(ctx, slog.New(slog.DiscardHandler), sock, Handler(h, nil, func() []byte { return []byte(body) }))
 	}()
 	stop := func() error {
 		cancel()
@@ -52,7 +53,7 @@ func startUnix(t *testing.T, sock string) func() error {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if code, _, err := unixGet(t, sock, "/v1/status"); err == nil && code == 200 {
+		if code, got, err := unixGet(t, sock, "/v1/status"); err == nil && code == 200 && got == body {
 			return stop
 		}
 		select {
@@ -71,7 +72,7 @@ func startUnix(t *testing.T, sock string) func() error {
 
 func TestServeUnix(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "run", "weft.sock")
-	stop := startUnix(t, sock)
+	stop := startUnix(t, sock, `{"ok":1}`)
 	fi, err := os.Lstat(sock)
 	if err != nil {
 		t.Fatal(err)
@@ -108,13 +109,13 @@ func TestServeUnixReplaces(t *testing.T) {
 	}
 	stale.SetUnlinkOnClose(false)
 	stale.Close() // the file stays, nobody answers
-	stopOld := startUnix(t, sock)
-	stopNew := startUnix(t, sock)
+	stopOld := startUnix(t, sock, "old")
+	stopNew := startUnix(t, sock, "new")
 	if err := stopOld(); err != nil {
 		t.Errorf("old ServeUnix = %v", err)
 	}
-	if code, _, err := unixGet(t, sock, "/v1/status"); err != nil || code != 200 {
-		t.Errorf("the new socket after the old server stopped: %d %v", code, err)
+	if code, body, err := unixGet(t, sock, "/v1/status"); err != nil || code != 200 || body != "new" {
+		t.Errorf("the new socket after the old server stopped: %d %q %v", code, body, err)
 	}
 	if err := stopNew(); err != nil {
 		t.Errorf("new ServeUnix = %v", err)
