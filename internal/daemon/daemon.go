@@ -56,6 +56,9 @@ type Config struct {
 	System    underlay.System
 	// LeaseTTL overrides lease.DefaultTTL (tests).
 	LeaseTTL time.Duration
+	// StoreAttempt overrides how long each startup call to the store may
+	// take before it is retried (and its error logged) (tests).
+	StoreAttempt time.Duration
 	// Observer, if set, is told about each reconcile pass (tests).
 	Observer func(Pass)
 	// OpenRules opens the masquerade/forward rule manager (iptables or
@@ -162,20 +165,28 @@ func (d *daemon) run(ctx context.Context) error {
 	return d.loop(ctx)
 }
 
-// storeAttempt bounds each startup call to the store. The etcd client
+// defaultStoreAttempt bounds each startup call to the store. The etcd client
 // waits for a usable connection for as long as a call's context allows, so
 // an unbounded call against an endpoint that refuses us (a rejected client
 // certificate, a server certificate from another CA) would hang without a
 // word; bounded, each attempt fails with the connection error, which the
 // retry loops below log.
-const storeAttempt = 15 * time.Second
+const defaultStoreAttempt = 15 * time.Second
+
+// storeAttempt is Config.StoreAttempt, or defaultStoreAttempt.
+func (d *daemon) storeAttempt() time.Duration {
+	if d.cfg.StoreAttempt > 0 {
+		return d.cfg.StoreAttempt
+	}
+	return defaultStoreAttempt
+}
 
 // networkConfig waits for the network config to exist, as upstream does,
 // so hosts can start before an operator writes it.
 func (d *daemon) networkConfig(ctx context.Context) (*config.Network, error) {
 	warned := false
 	for {
-		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		actx, cancel := context.WithTimeout(ctx, d.storeAttempt())
 		raw, err := d.cfg.Store.NetworkConfig(actx)
 		cancel()
 		if err == nil {
