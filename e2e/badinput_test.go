@@ -389,7 +389,7 @@ func (c *cluster) checkFlood(h *lab.Host, want map[string]int, good, bad []flood
 			t.Errorf("%s: flannel_peer_leases_skipped{reason=%q} = %v, want %d", h.NS, reason, got, n)
 		}
 	}
-	out, err := c.Exec(context.Background(), h, weftBin, "status", "--url", "http://127.0.0.1:"+floodHealthz, "--json")
+	out, err := c.Exec(context.Background(), h, weftBin, "status", "--json") // the host's status socket
 	if err != nil {
 		t.Fatalf("weft status: %v\n%.2000s", err, out)
 	}

@@ -465,8 +465,23 @@ func TestHealthAndMetrics(t *testing.T) {
 		t.Errorf("overlay with etcd down: %v", err)
 	}
 
-	// weft status on the host: one peer, kernel in sync with the plan.
-	out, err := c.Exec(context.Background(), h, weftBin, "status", "--url", base, "--json")
+	// The status is not on the network (no --healthz-status)...
+	if code, body := c.curl(h, base+"/v1/status"); code != 404 {
+		t.Errorf("/v1/status on the healthz listener = %d %q, want 404", code, body)
+	}
+	if out, err := c.Exec(context.Background(), h, weftBin, "status", "--url", base); err == nil || !strings.Contains(out, "--healthz-status") {
+		t.Errorf("weft status --url without --healthz-status: %v\n%s", err, out)
+	}
+	// ...but on a socket beside the subnet file that only root may open.
+	sock := filepath.Join(filepath.Dir(h.SubnetFile), "weft.sock")
+	if fi, err := os.Stat(sock); err != nil {
+		t.Errorf("status socket: %v", err)
+	} else if fi.Mode().Type() != os.ModeSocket || fi.Mode().Perm() != 0o600 {
+		t.Errorf("status socket %s: mode %v, want a socket with 0600", sock, fi.Mode())
+	}
+	// weft status on the host, with no flags (the lab shows each host its
+	// own directory as /run/flannel): one peer, kernel in sync with the plan.
+	out, err := c.Exec(context.Background(), h, weftBin, "status", "--json")
 	if err != nil {
 		t.Fatalf("weft status: %v\n%s", err, out)
 	}

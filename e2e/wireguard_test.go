@@ -62,7 +62,9 @@ func TestWireGuard(t *testing.T) {
 				n = 65 // 63 and 64 are the restart and Kubernetes tests'
 			}
 			c := newClusterV6(t, fmt.Sprintf("wtwg%d", i), 3, fmt.Sprintf("198.18.%d.0/24", n), tc.u6, tc.netconf)
-			c.startAll("--resync-period=2s", wgUserspace, "--healthz-ip=127.0.0.1", "--healthz-port=9102")
+			// --healthz-status: checkWGStatus also reads the status over
+			// TCP, as weft status --url does from elsewhere.
+			c.startAll("--resync-period=2s", wgUserspace, "--healthz-ip=127.0.0.1", "--healthz-port=9102", "--healthz-status")
 			var pods []*lab.Pod
 			for _, h := range c.Hosts {
 				pods = append(pods, c.addPod(h, "p1"))
@@ -132,11 +134,13 @@ func (c *cluster) checkWGLeases() {
 
 // checkWGStatus checks what weft status and the metrics say of h's
 // WireGuard devices: the userspace implementation, both peers with a
-// handshake, the kernel in sync with the plan.
+// handshake, the kernel in sync with the plan. weft status reads the
+// local socket (no flags), then the healthz listener (--url; flanneld runs
+// with --healthz-status).
 func (c *cluster) checkWGStatus(h *lab.Host, devs []string) {
 	c.t.Helper()
 	const base = "http://127.0.0.1:9102"
-	out, err := c.Exec(context.Background(), h, weftBin, "status", "--url", base, "--json")
+	out, err := c.Exec(context.Background(), h, weftBin, "status", "--json")
 	if err != nil {
 		c.t.Fatalf("weft status: %v\n%s", err, out)
 	}

@@ -48,12 +48,9 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 			observe, markUp = networkAvailable(log.With("component", "kube"), ks)
 		}
 	} else {
-		es, err := etcdstore.New(ctx, log.With("component", "etcd"), etcdstore.Config{
-			Endpoints: opts.EtcdEndpoints, Prefix: opts.EtcdPrefix,
-			KeyFile: opts.EtcdKeyFile, CertFile: opts.EtcdCertFile, CAFile: opts.EtcdCAFile,
-			Username: opts.EtcdUsername, Password: opts.EtcdPassword,
-			OnWatchRestart: m.WatchRestart,
-		})
+		cfg := etcdstore.ConfigFrom(opts)
+		cfg.OnWatchRestart = m.WatchRestart
+		es, err := etcdstore.New(ctx, log.With("component", "etcd"), cfg)
 		if err != nil {
 			return err
 		}
@@ -66,7 +63,7 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 		return err
 	}
 	defer dp.Close()
-	m.WatchWireGuard(wireGuardStats(dp))
+	m.WatchWireGuard(readAtMostEvery(wgStatsEvery, wireGuardStats(dp)))
 
 	health := httpapi.NewHealth(opts.ResyncPeriod, watchDeadline, store.WatchDownSince)
 	board := &daemon.Board{}
@@ -74,9 +71,26 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	if opts.HealthzPort > 0 {
+		// The probes and metrics, where the kubelet and Prometheus look;
+		// the status (every peer's addresses) only when asked to.
+		var status func() []byte
+		if opts.HealthzStatus {
+			status = board.JSON
+		}
 		addr := net.JoinHostPort(opts.HealthzIP, strconv.Itoa(opts.HealthzPort))
 		g.Go(func() error {
-			return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry, func() any { return board.Get() }))
+			return httpapi.Serve(ctx, log, addr, httpapi.Handler(health, m.Registry, status))
+		})
+	}
+	if opts.StatusSocket != "" {
+		g.Go(func() error {
+			// The socket serves an operator's tool: failing to open it
+			// must not take the node's network down with it.
+			err := httpapi.ServeUnix(ctx, log, opts.StatusSocket, httpapi.Handler(health, m.Registry, board.JSON))
+			if err != nil {
+				log.Error("weft status will not reach this daemon", "err", err)
+			}
+			return nil
 		})
 	}
 	if markUp != nil {

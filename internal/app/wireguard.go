@@ -3,6 +3,7 @@ package app
 import (
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netns"
@@ -32,6 +33,31 @@ func openDataplane(log *slog.Logger, opts config.Options) (*dataplane.Netlink, e
 		return wguser.Create(log.With("device", name), self, name, mtu)
 	}
 	return dataplane.NewNetlink(log, netns.None(), dataplane.WireGuard(opts.WireGuardDevice, create))
+}
+
+// wgStatsEvery is how often the WireGuard devices may be read for the
+// metrics. A read lists every peer through the wgctrl client the
+// reconcile passes also use (one at a time), so unthrottled scrapes could
+// delay a pass; handshake ages a second or two old are as good.
+const wgStatsEvery = 2 * time.Second
+
+// readAtMostEvery returns read, called at most once per interval: callers
+// within it get the last result, and concurrent callers wait for one call
+// and share it.
+func readAtMostEvery[T any](interval time.Duration, read func() T) func() T {
+	var (
+		mu   sync.Mutex
+		at   time.Time
+		last T
+	)
+	return func() T {
+		mu.Lock()
+		defer mu.Unlock()
+		if at.IsZero() || time.Since(at) >= interval {
+			last, at = read(), time.Now()
+		}
+		return last
+	}
 }
 
 // wireGuardStats reads our WireGuard devices for the metrics, at scrape

@@ -15,16 +15,10 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-	"text/tabwriter"
-	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/bench"
 	"github.com/weft-net/weft/internal/demo"
 	"github.com/weft-net/weft/internal/lab"
-	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/podrt"
 )
 
@@ -33,8 +27,8 @@ const usage = `usage: weft <command> [flags]
 commands:
   demo        build a cluster of hosts and pods in network namespaces and test it
   demo down   remove a demo left running with --keep
-  leases      list the cluster's subnet leases from etcd
-  status      this host's lease, peers, kernel drift and health (from the local flanneld)
+  leases      list the cluster's subnet leases from etcd (flanneld's --etcd-* flags)
+  status      this host's lease, peers, kernel drift and health (from the local flanneld's socket)
 `
 
 // Main runs the weft command and returns its exit code.
@@ -176,92 +170,6 @@ func demoEtcd(ctx context.Context, args []string) error {
 		return err
 	}
 	return lab.ServeEtcd(ctx, *dir, *hubNS, *hubAddr, *urlFile)
-}
-
-func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("weft leases", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	endpoints := fs.String("etcd-endpoints", envOr("FLANNELD_ETCD_ENDPOINTS", "http://127.0.0.1:2379"), "etcd endpoints")
-	prefix := fs.String("etcd-prefix", envOr("FLANNELD_ETCD_PREFIX", "/coreos.com/network"), "etcd prefix")
-	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: splitComma(*endpoints), DialTimeout: 5 * time.Second})
-	if err != nil {
-		return err
-	}
-	defer cli.Close()
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	resp, err := cli.Get(ctx, *prefix+"/subnets/", clientv3.WithPrefix())
-	if err != nil {
-		return fmt.Errorf("list leases: %w", err)
-	}
-	type row struct {
-		Key         string `json:"key"`
-		Subnet      string `json:"subnet,omitempty"`
-		IPv6Subnet  string `json:"ipv6Subnet,omitempty"`
-		PublicIP    string `json:"publicIP,omitempty"`
-		PublicIPv6  string `json:"publicIPv6,omitempty"`
-		Backend     string `json:"backend,omitempty"`
-		Identity    string `json:"identity,omitempty"` // vxlan: VTEP MAC; wireguard: public key
-		Reservation bool   `json:"reservation"`
-		Error       string `json:"error,omitempty"`
-	}
-	var rows []row
-	for _, kv := range resp.Kvs {
-		l, err := lease.Decode(string(kv.Key), kv.Value)
-		r := row{Key: string(kv.Key), Backend: l.Attrs.BackendType, Reservation: kv.Lease == 0}
-		if err != nil {
-			r.Error = err.Error()
-		}
-		if l.Subnet.IsValid() {
-			r.Subnet = l.Subnet.String()
-		}
-		if l.IPv6Subnet.IsValid() {
-			r.IPv6Subnet = l.IPv6Subnet.String()
-		}
-		if l.Attrs.PublicIP.IsValid() {
-			r.PublicIP = l.Attrs.PublicIP.String()
-		}
-		if l.Attrs.PublicIPv6.IsValid() {
-			r.PublicIPv6 = l.Attrs.PublicIPv6.String()
-		}
-		if r.Identity = backends.Identity(l.Attrs, false); r.Identity == "" {
-			r.Identity = backends.Identity(l.Attrs, true)
-		}
-		rows = append(rows, r)
-	}
-	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
-	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tBACKEND\tMAC / KEY\tNOTE")
-	for _, r := range rows {
-		note := ""
-		if r.Reservation {
-			note = "reservation"
-		}
-		if r.Error != "" {
-			note = "malformed: " + r.Error
-		}
-		pub := r.PublicIP
-		if pub == "" {
-			pub = r.PublicIPv6
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(pub), dash(r.Backend), dash(r.Identity), note)
-	}
-	return tw.Flush()
-}
-
-func envOr(k, def string) string {
-	if v := os.Getenv(k); v != "" {
-		return v
-	}
-	return def
 }
 
 func splitComma(s string) []string {

@@ -8,20 +8,18 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"net/http"
 	"os"
 	"slices"
 	"sort"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode"
 	"unicode/utf8"
 
 	"github.com/vishvananda/netns"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/dataplane"
 )
@@ -52,39 +50,47 @@ type storeSummary struct {
 func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("weft status", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	def := ""
-	if p := os.Getenv("FLANNELD_HEALTHZ_PORT"); p != "" {
-		def = "http://127.0.0.1:" + p
-	}
-	url := fs.String("url", def, "the local flanneld's --healthz listener, e.g. http://127.0.0.1:8285")
-	endpoints := fs.String("etcd-endpoints", os.Getenv("FLANNELD_ETCD_ENDPOINTS"), "etcd endpoints (optional: adds a store summary)")
-	prefix := fs.String("etcd-prefix", envOr("FLANNELD_ETCD_PREFIX", "/coreos.com/network"), "etcd prefix")
+	socket := fs.String("socket", defaultSocket(os.Getenv),
+		"the local flanneld's status socket (its --status-socket; by default "+config.StatusSocketName+" beside $FLANNELD_SUBNET_FILE, else /run/flannel/"+config.StatusSocketName+")")
+	url := fs.String("url", "", "read a flanneld's healthz listener instead, e.g. http://10.0.0.5:8285 (that flanneld must run with --healthz-status); "+
+		"the kernel is compared only when the address is a loopback one")
+	etcd := config.AddEtcdFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *url == "" {
-		return fmt.Errorf("--url: not set; run flanneld with --healthz-port and pass its address")
+	opts, err := etcd.Resolve(os.Getenv)
+	if err != nil {
+		return err
 	}
+	c, local, err := newDaemonClient(*socket, *url)
+	if err != nil {
+		return err
+	}
+	defer c.close()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	rep := statusReport{}
 	var st daemon.Status
-	if err := getJSON(ctx, *url+"/v1/status", &st); err != nil {
+	if err := c.getJSON(ctx, "/v1/status", &st); err != nil {
 		rep.Errors = append(rep.Errors, "daemon: "+err.Error())
 	} else {
 		rep.Daemon = &st
-		if err := readKernel(st, &rep); err != nil {
-			rep.Errors = append(rep.Errors, "kernel: "+err.Error())
+		if local {
+			if err := readKernel(st, &rep); err != nil {
+				rep.Errors = append(rep.Errors, "kernel: "+err.Error())
+			}
 		}
 	}
-	rep.Healthz = probe(ctx, *url+"/healthz")
-	rep.Readyz = probe(ctx, *url+"/readyz")
-	if *endpoints != "" {
-		if n, err := countLeases(ctx, splitComma(*endpoints), *prefix); err != nil {
+	rep.Healthz = c.probe(ctx, "/healthz")
+	rep.Readyz = c.probe(ctx, "/readyz")
+	// The store summary is the one thing that needs etcd: only when
+	// told where it is (flag or FLANNELD_ETCD_ENDPOINTS).
+	if etcd.Given("etcd-endpoints") {
+		if events, err := listLeases(ctx, opts); err != nil {
 			rep.Errors = append(rep.Errors, "store: "+err.Error())
 		} else {
-			rep.Store = &storeSummary{Leases: n}
+			rep.Store = &storeSummary{Leases: len(events)}
 		}
 	}
 	if *asJSON {
@@ -97,36 +103,6 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%d problem(s)", len(rep.Errors))
 	}
 	return nil
-}
-
-func getJSON(ctx context.Context, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
-}
-
-func probe(ctx context.Context, url string) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err.Error()
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return err.Error()
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	return strings.TrimSpace(string(b))
 }
 
 // readKernel fills rep's drift and WireGuard devices from the kernel.
@@ -169,19 +145,6 @@ func checkDrift(dp *dataplane.Netlink, st daemon.Status) (*drift, error) {
 		}
 	}
 	return d, nil
-}
-
-func countLeases(ctx context.Context, endpoints []string, prefix string) (int, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: 5 * time.Second})
-	if err != nil {
-		return 0, err
-	}
-	defer cli.Close()
-	resp, err := cli.Get(ctx, prefix+"/subnets/", clientv3.WithPrefix(), clientv3.WithCountOnly())
-	if err != nil {
-		return 0, err
-	}
-	return int(resp.Count), nil
 }
 
 func printStatus(w io.Writer, rep statusReport) {

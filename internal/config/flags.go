@@ -46,6 +46,15 @@ type Options struct {
 
 	HealthzIP   string
 	HealthzPort int
+	// HealthzStatus also serves /v1/status (every peer's addresses,
+	// subnets and backend data) on the healthz listener, for `weft status
+	// --url` from elsewhere. Off by default: the listener is unauthenticated
+	// and usually on every address.
+	HealthzStatus bool
+	// StatusSocket is the unix socket (mode 0600) on which `weft status`
+	// reads the status, probes and metrics; empty when disabled
+	// (--status-socket=none). Default: DefaultStatusSocket(SubnetFile).
+	StatusSocket string
 
 	// WireGuardKeyFile holds the wireguard backend's private key
 	// (upstream's WIREGUARD_KEY_FILE, default /run/flannel/wgkey).
@@ -166,15 +175,7 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 		fs.PrintDefaults()
 	}
 
-	o.EtcdEndpoints = nil
-	etcdEndpoints := "http://127.0.0.1:4001,http://127.0.0.1:2379"
-	fs.StringVar(&etcdEndpoints, "etcd-endpoints", etcdEndpoints, "comma-separated list of etcd endpoints")
-	fs.StringVar(&o.EtcdPrefix, "etcd-prefix", "/coreos.com/network", "etcd prefix")
-	fs.StringVar(&o.EtcdKeyFile, "etcd-keyfile", "", "SSL key file used to secure etcd communication")
-	fs.StringVar(&o.EtcdCertFile, "etcd-certfile", "", "SSL certification file used to secure etcd communication")
-	fs.StringVar(&o.EtcdCAFile, "etcd-cafile", "", "SSL Certificate Authority file used to secure etcd communication")
-	fs.StringVar(&o.EtcdUsername, "etcd-username", "", "username for BasicAuth to etcd")
-	fs.StringVar(&o.EtcdPassword, "etcd-password", "", "password for BasicAuth to etcd")
+	etcd := AddEtcdFlags(fs)
 
 	fs.BoolVar(&o.KubeSubnetMgr, "kube-subnet-mgr", false, "contact the Kubernetes API for subnet assignment instead of etcd")
 	fs.StringVar(&o.KubeAPIURL, "kube-api-url", "", "Kubernetes API server URL (only with --kube-subnet-mgr; default: in-cluster)")
@@ -202,6 +203,10 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 
 	fs.StringVar(&o.HealthzIP, "healthz-ip", "0.0.0.0", "the IP address for the healthz server to listen on")
 	fs.IntVar(&o.HealthzPort, "healthz-port", 0, "the port for the healthz server to listen on (0 to disable)")
+	fs.BoolVar(&o.HealthzStatus, "healthz-status", false,
+		"also serve /v1/status (every peer's addresses, subnets and MACs) on the healthz listener, without authentication (weft status --url)")
+	fs.StringVar(&o.StatusSocket, "status-socket", "",
+		"unix socket (mode 0600) serving the status to weft status; default "+StatusSocketName+" in the directory of --subnet-file; none to disable")
 
 	fs.StringVar(&o.WireGuardDevice, "wireguard-device", WireGuardAuto,
 		"WireGuard implementation for the wireguard backend: auto (the kernel's if it has the module, else userspace), kernel or userspace")
@@ -225,40 +230,27 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	fromEnv := map[string]string{} // flag name → the variable that set it
-	var envErr error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || envErr != nil {
-			return
-		}
-		name := EnvPrefix + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		v := getenv(name)
-		if v == "" {
-			return
-		}
-		// The whole value goes to Set, as upstream does: a repeatable
-		// flag (--iface, --iface-regex) gets exactly one element from its
-		// variable, so a regex such as eth{0,3} keeps its comma.
-		if err := f.Value.Set(v); err != nil {
-			envErr = fmt.Errorf("environment %s: %w", name, err)
-		}
-		fromEnv[f.Name] = name
-	})
-	if envErr != nil {
-		return o, envErr
+	fromEnv, err := applyEnv(fs, set, getenv, func(string) bool { return true })
+	if err != nil {
+		return o, err
 	}
 	o.Ignored = ignoredKlog(func(name string) bool { return set[name] || fromEnv[name] != "" })
 	if o.KubeSubnetMgr {
 		o.Ignored = append(o.Ignored, kubeEnv(getenv)...)
 	}
 
-	for _, e := range strings.Split(etcdEndpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			o.EtcdEndpoints = append(o.EtcdEndpoints, e)
-		}
+	eo, err := etcd.finish()
+	if err != nil && !o.KubeSubnetMgr {
+		return o, err
 	}
-	if len(o.EtcdEndpoints) == 0 && !o.KubeSubnetMgr {
-		return o, errors.New("flags: --etcd-endpoints: empty")
+	o.EtcdEndpoints, o.EtcdPrefix = eo.EtcdEndpoints, eo.EtcdPrefix
+	o.EtcdKeyFile, o.EtcdCertFile, o.EtcdCAFile = eo.EtcdKeyFile, eo.EtcdCertFile, eo.EtcdCAFile
+	o.EtcdUsername, o.EtcdPassword = eo.EtcdUsername, eo.EtcdPassword
+	switch o.StatusSocket {
+	case "":
+		o.StatusSocket = DefaultStatusSocket(o.SubnetFile)
+	case "none":
+		o.StatusSocket = ""
 	}
 	if o.PublicIP.IsValid() && !o.PublicIP.Is4() {
 		return o, fmt.Errorf("flags: --public-ip: %s is not an IPv4 address", o.PublicIP)

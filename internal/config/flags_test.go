@@ -143,3 +143,79 @@ func TestParseOptionsRepeatableFromEnvIsOneValue(t *testing.T) {
 		}
 	}
 }
+
+func TestStatusSocket(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{want: "/run/flannel/weft.sock"},
+		{args: []string{"--subnet-file=/var/run/h1/subnet.env"}, want: "/var/run/h1/weft.sock"},
+		{env: map[string]string{"FLANNELD_SUBNET_FILE": "/x/y.env"}, want: "/x/weft.sock"},
+		{args: []string{"--status-socket=/tmp/s.sock"}, want: "/tmp/s.sock"},
+		{env: map[string]string{"FLANNELD_STATUS_SOCKET": "/tmp/e.sock"}, want: "/tmp/e.sock"},
+		{args: []string{"--status-socket=none"}, want: ""},
+	} {
+		o, err := ParseOptions(tc.args, env(tc.env), io.Discard)
+		if err != nil {
+			t.Fatalf("ParseOptions(%v, %v): %v", tc.args, tc.env, err)
+		}
+		if o.StatusSocket != tc.want {
+			t.Errorf("ParseOptions(%v, %v): StatusSocket = %q, want %q", tc.args, tc.env, o.StatusSocket, tc.want)
+		}
+		if o.HealthzStatus {
+			t.Errorf("HealthzStatus on by default")
+		}
+	}
+	o, err := ParseOptions(nil, env(map[string]string{"FLANNELD_HEALTHZ_STATUS": "true"}), io.Discard)
+	if err != nil || !o.HealthzStatus {
+		t.Errorf("FLANNELD_HEALTHZ_STATUS=true: %v, HealthzStatus %v", err, o.HealthzStatus)
+	}
+}
+
+// TestEtcdFlagsOnAnotherFlagSet: the weft CLI registers the etcd flags
+// beside its own; the environment sets only the etcd ones.
+func TestEtcdFlagsOnAnotherFlagSet(t *testing.T) {
+	fs := flag.NewFlagSet("weft leases", flag.ContinueOnError)
+	asJSON := fs.Bool("json", false, "")
+	e := AddEtcdFlags(fs)
+	if err := fs.Parse([]string{"--etcd-cafile=/ca.pem", "--etcd-endpoints=https://a:2379,https://b:2379"}); err != nil {
+		t.Fatal(err)
+	}
+	o, err := e.Resolve(env(map[string]string{
+		"FLANNELD_ETCD_CAFILE":    "/ignored.pem",
+		"FLANNELD_ETCD_CERTFILE":  "/cert.pem",
+		"FLANNELD_ETCD_KEYFILE":   "/key.pem",
+		"FLANNELD_ETCD_USERNAME":  "flannel",
+		"FLANNELD_ETCD_PASSWORD":  "s3cret",
+		"FLANNELD_ETCD_PREFIX":    "/p",
+		"FLANNELD_JSON":           "true",
+		"FLANNELD_SUBNET_FILE":    "/not/a/flag/here",
+		"FLANNELD_ETCD_ENDPOINTS": "http://ignored:2379",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := Options{EtcdEndpoints: []string{"https://a:2379", "https://b:2379"}, EtcdPrefix: "/p",
+		EtcdCAFile: "/ca.pem", EtcdCertFile: "/cert.pem", EtcdKeyFile: "/key.pem", EtcdUsername: "flannel", EtcdPassword: "s3cret"}
+	if diff := cmp.Diff(want, o, cmpopts.EquateEmpty(), cmpopts.EquateComparable(netip.Addr{})); diff != "" {
+		t.Errorf("etcd options (-want +got):\n%s", diff)
+	}
+	if *asJSON {
+		t.Error("FLANNELD_JSON set a flag that is not flanneld's")
+	}
+	if !e.Given("etcd-endpoints") || !e.Given("etcd-username") {
+		t.Error("Given misses flags set on the command line or from the environment")
+	}
+
+	fs = flag.NewFlagSet("weft status", flag.ContinueOnError)
+	e = AddEtcdFlags(fs)
+	if err := fs.Parse(nil); err != nil {
+		t.Fatal(err)
+	}
+	o, err = e.Resolve(env(nil))
+	if err != nil || len(o.EtcdEndpoints) != 2 || o.EtcdPrefix != DefaultEtcdPrefix || e.Given("etcd-endpoints") {
+		t.Errorf("defaults: %+v, %v, given %v", o, err, e.Given("etcd-endpoints"))
+	}
+}

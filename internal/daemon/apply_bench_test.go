@@ -10,6 +10,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/metrics"
@@ -19,6 +20,52 @@ import (
 // among 5,000 leases: folding the first snapshot (lease checks, planning,
 // the desired state) before the first pass.
 func BenchmarkApplySnapshot5000(b *testing.B) {
+	n, be, self, snap := snapshot5000(b)
+	m := metrics.New("bench")
+	b.ReportAllocs()
+	for b.Loop() {
+		d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
+			cfg: Config{Metrics: m}, untracked: true}
+		d.peers = cowmap.New[lease.ID, peer](idHash, 0)
+		d.skipped = newSkipSet()
+		d.newDesired(0)
+		d.touched = dataplane.NewDelta()
+		if err := d.apply(snap); err != nil {
+			b.Fatal(err)
+		}
+		if d.peers.Len() != 5000 {
+			b.Fatalf("%d peers", d.peers.Len())
+		}
+	}
+}
+
+// BenchmarkStatusRender5000 is what a /v1/status rendering costs its
+// reader (never the control loop) at 5,000 vxlan peers: sorting and
+// naming them, composing the desired state, encoding JSON.
+func BenchmarkStatusRender5000(b *testing.B) {
+	n, be, self, snap := snapshot5000(b)
+	board := &Board{}
+	d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
+		cfg: Config{Status: board}, untracked: true}
+	d.peers = cowmap.New[lease.ID, peer](idHash, 0)
+	d.skipped = newSkipSet()
+	d.newDesired(0)
+	d.touched = dataplane.NewDelta()
+	if err := d.apply(snap); err != nil {
+		b.Fatal(err)
+	}
+	d.lastAt = time.Now()
+	b.ReportAllocs()
+	size := 0
+	for b.Loop() {
+		d.publish()
+		board.last = nil // render afresh
+		size = len(board.JSON())
+	}
+	b.ReportMetric(float64(size), "bytes/status")
+}
+
+func snapshot5000(b *testing.B) (*config.Network, *vxlan.Backend, lease.Lease, lease.Batch) {
 	n, err := config.ParseNetwork([]byte(`{"Network":"10.0.0.0/9","Backend":{"Type":"vxlan"}}`))
 	if err != nil {
 		b.Fatal(err)
@@ -40,21 +87,5 @@ func BenchmarkApplySnapshot5000(b *testing.B) {
 		}
 		snap.Events = append(snap.Events, lease.Event{Type: lease.Added, Lease: l, Key: l.Key()})
 	}
-	m := metrics.New("bench")
-	b.ReportAllocs()
-	for b.Loop() {
-		d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
-			cfg: Config{Metrics: m}, untracked: true}
-		d.peers = map[lease.ID]lease.Lease{}
-		d.seen = map[lease.ID]time.Time{}
-		d.skipped = newSkipSet()
-		d.newDesired(0)
-		d.touched = dataplane.NewDelta()
-		if err := d.apply(snap); err != nil {
-			b.Fatal(err)
-		}
-		if len(d.peers) != 5000 {
-			b.Fatalf("%d peers", len(d.peers))
-		}
-	}
+	return n, be, self, snap
 }

@@ -22,7 +22,6 @@ import (
 	"net/netip"
 	"runtime"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"time"
 
@@ -30,6 +29,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
+	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/httpapi"
@@ -58,6 +58,9 @@ type Config struct {
 	System    underlay.System
 	// LeaseTTL overrides lease.DefaultTTL (tests).
 	LeaseTTL time.Duration
+	// StoreAttempt overrides how long each startup call to the store may
+	// take before it is retried (and its error logged) (tests).
+	StoreAttempt time.Duration
 	// Observer, if set, is told about each reconcile pass (tests).
 	Observer func(Pass)
 	// OpenRules opens the masquerade/forward rule manager (iptables or
@@ -105,17 +108,22 @@ type daemon struct {
 	net     *config.Network
 	backend backend.Backend
 	self    lease.Lease
-	peers   map[lease.ID]lease.Lease
-	seen    map[lease.ID]time.Time // when each peer's lease last changed
-	skipped *skipSet               // peer leases not used, by raw key
-	wrote   bool                   // subnet.env written
+	// peers is a copy-on-write map, so that each pass can publish it to
+	// the status Board for O(1) (see Board); skipped are the peer leases
+	// not used, by raw key, bounded (skipSet).
+	peers   *cowmap.Map[lease.ID, peer]
+	skipped *skipSet
+	wrote   bool // subnet.env written
 
 	// desired is the desired kernel state, updated per peer event;
 	// touched collects the keys changed since the last pass. Both belong
-	// to the control goroutine: the status board asks it for a rendering
-	// instead of reading them (see Board).
-	desired *backend.Desired
-	touched *dataplane.Delta
+	// to the control goroutine and are never shared: the status Board
+	// composes its own from the peers' objects. base (our own devices)
+	// and fallback (the blackhole routes) are planned once.
+	desired  *backend.Desired
+	touched  *dataplane.Delta
+	base     *dataplane.State
+	fallback dataplane.Objects
 	// untracked: the pending pass diffs every key (full or complete
 	// diff), so apply need not record touched keys.
 	untracked bool
@@ -159,20 +167,28 @@ func (d *daemon) run(ctx context.Context) error {
 	return d.loop(ctx)
 }
 
-// storeAttempt bounds each startup call to the store. The etcd client
+// defaultStoreAttempt bounds each startup call to the store. The etcd client
 // waits for a usable connection for as long as a call's context allows, so
 // an unbounded call against an endpoint that refuses us (a rejected client
 // certificate, a server certificate from another CA) would hang without a
 // word; bounded, each attempt fails with the connection error, which the
 // retry loops below log.
-const storeAttempt = 15 * time.Second
+const defaultStoreAttempt = 15 * time.Second
+
+// storeAttempt is Config.StoreAttempt, or defaultStoreAttempt.
+func (d *daemon) storeAttempt() time.Duration {
+	if d.cfg.StoreAttempt > 0 {
+		return d.cfg.StoreAttempt
+	}
+	return defaultStoreAttempt
+}
 
 // networkConfig waits for the network config to exist, as upstream does,
 // so hosts can start before an operator writes it.
 func (d *daemon) networkConfig(ctx context.Context) (*config.Network, error) {
 	warned := false
 	for {
-		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		actx, cancel := context.WithTimeout(ctx, d.storeAttempt())
 		raw, err := d.cfg.Store.NetworkConfig(actx)
 		cancel()
 		if err == nil {
@@ -244,18 +260,17 @@ const (
 )
 
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, renewed <-chan lease.Lease) error {
-	d.peers = map[lease.ID]lease.Lease{}
-	d.seen = map[lease.ID]time.Time{}
+	d.peers = cowmap.New[lease.ID, peer](idHash, 0)
 	d.skipped = newSkipSet()
 	// Our own subnets are fixed for the daemon's lifetime (a renewal only
 	// moves revision and expiry), so the base is planned once.
 	d.newDesired(0)
 	d.touched = dataplane.NewDelta()
-	statusReqs, detach := d.cfg.Status.attach()
-	defer detach()
+	defer d.cfg.Status.publish(nil)
 	if err := d.prepare(ctx); err != nil {
 		return err
 	}
+	d.publish()
 
 	resync := time.NewTicker(d.opts.ResyncPeriod)
 	defer resync.Stop()
@@ -323,11 +338,10 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 			full, repair, dirty = true, !dirty || repair, true
 		case <-retry.C:
 			dirty = true
-		case reply := <-statusReqs:
-			reply <- d.status()
 		case l := <-renewed:
 			// Same subnets and attributes; only revision and expiry move.
 			d.self = l
+			d.publish()
 		}
 	}
 }
@@ -347,10 +361,14 @@ func releaseStartupMemory() { runtime.GC(); debug.FreeOSMemory() }
 // lifetime (a renewal only moves revision and expiry), so the base is the
 // same every time.
 func (d *daemon) newDesired(peers int) {
-	d.desired = backend.NewDesired(d.backend.PlanBase(d.self), peers)
-	if d.opts.IPBlackholeRoute {
-		d.desired.SetFallback(d.blackholes(), nil)
+	if d.base == nil {
+		d.base = d.backend.PlanBase(d.self)
+		if d.opts.IPBlackholeRoute {
+			d.fallback = d.blackholes()
+		}
 	}
+	d.desired = backend.NewDesired(d.base, peers)
+	d.desired.SetFallback(d.fallback, nil)
 }
 
 // delta is where apply records touched keys: nowhere when the pending
@@ -364,13 +382,12 @@ func (d *daemon) delta() *dataplane.Delta {
 
 // apply folds a batch of lease events into the peer map.
 func (d *daemon) apply(b lease.Batch) error {
-	if b.Snapshot && len(d.peers) == 0 && d.desired.Peers() == 0 && len(b.Events) > cap0 {
+	if b.Snapshot && d.peers.Len() == 0 && d.desired.Peers() == 0 && len(b.Events) > cap0 {
 		// The first snapshot of a big cluster: make the maps its size
 		// once. Growing them a rehash at a time was half the CPU time of
 		// applying 5,000 leases.
 		n := len(b.Events)
-		d.peers = make(map[lease.ID]lease.Lease, n)
-		d.seen = make(map[lease.ID]time.Time, n)
+		d.peers = cowmap.New[lease.ID, peer](idHash, n)
 		d.newDesired(n)
 	}
 	if b.Snapshot {
@@ -382,7 +399,7 @@ func (d *daemon) apply(b lease.Batch) error {
 			}
 		}
 		removed := 0
-		for id := range d.peers {
+		for id := range d.peers.All() {
 			if !seen[id] {
 				d.dropPeer(id)
 				removed++
@@ -427,7 +444,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 		return nil
 	}
 	if ev.Type == lease.Removed {
-		if _, ok := d.peers[id]; ok {
+		if _, ok := d.peers.Get(id); ok {
 			d.log.Debug("peer removed", "lease", id)
 		}
 		d.dropPeer(id)
@@ -446,18 +463,19 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	d.skipped.remove(ev.Key)
 	d.log.Debug("peer added", "lease", id, "public_ip", ev.Lease.Attrs.PublicIP)
-	if old, ok := d.peers[id]; !ok || !old.Attrs.Equal(ev.Lease.Attrs) {
-		d.seen[id] = time.Now()
+	old, ok := d.peers.Get(id)
+	seen := old.seen
+	if !ok || !old.lease.Attrs.Equal(ev.Lease.Attrs) {
+		seen = time.Now()
 	}
-	d.peers[id] = ev.Lease
+	d.peers.Set(id, peer{lease: ev.Lease, seen: seen, objs: objs})
 	d.desired.SetPeer(ev.Lease, objs, d.delta())
 	return nil
 }
 
 // dropPeer forgets a peer and withdraws its objects.
 func (d *daemon) dropPeer(id lease.ID) {
-	delete(d.peers, id)
-	delete(d.seen, id)
+	d.peers.Delete(id)
 	d.desired.RemovePeer(id, d.delta())
 }
 
@@ -523,17 +541,18 @@ func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) erro
 	touched := d.touched.Len()
 	d.touched.Reset()
 	full := kind == passFull
-	p := Pass{Full: full, Repair: repair, Peers: len(d.peers), Changes: ch, Err: err, Took: time.Since(start)}
+	p := Pass{Full: full, Repair: repair, Peers: d.peers.Len(), Changes: ch, Err: err, Took: time.Since(start)}
 	d.last, d.lastAt = p, time.Now()
+	d.publish()
 	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
-	d.cfg.Metrics.SetPeers(d.backend.Type(), len(d.peers))
+	d.cfg.Metrics.SetPeers(d.backend.Type(), d.peers.Len())
 	d.cfg.Health.PassDone(err == nil)
 	level := slog.LevelDebug
 	if ch.Total() > 0 || err != nil {
 		level = slog.LevelInfo
 	}
 	d.log.Log(ctx, level, "reconciled", "full", full, "delta", kind == passDelta, "touched", touched,
-		"peers", len(d.peers), "writes", ch.Total(),
+		"peers", d.peers.Len(), "writes", ch.Total(),
 		"routes_added", ch.RoutesAdded, "routes_removed", ch.RoutesRemoved, "took", p.Took.Round(time.Microsecond), "err", err)
 	if d.cfg.Observer != nil {
 		d.cfg.Observer(p)
@@ -588,10 +607,4 @@ func (d *daemon) writeSubnetEnv() error {
 	d.cfg.Metrics.SubnetFileWritten(time.Now())
 	d.cfg.Health.SubnetFileWritten()
 	return nil
-}
-
-// sortByKey sorts peers by their subnets (the identity their store key
-// spells), comparing prefixes directly rather than formatting keys.
-func sortByKey(peers []lease.Lease) {
-	slices.SortFunc(peers, func(a, b lease.Lease) int { return backend.CompareID(a.ID(), b.ID()) })
 }

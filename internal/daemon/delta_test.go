@@ -74,8 +74,8 @@ func TestDaemonKickRepairsDeletedObject(t *testing.T) {
 }
 
 // TestBoardWhileLeasesChange reads the status from other goroutines while
-// lease events mutate the desired state (run with -race): the Board asks
-// the control loop for a rendering, it never shares the live state.
+// lease events mutate the desired state (run with -race): the Board
+// renders published snapshots, it never shares the live state.
 func TestBoardWhileLeasesChange(t *testing.T) {
 	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`)
 	board := &Board{}
@@ -138,6 +138,18 @@ func TestBoardWhileLeasesChange(t *testing.T) {
 	}
 	close(stop)
 	wg.Wait()
+	// The Board composes the desired state afresh from each peer's
+	// objects: it is the loop's, which the fake kernel now holds.
+	// (Polled: the last events may still be on their way.)
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		got, want := strings.Join(board.Get().Desired, "\n"), h.dp.Kernel().String()
+		if got == want {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status desired:\n%s\nkernel:\n%s", got, want)
+		}
+	}
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run = %v", err)

@@ -31,7 +31,7 @@ func (d *daemon) acquire(ctx context.Context, prev subnetenv.Env) error {
 	}
 	backoff := time.Second
 	for {
-		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		actx, cancel := context.WithTimeout(ctx, d.storeAttempt())
 		l, err := d.cfg.Store.Acquire(actx, req)
 		cancel()
 		if err == nil {
@@ -84,7 +84,7 @@ func (d *daemon) renewLoop(ctx context.Context, l lease.Lease, renewed chan leas
 
 func (d *daemon) renew(ctx context.Context, l lease.Lease) (lease.Lease, error) {
 	for attempt := 0; ; attempt++ {
-		actx, cancel := context.WithTimeout(ctx, storeAttempt)
+		actx, cancel := context.WithTimeout(ctx, d.storeAttempt())
 		next, err := d.cfg.Store.Renew(actx, l, d.ttl())
 		cancel()
 		d.cfg.Metrics.Renewal(err == nil)

@@ -1,11 +1,17 @@
 package daemon
 
 import (
+	"encoding/binary"
+	"encoding/json"
+	"slices"
 	"sort"
 	"sync"
 	"time"
 
+	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/backends"
+	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -69,18 +75,93 @@ type PassStatus struct {
 	Error  string    `json:"error,omitempty"`
 }
 
+// DefaultMinRender is Board.MinRender's default. At 5,000 peers a
+// rendering costs about 30 ms of CPU and 18 MB of short-lived garbage for
+// 1.7 MB of JSON (BenchmarkStatusRender5000), so a flood of status
+// requests during constant churn costs at most ~6% of one core; the status
+// a reader gets is at most this much older than the last pass.
+const DefaultMinRender = 500 * time.Millisecond
+
 // Board lets readers on other goroutines (the /v1/status handler) see the
-// daemon's status. The desired state is mutated in place by the control
-// goroutine on every lease event, so nothing of it may be shared: Get asks
-// the control loop, which renders a fresh Status between two events and
-// hands it back. A request waits at most for the pass in progress. The
-// zero Board is ready; before a control loop is attached (no lease yet)
-// and after it ends, Get returns only what the Board itself holds.
+// daemon's status without asking the control loop for anything. After
+// each pass the loop publishes a snapshot: the lease, the last pass, and
+// copy-on-write snapshots of the peers and skipped leases (cowmap: O(1)
+// to take; the loop's next write to a shard copies that shard, about
+// twenty leases at 5,000 peers). Everything costly — sorting K peers,
+// naming them, composing the desired state from each peer's planned
+// objects, encoding JSON — is done by a reader, only when something was
+// published since the last rendering, and at most once per MinRender:
+// within MinRender of a rendering, readers get that one even if the loop
+// has published since (so what they read may be that much out of date).
+// Concurrent readers wait for one rendering and share it. A flood of
+// status requests therefore never delays a pass, and costs the process at
+// most one rendering per MinRender.
+//
+// The zero Board is ready. Before a control loop publishes (no lease yet)
+// and after it ends, readers get only what the Board itself holds.
 type Board struct {
+	// MinRender is the least time between two renderings; 0 means
+	// DefaultMinRender. Set it before use.
+	MinRender time.Duration
+
 	mu    sync.Mutex
 	rules string
-	reqs  chan chan Status // served by the control loop; nil when none is
-	done  chan struct{}    // closed when that loop detaches
+	snap  *snapshot // nil when no loop publishes
+	gen   uint64    // bumped by every change of the above
+
+	rendering sync.Mutex // held while rendering: one at a time
+	last      *rendered  // guarded by rendering
+	renders   int        // guarded by rendering; for tests
+}
+
+// snapshot is what the control loop publishes after a pass. Nothing in it
+// is written afterwards: the cowmap snapshots are immutable, base and
+// fallback are planned once, and each peer's objects are replaced, never
+// modified, when its lease changes.
+type snapshot struct {
+	backend string
+	self    lease.Lease
+	peers   cowmap.Snapshot[lease.ID, peer]
+	// skipped are the example keys and the counts per reason (skipSet),
+	// a few hundred entries at most, copied at each publish.
+	skipped         []SkipStatus
+	skippedByReason map[string]int
+	last            Pass
+	lastAt          time.Time
+	base            *dataplane.State
+	fallback        dataplane.Objects
+}
+
+type rendered struct {
+	gen    uint64
+	at     time.Time // when the rendering started
+	status Status
+	json   []byte
+}
+
+// peer is a programmed peer: its lease, when its attributes last changed,
+// and the objects planned for it (shared with the desired state; both
+// only ever replace them).
+type peer struct {
+	lease lease.Lease
+	seen  time.Time
+	objs  dataplane.Objects
+}
+
+// idHash spreads lease IDs over a cowmap's shards: the subnets' addresses
+// (which differ in their network bits) folded and multiplied by 2^64/φ,
+// whose top bits then depend on all of them.
+func idHash(id lease.ID) uint64 {
+	var h uint64
+	if id.V4.IsValid() {
+		a := id.V4.Addr().As4()
+		h = uint64(binary.BigEndian.Uint32(a[:]))<<8 | uint64(id.V4.Bits())
+	}
+	if id.V6.IsValid() {
+		a := id.V6.Addr().As16()
+		h ^= binary.BigEndian.Uint64(a[:8]) ^ binary.BigEndian.Uint64(a[8:])<<1 ^ uint64(id.V6.Bits())<<40
+	}
+	return h * 0x9e3779b97f4a7c15
 }
 
 // setRules records the masquerade rule mode in use.
@@ -91,87 +172,136 @@ func (b *Board) setRules(mode string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.rules = mode
+	b.gen++
 }
 
-// attach makes the calling control loop the Board's source: the loop
-// must answer every request it receives on reqs, and call detach when it
-// stops serving. A nil Board yields a nil channel, which never delivers.
-func (b *Board) attach() (reqs <-chan chan Status, detach func()) {
+// publish makes s the current snapshot; nil withdraws it (the loop ended).
+func (b *Board) publish(s *snapshot) {
 	if b == nil {
-		return nil, func() {}
+		return
 	}
-	ch, done := make(chan chan Status), make(chan struct{})
 	b.mu.Lock()
-	b.reqs, b.done = ch, done
-	b.mu.Unlock()
-	return ch, func() {
-		b.mu.Lock()
-		if b.reqs == ch {
-			b.reqs, b.done = nil, nil
-		}
-		b.mu.Unlock()
-		close(done)
-	}
+	defer b.mu.Unlock()
+	b.snap = s
+	b.gen++
 }
 
-// Get returns the current status.
-func (b *Board) Get() Status {
+// Get returns the current status. It is shared with other callers and
+// must not be modified.
+func (b *Board) Get() Status { return b.current().status }
+
+// JSON returns the current status as JSON, shared with other callers:
+// the body of /v1/status.
+func (b *Board) JSON() []byte { return b.current().json }
+
+// current returns the last rendering if nothing was published since or
+// it is younger than MinRender, else a new one. Readers arriving during a
+// rendering wait for it (on the mutex) and then share it.
+func (b *Board) current() *rendered {
+	b.rendering.Lock()
+	defer b.rendering.Unlock()
 	b.mu.Lock()
-	reqs, done, rules := b.reqs, b.done, b.rules
+	snap, gen, rules := b.snap, b.gen, b.rules
 	b.mu.Unlock()
-	s := Status{}
-	if reqs != nil {
-		reply := make(chan Status, 1) // the loop never blocks on it
-		select {
-		case reqs <- reply:
-			s = <-reply
-		case <-done:
-		}
+	// (With no snapshot, since the loop ended, there is nothing to wait
+	// for: an empty status costs nothing.)
+	if r := b.last; r != nil && (r.gen == gen || (snap != nil && time.Since(r.at) < b.minRender())) {
+		return r
 	}
-	s.Rules = rules
-	return s
+	r := &rendered{gen: gen, at: time.Now()}
+	b.renders++
+	r.status = snap.render()
+	r.status.Rules = rules
+	js, err := json.Marshal(r.status)
+	if err != nil { // plain data: only a value put in Extra could fail
+		js, _ = json.Marshal(map[string]string{"error": "encode status: " + err.Error()})
+	}
+	r.json = append(js, '\n')
+	b.last = r
+	return r
 }
 
-// status renders the daemon's status; it runs on the control goroutine,
-// which owns everything it reads. Before the first pass there is nothing
-// to show but the lease.
-func (d *daemon) status() Status {
-	s := Status{Backend: d.backend.Type()}
-	s.Lease = LeaseStatus{
-		Subnet: str(d.self.Subnet), IPv6Subnet: str(d.self.IPv6Subnet),
-		PublicIP: str(d.self.Attrs.PublicIP), PublicIPv6: str(d.self.Attrs.PublicIPv6),
-		Expires: d.self.Expiration, Reserved: d.self.Reservation,
+// renderings returns how many renderings were made.
+func (b *Board) renderings() int {
+	b.rendering.Lock()
+	defer b.rendering.Unlock()
+	return b.renders
+}
+
+func (b *Board) minRender() time.Duration {
+	if b.MinRender > 0 {
+		return b.MinRender
 	}
-	if d.lastAt.IsZero() {
-		return s
+	return DefaultMinRender
+}
+
+// publish hands the Board a snapshot of the daemon's state (after a pass,
+// or once the lease is held). It costs O(1) in the peers: their map is
+// shared copy-on-write; the skipped leases are a bounded few examples. Without a Board nothing is shared, so the maps
+// never copy a shard.
+func (d *daemon) publish() {
+	if d.cfg.Status == nil {
+		return
 	}
-	peers := make([]lease.Lease, 0, len(d.peers))
-	for _, p := range d.peers {
+	snap := &snapshot{
+		backend: d.backend.Type(), self: d.self,
+		peers: d.peers.Snapshot(),
+		last:  d.last, lastAt: d.lastAt,
+		base: d.base, fallback: d.fallback,
+	}
+	snap.skipped, snap.skippedByReason = d.skipped.status()
+	d.cfg.Status.publish(snap)
+}
+
+// render renders a snapshot (nil: no daemon, an empty status). Before the
+// first pass there is nothing to show but the lease.
+func (s *snapshot) render() Status {
+	if s == nil {
+		return Status{}
+	}
+	st := Status{Backend: s.backend}
+	st.Lease = LeaseStatus{
+		Subnet: str(s.self.Subnet), IPv6Subnet: str(s.self.IPv6Subnet),
+		PublicIP: str(s.self.Attrs.PublicIP), PublicIPv6: str(s.self.Attrs.PublicIPv6),
+		Expires: s.self.Expiration, Reserved: s.self.Reservation,
+	}
+	if s.lastAt.IsZero() {
+		return st
+	}
+	peers := make([]peer, 0, s.peers.Len())
+	for _, p := range s.peers.All() {
 		peers = append(peers, p)
 	}
-	sortByKey(peers)
+	slices.SortFunc(peers, func(a, b peer) int { return backend.CompareID(a.lease.ID(), b.lease.ID()) })
+	// The desired state, composed afresh from each peer's planned objects:
+	// the winner of a key declared twice does not depend on the order of
+	// arrival, so this is the loop's incrementally kept state.
+	desired := backend.NewDesired(s.base, len(peers))
+	desired.SetFallback(s.fallback, nil)
+	st.Peers = make([]PeerStatus, 0, len(peers))
 	for _, p := range peers {
+		l := p.lease
 		ps := PeerStatus{
-			Subnet: str(p.Subnet), IPv6Subnet: str(p.IPv6Subnet),
-			PublicIP: str(p.Attrs.PublicIP), PublicIPv6: str(p.Attrs.PublicIPv6),
-			Backend: p.Attrs.BackendType, LastSeen: d.seen[p.ID()],
+			Subnet: str(l.Subnet), IPv6Subnet: str(l.IPv6Subnet),
+			PublicIP: str(l.Attrs.PublicIP), PublicIPv6: str(l.Attrs.PublicIPv6),
+			Backend: l.Attrs.BackendType, LastSeen: p.seen,
 		}
-		ps.Identity, ps.IdentityV6 = backends.Identity(p.Attrs, false), backends.Identity(p.Attrs, true)
-		s.Peers = append(s.Peers, ps)
+		ps.Identity, ps.IdentityV6 = backends.Identity(l.Attrs, false), backends.Identity(l.Attrs, true)
+		st.Peers = append(st.Peers, ps)
+		desired.SetPeer(l, p.objs, nil)
 	}
-	s.Skipped, s.SkippedByReason = d.skipped.status()
-	p := d.last
-	s.LastPass = PassStatus{At: d.lastAt, Full: p.Full, Writes: p.Changes.Total(), Took: p.Took.String()}
+	st.Skipped, st.SkippedByReason = s.skipped, s.skippedByReason
+	p := s.last
+	st.LastPass = PassStatus{At: s.lastAt, Full: p.Full, Writes: p.Changes.Total(), Took: p.Took.String()}
 	if p.Err != nil {
-		s.LastPass.Error = p.Err.Error()
+		st.LastPass.Error = p.Err.Error()
 	}
-	desired := d.desired.State()
-	s.Desired = desired.Lines()
-	for name := range desired.Links {
-		s.Devices = append(s.Devices, name)
+	st.Desired = desired.State().Lines()
+	for name := range s.base.Links {
+		st.Devices = append(st.Devices, name)
 	}
-	sort.Strings(s.Devices)
-	return s
+	sort.Strings(st.Devices)
+	return st
 }
 
 type validator interface{ IsValid() bool }

@@ -34,8 +34,8 @@ import (
 // Name prefixes every namespace the demo creates (Options.Name overrides).
 const Name = "wtdemo"
 
-// HealthzPort is where each demo host's flanneld serves /healthz, /readyz,
-// /metrics and /v1/status, on the host namespace's loopback.
+// HealthzPort is where each demo host's flanneld serves /healthz, /readyz
+// and /metrics, on the host namespace's loopback.
 const HealthzPort = 8285
 
 // DefaultStateDir holds logs and state of a running demo.
@@ -291,8 +291,9 @@ func (r *run) run(ctx context.Context) error {
 
 func (r *run) startFlanneld(ctx context.Context) error {
 	for _, h := range r.c.Hosts {
-		// Health, metrics and status on each host's loopback (namespaces
-		// keep the ports apart): `ip netns exec <host> weft status`.
+		// Health and metrics on each host's loopback (namespaces keep the
+		// ports apart); the status on the socket beside each host's
+		// subnet file: `ip netns exec <host> weft status --socket …`.
 		if err := r.c.Start(h, "--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", HealthzPort)); err != nil {
 			return err
 		}

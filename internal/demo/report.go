@@ -103,7 +103,7 @@ func (res *Result) Print(w io.Writer) {
 	if res.Kept {
 		fmt.Fprintln(w, "left running (--keep). Try:")
 		fmt.Fprintln(w, "  ip netns exec wtdemo-h1-p1 ping <pod IP>")
-		fmt.Fprintf(w, "  ip netns exec wtdemo-h1 bin/weft status --url http://127.0.0.1:%d\n", HealthzPort)
+		fmt.Fprintf(w, "  ip netns exec wtdemo-h1 bin/weft status --socket %s/h1/weft.sock\n", DefaultStateDir)
 		fmt.Fprintln(w, "  bin/weft demo down        # removes it")
 	}
 }

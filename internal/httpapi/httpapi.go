@@ -1,13 +1,20 @@
-// Package httpapi serves flanneld's --healthz-ip/--healthz-port listener:
-// /healthz (is the daemon alive and converging?), /readyz (is this node's
-// networking in place?) and /metrics. Upstream's /healthz answers 200
-// whatever happens; ours fails when the control loop stalls or the lease
-// watch has been dead past a deadline, so a liveness probe means something.
+// Package httpapi serves flanneld's HTTP endpoints: /healthz (is the
+// daemon alive and converging?), /readyz (is this node's networking in
+// place?), /metrics, and /v1/status (the JSON `weft status` reads).
+// Upstream's /healthz answers 200 whatever happens; ours fails when the
+// control loop stalls or the lease watch has been dead past a deadline, so
+// a liveness probe means something.
+//
+// Two listeners serve them. --healthz-ip:--healthz-port (TCP, where the
+// kubelet and Prometheus look) serves the probes and /metrics, and
+// /v1/status only when asked to (--healthz-status): the status lists every
+// peer's address, subnet and MAC, which the network at large has no need
+// to read without authentication. A unix socket only its owner may open
+// (ServeUnix, mode 0600) serves everything, for `weft status` on the host.
 package httpapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -144,9 +151,15 @@ func (h *Health) Ready() error {
 	return nil
 }
 
+// maxScrapes bounds the /metrics requests served at once; more are
+// answered 503 at once. Prometheus scrapes one at a time; a flood of
+// requests then costs a bounded amount of CPU.
+const maxScrapes = 16
+
 // Handler serves /healthz, /readyz, /metrics and, when status is not nil,
-// /v1/status (the JSON that `weft status` reads).
-func Handler(h *Health, reg *prometheus.Registry, status func() any) http.Handler {
+// /v1/status: status returns the JSON body (daemon.Board.JSON, which
+// renders at most once per interval and shares the result).
+func Handler(h *Health, reg *prometheus.Registry, status func() []byte) http.Handler {
 	mux := http.NewServeMux()
 	check := func(f func() error) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
@@ -162,35 +175,49 @@ func Handler(h *Health, reg *prometheus.Registry, status func() any) http.Handle
 	mux.Handle("/healthz", check(h.Live))
 	mux.Handle("/readyz", check(h.Ready))
 	if reg != nil {
-		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: maxScrapes}))
 	}
 	if status != nil {
 		mux.HandleFunc("/v1/status", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
-			enc := json.NewEncoder(w)
-			enc.SetIndent("", "  ")
-			_ = enc.Encode(status())
+			_, _ = w.Write(status())
 		})
 	}
 	return mux
 }
 
-// Serve listens on addr and serves handler until ctx ends.
+// Serve listens on addr (TCP) and serves handler until ctx ends.
 func Serve(ctx context.Context, log *slog.Logger, addr string, handler http.Handler) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("healthz listener: %w", err)
 	}
-	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 5 * time.Second}
+	log.Info("serving health and metrics", "addr", l.Addr().String())
+	if err := serve(ctx, l, handler); err != nil {
+		return fmt.Errorf("healthz server: %w", err)
+	}
+	return nil
+}
+
+// serve serves handler on l until ctx ends. The timeouts keep a client
+// that sends slowly, or never reads, from holding a connection open.
+func serve(ctx context.Context, l net.Listener, handler http.Handler) error {
+	srv := &http.Server{
+		Handler:           handler,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+	}
 	go func() {
 		<-ctx.Done()
 		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}()
-	log.Info("serving health and metrics", "addr", l.Addr().String())
 	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("healthz server: %w", err)
+		return err
 	}
 	return nil
 }

@@ -28,7 +28,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	h := NewHealth(10*time.Second, time.Minute, func() time.Time { return down })
 	h.now = func() time.Time { return now }
 	m := metrics.New("test")
-	srv := httptest.NewServer(Handler(h, m.Registry, func() any { return map[string]int{"peers": 2} }))
+	srv := httptest.NewServer(Handler(h, m.Registry, func() []byte { return []byte(`{"peers": 2}`) }))
 	defer srv.Close()
 
 	// Starting: alive (retrying), not ready.
@@ -79,5 +79,17 @@ func TestHealthAndReadiness(t *testing.T) {
 	}
 	if code, body := get(t, srv, "/v1/status"); code != 200 || !strings.Contains(body, `"peers": 2`) {
 		t.Errorf("status = %d %q", code, body)
+	}
+}
+
+func TestNoStatusUnlessGiven(t *testing.T) {
+	h := NewHealth(10*time.Second, time.Minute, nil)
+	srv := httptest.NewServer(Handler(h, metrics.New("test").Registry, nil))
+	defer srv.Close()
+	if code, _ := get(t, srv, "/v1/status"); code != http.StatusNotFound {
+		t.Errorf("/v1/status without a status source = %d, want 404", code)
+	}
+	if code, _ := get(t, srv, "/metrics"); code != 200 {
+		t.Errorf("/metrics = %d", code)
 	}
 }

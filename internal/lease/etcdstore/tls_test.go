@@ -2,17 +2,10 @@ package etcdstore_test
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -27,85 +20,8 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/lease/etcdstore/etcdtest"
 )
-
-// pki is a throwaway certificate authority writing PEM files into dir.
-type pki struct {
-	dir    string
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
-	CAFile string
-	serial int64
-}
-
-func newPKI(t *testing.T, dir, name string) *pki {
-	t.Helper()
-	p := &pki{dir: dir}
-	key := newKey(t)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatalf("create CA %s: %v", name, err)
-	}
-	if p.cert, err = x509.ParseCertificate(der); err != nil {
-		t.Fatal(err)
-	}
-	p.key, p.serial = key, 1
-	p.CAFile = writePEM(t, filepath.Join(dir, name+".pem"), "CERTIFICATE", der)
-	return p
-}
-
-func newKey(t *testing.T) *ecdsa.PrivateKey {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key
-}
-
-// issue signs a leaf certificate for name (and ips, for a server) and
-// returns its certificate and key files.
-func (p *pki) issue(t *testing.T, name string, usage x509.ExtKeyUsage, ips ...net.IP) (certFile, keyFile string) {
-	t.Helper()
-	key := newKey(t)
-	p.serial++
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(p.serial),
-		Subject:      pkix.Name{CommonName: name},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{usage},
-		IPAddresses:  ips,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
-	if err != nil {
-		t.Fatalf("issue %s: %v", name, err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return writePEM(t, filepath.Join(p.dir, name+".pem"), "CERTIFICATE", der),
-		writePEM(t, filepath.Join(p.dir, name+"-key.pem"), "EC PRIVATE KEY", keyDER)
-}
-
-func writePEM(t *testing.T, path, typ string, der []byte) string {
-	t.Helper()
-	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // tryStore makes a store that is expected to fail; New itself connects
 // lazily (or, with a user, authenticates) within ctx.
@@ -171,13 +87,13 @@ func checkStoreWorks(t *testing.T, s *etcdstore.Store, peer *clientv3.Client, pr
 
 func TestEtcdTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca := newPKI(t, dir, "ca")
-	serverCert, serverKey := ca.issue(t, "etcd", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
-	clientCert, clientKey := ca.issue(t, "flannel", x509.ExtKeyUsageClientAuth)
+	ca := etcdtest.NewPKI(t, dir, "ca")
+	serverCert, serverKey := ca.Issue(t, "etcd", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
+	clientCert, clientKey := ca.Issue(t, "flannel", x509.ExtKeyUsageClientAuth)
 	// A CA that signed neither, and a client certificate it issued: valid
 	// certificates the server must not accept.
-	other := newPKI(t, dir, "other-ca")
-	strangerCert, strangerKey := other.issue(t, "stranger", x509.ExtKeyUsageClientAuth)
+	other := etcdtest.NewPKI(t, dir, "other-ca")
+	strangerCert, strangerKey := other.Issue(t, "stranger", x509.ExtKeyUsageClientAuth)
 
 	srv := &etcdServer{dir: filepath.Join(dir, "etcd"), clientURL: freeURL(t), peerURL: freeURL(t)}
 	srv.clientURL.Scheme = "https"
