@@ -37,7 +37,10 @@ type Fake struct {
 	changed      chan struct{} // closed and replaced on every change
 }
 
-var _ Store = (*Fake)(nil)
+var (
+	_ Store     = (*Fake)(nil)
+	_ Reclaimer = (*Fake)(nil)
+)
 
 type fakeKV struct {
 	value       []byte
@@ -165,6 +168,52 @@ func (f *Fake) Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, er
 	value, err := json.Marshal(l.Attrs)
 	if err != nil {
 		return Lease{}, fmt.Errorf("renew lease %s: encode attributes: %w", key, err)
+	}
+	f.rev++
+	exp := f.now().Add(ttl)
+	f.putLocked(key, &fakeKV{value: value, expires: exp})
+	f.notifyLocked()
+	l.Revision, l.Expiration, l.Reservation = f.rev, exp, false
+	return l, nil
+}
+
+// Reclaim implements Reclaimer.
+func (f *Fake) Reclaim(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	key := l.Key()
+	if err := f.usable(ctx); err != nil {
+		return Lease{}, fmt.Errorf("reclaim lease %s: %w", key, err)
+	}
+	f.expireDueLocked()
+	if kv, ok := f.kvs[key]; ok {
+		held, err := f.decodeLocked(key)
+		if err != nil || !SameHost(held.Attrs, l.Attrs) {
+			return Lease{}, TakenError(key, held.Attrs, err)
+		}
+		if kv.reservation {
+			// The operator reserved the subnet for us meanwhile: it stays a
+			// reservation, with our attributes.
+			value, err := json.Marshal(l.Attrs)
+			if err != nil {
+				return Lease{}, fmt.Errorf("reclaim lease %s: encode attributes: %w", key, err)
+			}
+			l.Reservation, l.Expiration, l.Revision = true, time.Time{}, kv.modRev
+			if !bytes.Equal(kv.value, value) {
+				f.rev++
+				f.putLocked(key, &fakeKV{value: value, reservation: true})
+				f.notifyLocked()
+				l.Revision = f.rev
+			}
+			return l, nil
+		}
+	}
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	value, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return Lease{}, fmt.Errorf("reclaim lease %s: encode attributes: %w", key, err)
 	}
 	f.rev++
 	exp := f.now().Add(ttl)

@@ -3,6 +3,7 @@ package lease
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 
@@ -79,6 +80,9 @@ var (
 	ErrLeaseLost = errors.New("lease lost")
 	// ErrNoNetworkConfig: the network config key does not exist yet.
 	ErrNoNetworkConfig = errors.New("network config not found")
+	// ErrSubnetTaken: Reclaim found this host's subnet held by another
+	// host (another public IP), which leased it after ours lapsed.
+	ErrSubnetTaken = errors.New("subnet taken by another host")
 )
 
 // Store is what the daemon needs from a lease store (etcd, Kubernetes).
@@ -98,4 +102,45 @@ type Store interface {
 	// seen and sends a new Snapshot when history was compacted away. It
 	// returns ctx's error, or an error it cannot recover from.
 	Watch(ctx context.Context, out chan<- Batch) error
+}
+
+// Reclaimer is a Store that can take this host's lease back after it
+// lapsed: the key expired while the store was unreachable from here (the
+// host was cut off, or the renewal kept failing past the TTL), or an
+// operator deleted it. The daemon keeps its dataplane through a lapse and
+// reclaims the same subnets rather than restarting onto new ones, which
+// would strand every pod addressed from the old subnet.
+type Reclaimer interface {
+	// Reclaim writes l's key again with l.Attrs and a fresh ttl, as a
+	// compare-and-swap: created if the key is absent, rewritten if it is
+	// held by this same host (the same public addresses as l.Attrs: a
+	// renewal lost to a rewrite of our own, say), kept as it is if it has
+	// become an operator's reservation for this host. A key held by
+	// another host is left alone: ErrSubnetTaken, naming the holder.
+	Reclaim(ctx context.Context, l Lease, ttl time.Duration) (Lease, error)
+}
+
+// SameHost reports whether two leases' attributes name the same host: the
+// same public addresses. The daemon and Reclaim use it to tell a write of
+// this host's own (a renewal, a reclaim) from another host's.
+func SameHost(a, b Attrs) bool {
+	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6
+}
+
+// TakenError is a Reclaimer's ErrSubnetTaken for key, naming the holder
+// as far as the key's value says: holder is what it decoded to, decodeErr
+// set if it did not decode.
+func TakenError(key string, holder Attrs, decodeErr error) error {
+	var who string
+	switch {
+	case decodeErr != nil:
+		who = "a value that does not decode"
+	case holder.PublicIP.IsValid():
+		who = "host " + holder.PublicIP.String()
+	case holder.PublicIPv6.IsValid():
+		who = "host " + holder.PublicIPv6.String()
+	default:
+		who = "a lease without a public address"
+	}
+	return fmt.Errorf("reclaim lease %s: %w: held by %s", key, ErrSubnetTaken, who)
 }

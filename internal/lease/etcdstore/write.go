@@ -158,6 +158,72 @@ func (s *Store) Renew(ctx context.Context, l lease.Lease, ttl time.Duration) (le
 	return l, nil
 }
 
+// Reclaim implements lease.Reclaimer: read the key, then write it back
+// conditioned on what was read — still absent, or still ours at the
+// revision read — and read again when another write came between.
+func (s *Store) Reclaim(ctx context.Context, l lease.Lease, ttl time.Duration) (lease.Lease, error) {
+	key := s.subnetsDir + l.Key()
+	if ttl <= 0 {
+		ttl = lease.DefaultTTL
+	}
+	value, err := json.Marshal(l.Attrs)
+	if err != nil {
+		return lease.Lease{}, fmt.Errorf("reclaim lease %s: encode attributes: %w", key, err)
+	}
+	var g grant
+	defer func() {
+		if g.id != 0 && !g.used {
+			s.revoke(g.id, "unused")
+		}
+	}()
+	for attempt := 1; attempt <= maxAttempts; attempt++ {
+		cur, err := s.cli.Get(ctx, key)
+		if err != nil {
+			return lease.Lease{}, fmt.Errorf("reclaim lease %s: read: %w", key, s.conn.explain(err))
+		}
+		cond := clientv3.Compare(clientv3.CreateRevision(key), "=", 0)
+		reservation := false
+		if len(cur.Kvs) > 0 {
+			kv := cur.Kvs[0]
+			held, derr := lease.Decode(key, kv.Value)
+			if derr != nil || !lease.SameHost(held.Attrs, l.Attrs) {
+				return lease.Lease{}, lease.TakenError(key, held.Attrs, derr)
+			}
+			cond = clientv3.Compare(clientv3.ModRevision(key), "=", kv.ModRevision)
+			if reservation = kv.Lease == 0; reservation && bytes.Equal(kv.Value, value) {
+				l.Reservation, l.Expiration, l.Revision = true, time.Time{}, kv.ModRevision
+				return l, nil
+			}
+		}
+		put := clientv3.OpPut(key, string(value))
+		if !reservation {
+			// An operator's reservation for us stays one (no TTL);
+			// otherwise the key goes onto a fresh etcd lease.
+			if err := s.grant(ctx, &g, ttl); err != nil {
+				return lease.Lease{}, fmt.Errorf("reclaim lease %s: %w", key, err)
+			}
+			put = clientv3.OpPut(key, string(value), clientv3.WithLease(g.id))
+		}
+		resp, err := s.cli.Txn(ctx).If(cond).Then(clientv3.OpGet(key), put).Commit()
+		if err != nil {
+			return lease.Lease{}, fmt.Errorf("reclaim lease %s: write: %w", key, s.conn.explain(err))
+		}
+		if !resp.Succeeded {
+			s.log.Debug("lease reclaim lost a race, reading again", "key", key, "attempt", attempt)
+			continue
+		}
+		l.Revision, l.Reservation = resp.Header.Revision, reservation
+		l.Expiration = time.Time{}
+		if !reservation {
+			g.used = true
+			l.Expiration = g.expiration
+			s.revokeReplaced(resp, g.id, key)
+		}
+		return l, nil
+	}
+	return lease.Lease{}, fmt.Errorf("reclaim lease %s: lost %d compare-and-swap races in a row", key, maxAttempts)
+}
+
 // lostError explains a failed renewal from the Else branch's Get.
 func lostError(key string, rev int64, resp *clientv3.TxnResponse) error {
 	if len(resp.Responses) > 0 {

@@ -243,7 +243,7 @@ func newHarness(t *testing.T, srv *kubetest.Server) leasetest.Harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return leasetest.Harness{Store: s, Peer: h, Lacks: leasetest.Allocation | leasetest.Expiry | leasetest.Reservations | leasetest.RawKeys}
+	return leasetest.Harness{Store: s, Peer: h, Lacks: leasetest.Allocation | leasetest.Expiry | leasetest.Reservations | leasetest.RawKeys | leasetest.Reclaims}
 }
 
 func mustAnnotations(t testing.TB, p string) Annotations {

@@ -46,6 +46,9 @@ const (
 	Reservations
 	// RawKeys: Peer.PutRaw can write any key and value, however malformed.
 	RawKeys
+	// Reclaims: the store is a lease.Reclaimer (a lapsed lease can be
+	// written back). A Kubernetes node's podCIDR never lapses.
+	Reclaims
 )
 
 func (h Harness) has(c Capability) bool { return h.Lacks&c == 0 }
@@ -93,6 +96,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Harness) {
 		{"OthersReservation", testOthersReservation, Allocation | Reservations},
 		{"Renew", testRenew, Expiry},
 		{"RenewLost", testRenewLost, Allocation | Expiry | Reservations},
+		{"Reclaim", testReclaim, Allocation | Expiry | Reservations | Reclaims},
 		{"Watch", testWatch, 0},
 		{"WatchMalformed", testWatchMalformed, RawKeys},
 		{"MalformedStillTaken", testMalformedTaken, Allocation | RawKeys},
@@ -538,6 +542,75 @@ func testRenewLost(t *testing.T, h Harness) {
 	h.Peer.Delete(t, r.ID())
 	if _, err := h.Store.Renew(ctx, r, time.Hour); !errors.Is(err, lease.ErrLeaseLost) {
 		t.Errorf("Renew of a deleted reservation: err = %v, want ErrLeaseLost", err)
+	}
+}
+
+// testReclaim: a lapsed lease is written back with the same subnet, a
+// lease rewritten by this same host is taken over, one held by another
+// host is left alone (ErrSubnetTaken, naming it), and an operator's
+// reservation for this host stays a reservation.
+func testReclaim(t *testing.T, h Harness) {
+	r, ok := h.Store.(lease.Reclaimer)
+	if !ok {
+		t.Fatalf("%T is not a lease.Reclaimer; a harness whose store cannot reclaim must say Lacks: Reclaims", h.Store)
+	}
+	n := network(t, netV4)
+	ctx := ctxT(t)
+	a := attrs("10.0.0.1", 1)
+	l := acquire(t, h.Store, lease.Request{Network: n, Attrs: a, TTL: time.Hour})
+	w := startWatch(t, h.Store)
+	w.snapshot(t)
+
+	// Lapsed: expired in the store.
+	h.Peer.Expire(t, l.ID())
+	wantEvents(t, w.events(t, 1), "removed "+l.Key())
+	before := time.Now()
+	got, err := r.Reclaim(ctx, l, 2*time.Hour)
+	if err != nil {
+		t.Fatalf("Reclaim of an expired lease: %v", err)
+	}
+	if got.ID() != l.ID() || got.Revision <= l.Revision || got.Reservation || !got.Attrs.Equal(a) {
+		t.Errorf("Reclaim = %s rev %d reservation %v attrs %+v; want %s after revision %d with its attributes",
+			got.Key(), got.Revision, got.Reservation, got.Attrs, l.Key(), l.Revision)
+	}
+	if got.Expiration.Before(before.Add(2*time.Hour - time.Second)) {
+		t.Errorf("reclaimed lease expires %v, want about two hours from now", got.Expiration)
+	}
+	wantEvents(t, w.events(t, 1), "added "+l.Key()+" 10.0.0.1")
+	if _, err := h.Store.Renew(ctx, got, time.Hour); err != nil {
+		t.Fatalf("Renew of the reclaimed lease: %v", err)
+	}
+
+	// Rewritten by this host (same public IP, other backend data): ours
+	// to take over.
+	h.Peer.PutLease(t, lease.Lease{Subnet: l.Subnet, Attrs: attrs("10.0.0.1", 7)})
+	wantEvents(t, w.events(t, 1), "added "+l.Key()+" 10.0.0.1")
+	got, err = r.Reclaim(ctx, l, time.Hour)
+	if err != nil || !got.Attrs.Equal(a) || got.Reservation {
+		t.Fatalf("Reclaim of a key rewritten by the same host = %+v, %v; want our attributes back", got, err)
+	}
+	wantEvents(t, w.events(t, 1), "added "+l.Key()+" 10.0.0.1")
+
+	// Taken by another host: left alone.
+	h.Peer.Delete(t, l.ID())
+	h.Peer.PutLease(t, lease.Lease{Subnet: l.Subnet, Attrs: attrs("10.0.0.2", 2)})
+	wantEvents(t, w.events(t, 2), "removed "+l.Key(), "added "+l.Key()+" 10.0.0.2")
+	_, err = r.Reclaim(ctx, l, time.Hour)
+	if !errors.Is(err, lease.ErrSubnetTaken) || !strings.Contains(err.Error(), "10.0.0.2") {
+		t.Errorf("Reclaim of a subnet another host holds: %v, want ErrSubnetTaken naming 10.0.0.2", err)
+	}
+	// An operator's reservation for us: kept a reservation, with our
+	// attributes.
+	h.Peer.Delete(t, l.ID())
+	h.Peer.PutLease(t, lease.Lease{Subnet: l.Subnet, Reservation: true, Attrs: attrs("10.0.0.1", 9)})
+	wantEvents(t, w.events(t, 2), "removed "+l.Key(), "added "+l.Key()+" 10.0.0.1 res")
+	got, err = r.Reclaim(ctx, l, time.Hour)
+	if err != nil || !got.Reservation || !got.Attrs.Equal(a) {
+		t.Fatalf("Reclaim of our reservation = %+v, %v; want a reservation with our attributes", got, err)
+	}
+	wantEvents(t, w.events(t, 1), "added "+l.Key()+" 10.0.0.1 res")
+	if _, err := h.Store.Renew(ctx, got, time.Hour); err != nil {
+		t.Errorf("Renew of the reclaimed reservation: %v", err)
 	}
 }
 
