@@ -28,6 +28,11 @@
 //     daemon needs.
 //   - Watch responses map one-to-one onto lease.Batch, so a burst of writes
 //     that etcd delivers together is reconciled once.
+//   - An outage is ridden out, not fought: the watch stays open (the client
+//     resumes it from its last revision), failed dials are retried ten times
+//     a second unless the server itself turns us away (dial.go), and the
+//     store reports since when etcd has been unreachable (health.go). A
+//     lease this host let lapse meanwhile is taken back by Reclaim.
 package etcdstore
 
 import (
@@ -76,8 +81,9 @@ type Config struct {
 // DefaultProbeInterval is Config.ProbeInterval's default. A probe is one
 // serializable read answered by the member itself, sent only by a watch
 // that has been quiet that long; at 5,000 hosts, 15 s keeps the cluster's
-// probe load near 330 cheap reads per second while a dead etcd is still
-// noticed within about 30 s, far inside /healthz's 5-minute deadline.
+// probe load near 330 cheap reads per second. A dropped connection does not
+// wait for it (the connection monitor sees it at once); it catches a member
+// that lost its leader, within about 30 s.
 const DefaultProbeInterval = 15 * time.Second
 
 // DefaultDialTimeout is used when Config.DialTimeout is 0.
@@ -92,7 +98,7 @@ const maxAttempts = 10
 type Store struct {
 	probeEvery time.Duration
 	onRestart  func(string)
-	downSince  atomic.Int64 // unix nanoseconds the watch has been down since; 0 when up
+	downSince  atomic.Int64 // unix nanoseconds etcd has been unreachable since; 0 while it answers
 	log        *slog.Logger
 	cli        *clientv3.Client
 	conn       *connTrouble
@@ -104,7 +110,10 @@ type Store struct {
 	watching atomic.Bool
 }
 
-var _ lease.Store = (*Store)(nil)
+var (
+	_ lease.Store     = (*Store)(nil)
+	_ lease.Reclaimer = (*Store)(nil)
+)
 
 // New connects to etcd. The connection is made lazily, so New succeeds
 // while etcd is down and calls block (within their contexts) until it is
@@ -143,13 +152,14 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 		// Keepalive pings notice a silently dead connection (a host or
 		// network that vanished without a TCP reset) while a watch is open;
 		// otherwise the watch would wait on it for the kernel's TCP timeout.
-		DialKeepAliveTime:    30 * time.Second,
-		DialKeepAliveTimeout: 10 * time.Second,
+		DialKeepAliveTime:    keepaliveTime,
+		DialKeepAliveTimeout: keepaliveTimeout,
 		TLS:                  tlsCfg,
 		Username:             cfg.Username,
 		Password:             cfg.Password,
 		Logger:               newZapLogger(log.With("component", "etcd-client")),
-		DialOptions:          []grpc.DialOption{grpc.WithChainUnaryInterceptor(conn.intercept)},
+		DialOptions: append(dialOptions(newDialPacer(log), clientCreds(tlsCfg, cfg.Endpoints)),
+			grpc.WithChainUnaryInterceptor(conn.intercept)),
 	}
 
 	// clientv3.New blocks for authentication without taking a context; run
@@ -182,7 +192,7 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 	if probe <= 0 {
 		probe = DefaultProbeInterval
 	}
-	return &Store{
+	s := &Store{
 		probeEvery: probe,
 		onRestart:  cfg.OnWatchRestart,
 		log:        log,
@@ -190,7 +200,9 @@ func New(ctx context.Context, log *slog.Logger, cfg Config) (*Store, error) {
 		conn:       conn,
 		configKey:  prefix + "/config",
 		subnetsDir: prefix + "/subnets/",
-	}, nil
+	}
+	go s.monitor(r.cli.Ctx()) // ends when the client closes
+	return s, nil
 }
 
 // Close closes the connection to etcd; calls in progress fail.

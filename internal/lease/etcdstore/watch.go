@@ -89,7 +89,7 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 				}
 				rev, needList = b.Revision, false
 				bo.reset()
-				s.watchUp()
+				s.answered()
 				continue
 			}
 			if ctx.Err() != nil {
@@ -101,13 +101,12 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 			if fatal(err) {
 				return fmt.Errorf("watch leases: %w", err)
 			}
-			s.watchDown("list_failed")
+			s.markDown("list_failed", err)
 			s.log.Warn("cannot list leases, retrying", "prefix", s.subnetsDir, "err", err)
 		} else {
 			progressed, err := s.follow(ctx, &rev, out)
 			if progressed {
 				bo.reset()
-				s.watchUp()
 			}
 			switch {
 			case ctx.Err() != nil:
@@ -131,36 +130,13 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 			case fatal(err):
 				return fmt.Errorf("watch leases from revision %d: %w", rev+1, err)
 			}
-			s.watchDown("interrupted")
+			s.markDown("interrupted", err)
 			s.log.Warn("lease watch interrupted, resuming", "revision", rev+1, "err", err)
 		}
 		if err := bo.wait(ctx); err != nil {
 			return err
 		}
 	}
-}
-
-func (s *Store) restarted(reason string) {
-	if s.onRestart != nil {
-		s.onRestart(reason)
-	}
-}
-
-// watchDown records that the watch broke (and counts the restart).
-func (s *Store) watchDown(reason string) {
-	s.downSince.CompareAndSwap(0, time.Now().UnixNano())
-	s.restarted(reason)
-}
-
-func (s *Store) watchUp() { s.downSince.Store(0) }
-
-// WatchDownSince returns when the lease watch broke, or the zero time
-// while it is healthy. Health checks use it.
-func (s *Store) WatchDownSince() time.Time {
-	if n := s.downSince.Load(); n != 0 {
-		return time.Unix(0, n)
-	}
-	return time.Time{}
 }
 
 // snapshot lists all leases as one Snapshot batch. The first one of a
@@ -219,16 +195,26 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 		// after a disconnect seldom starts from compacted history.
 		clientv3.WithProgressNotify())
 	// The client retries a lost connection forever without ending the
-	// watch, so a dead etcd looks like a quiet one. When a probe interval
-	// passes without any watch response we ask the member for something
-	// cheap (a serializable count of the config key, answered locally; the
-	// require-leader metadata makes a member without a leader refuse). If
-	// that fails too, the watch is declared stalled and restarted, which is
-	// what health checks and the restart counter see. (RequestProgress
-	// cannot serve here: etcd answers it only for watchers whose start
-	// revision it has reached, and ours starts one past the current one.)
+	// watch, and resumes the watch from its last revision once connected
+	// again: the watch stays open through an outage, and a lease written the
+	// moment etcd answers again arrives without any step of ours (tearing
+	// the watch down and opening another would only add a round trip, or a
+	// wait for our backoff). That a dead etcd looks like a quiet one is for
+	// health to see: the connection monitor (health.go) notices a dropped
+	// connection at once; for what it cannot see (a member that lost its
+	// leader, a connection that hangs without failing), a watch quiet for a
+	// probe interval is probed with something cheap — a serializable count
+	// of the config key, answered by the member itself; the require-leader
+	// metadata makes a member without a leader refuse — and a failed probe
+	// marks the store unreachable until a probe or a watch response
+	// succeeds. The probe runs aside, so the watch is drained meanwhile.
+	// (RequestProgress cannot serve here: etcd answers it only for watchers
+	// whose start revision it has reached, and ours starts one past the
+	// current one.)
 	probe := time.NewTicker(s.probeEvery)
 	defer probe.Stop()
+	probed := make(chan error, 1)
+	probing := false
 	lastSeen := time.Now()
 	for {
 		var wr clientv3.WatchResponse
@@ -236,32 +222,41 @@ func (s *Store) follow(ctx context.Context, rev *int64, out chan<- lease.Batch) 
 		select {
 		case wr, ok = <-wch:
 		case <-probe.C:
-			if time.Since(lastSeen) < s.probeEvery {
+			if probing || time.Since(lastSeen) < s.probeEvery {
 				continue
 			}
-			pctx, pcancel := context.WithTimeout(wctx, s.probeEvery)
-			_, err := s.cli.Get(pctx, s.configKey, clientv3.WithSerializable(), clientv3.WithCountOnly())
-			pcancel()
+			probing = true
+			go func() {
+				pctx, pcancel := context.WithTimeout(wctx, s.probeEvery)
+				defer pcancel()
+				_, err := s.cli.Get(pctx, s.configKey, clientv3.WithSerializable(), clientv3.WithCountOnly())
+				probed <- err
+			}()
+			continue
+		case err := <-probed:
+			probing = false
+			if ctx.Err() != nil {
+				return progressed, ctx.Err()
+			}
 			if err != nil {
-				if ctx.Err() != nil {
-					return progressed, ctx.Err()
-				}
-				return progressed, fmt.Errorf("watch stalled: etcd unreachable: %w", err)
+				s.markDown("", fmt.Errorf("probe of a quiet watch: %w", s.conn.explain(err)))
+				continue // probed again at the next tick
 			}
 			lastSeen = time.Now()
+			s.answered()
 			continue
 		}
 		if !ok {
 			break
 		}
-		lastSeen = time.Now()
-		s.watchUp() // the watch answers: it is up (again)
 		if wr.CompactRevision != 0 {
 			return progressed, fmt.Errorf("compacted at revision %d: %w", wr.CompactRevision, rpctypes.ErrCompacted)
 		}
 		if err := wr.Err(); err != nil {
 			return progressed, err
 		}
+		lastSeen = time.Now()
+		s.answered()
 		progressed = true
 		if len(wr.Events) == 0 {
 			if wr.IsProgressNotify() {
