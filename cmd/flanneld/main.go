@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/weft-net/weft/internal/app"
 	"github.com/weft-net/weft/internal/config"
@@ -76,14 +77,37 @@ func run(args []string, getenv func(string) string, stdout, stderr io.Writer) er
 	if path := getenv("WEFT_MEMPROFILE"); path != "" {
 		defer writeHeapProfile(log, strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid())))
 	}
+	hooks, err := testHooks(getenv)
+	if err != nil {
+		return err
+	}
+	if hooks.LeaseTTL > 0 {
+		log.Warn("test-only setting in use: WEFT_TEST_LEASE_TTL", "lease_ttl", hooks.LeaseTTL)
+	}
 	log.Info("starting", "version", version)
-	if err := app.Run(ctx, log, opts, version); err != nil {
+	if err := app.Run(ctx, log, opts, version, hooks); err != nil {
 		return err
 	}
 	// SIGTERM/SIGINT: the kernel state stays in place so that traffic
 	// keeps flowing while we restart.
 	log.Info("stopped; kernel state left in place")
 	return nil
+}
+
+// testHooks reads the settings that exist for tests only:
+// WEFT_TEST_LEASE_TTL (a Go duration, at least 2 s) shortens this host's
+// lease TTL from upstream's 24 hours so that an e2e test can see a lease
+// lapse. Never set it in production: every host renews at half the TTL.
+func testHooks(getenv func(string) string) (app.TestHooks, error) {
+	var h app.TestHooks
+	if v := getenv("WEFT_TEST_LEASE_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d < 2*time.Second {
+			return h, fmt.Errorf("WEFT_TEST_LEASE_TTL=%q: want a duration of at least 2s", v)
+		}
+		h.LeaseTTL = d
+	}
+	return h, nil
 }
 
 // logIgnored reports the settings upstream takes and weft does not need:

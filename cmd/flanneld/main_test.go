@@ -72,3 +72,27 @@ level=WARN msg="setting ignored, and its value is malformed" name=EVENT_QUEUE_DE
 		t.Errorf("log:\n%s\nwant:\n%s", buf.String(), want)
 	}
 }
+
+// WEFT_TEST_LEASE_TTL is read as a duration of at least 2 s; anything else
+// stops flanneld with a one-line error naming the variable.
+func TestTestHooks(t *testing.T) {
+	env := func(v string) func(string) string {
+		return func(k string) string {
+			if k == "WEFT_TEST_LEASE_TTL" {
+				return v
+			}
+			return ""
+		}
+	}
+	if h, err := testHooks(env("")); err != nil || h.LeaseTTL != 0 {
+		t.Errorf("unset: %+v, %v", h, err)
+	}
+	if h, err := testHooks(env("20s")); err != nil || h.LeaseTTL != 20e9 {
+		t.Errorf("20s: %+v, %v", h, err)
+	}
+	for _, bad := range []string{"1s", "soon", "-5s"} {
+		if _, err := testHooks(env(bad)); err == nil || !strings.Contains(err.Error(), "WEFT_TEST_LEASE_TTL") {
+			t.Errorf("%q: err = %v, want one naming WEFT_TEST_LEASE_TTL", bad, err)
+		}
+	}
+}

@@ -23,13 +23,17 @@ import (
 	"github.com/weft-net/weft/internal/metrics"
 )
 
-// watchDeadline is how long the lease watch may stay broken before
-// /healthz fails. Long, because a restart does not bring etcd back; it
-// catches a watch that is wedged rather than one waiting for etcd.
-const watchDeadline = 5 * time.Minute
+// TestHooks are settings for tests only, outside flanneld's flags (which
+// are exactly upstream's); cmd/flanneld reads them from WEFT_TEST_*
+// variables.
+type TestHooks struct {
+	// LeaseTTL replaces the lease TTL (upstream's 24 h, which no flag
+	// changes), so that an e2e test can let a lease lapse.
+	LeaseTTL time.Duration
+}
 
 // Run runs flanneld until ctx ends or a fatal error occurs.
-func Run(ctx context.Context, log *slog.Logger, opts config.Options, version string) error {
+func Run(ctx context.Context, log *slog.Logger, opts config.Options, version string, hooks TestHooks) error {
 	m := metrics.New(version)
 	var store interface {
 		lease.Store
@@ -65,8 +69,9 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 	defer dp.Close()
 	m.WatchWireGuard(readAtMostEvery(wgStatsEvery, wireGuardStats(dp)))
 
-	health := httpapi.NewHealth(opts.ResyncPeriod, watchDeadline, store.WatchDownSince)
-	board := &daemon.Board{}
+	health := httpapi.NewHealth(opts.ResyncPeriod, store.WatchDownSince)
+	m.WatchStore(store.WatchDownSince)
+	board := &daemon.Board{StoreDown: store.WatchDownSince}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
@@ -99,7 +104,7 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 	g.Go(func() error {
 		defer cancel() // the daemon ending stops the listener too
 		return daemon.Run(ctx, daemon.Config{
-			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp,
+			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp, LeaseTTL: hooks.LeaseTTL,
 			Metrics: m, Health: health, Status: board, Observer: observe,
 			Preflight: func(n *config.Network) error {
 				return checkBridgeNetfilter(log, os.DirFS("/proc/sys"), n)

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"text/tabwriter"
 	"time"
 	"unicode"
@@ -164,7 +165,19 @@ func printStatus(w io.Writer, rep statusReport) {
 		case !l.Expires.IsZero():
 			fmt.Fprintf(w, "  expires %s (in %s)", l.Expires.Format(time.RFC3339), time.Until(l.Expires).Round(time.Minute))
 		}
+		if l.State != "" && l.State != "held" {
+			fmt.Fprintf(w, "  %s", strings.ToUpper(l.State[:1])+l.State[1:])
+			if !l.LapsedSince.IsZero() {
+				fmt.Fprintf(w, " (lapsed %s ago)", time.Since(l.LapsedSince).Round(time.Second))
+			}
+		}
 		fmt.Fprintln(w)
+		if s := st.Store; s.Reachable {
+			fmt.Fprintln(w, "store     reachable")
+		} else if !s.UnreachableSince.IsZero() {
+			fmt.Fprintf(w, "store     UNREACHABLE since %s (%s); the dataplane is kept as it was\n",
+				s.UnreachableSince.Format(time.RFC3339), time.Since(s.UnreachableSince).Round(time.Second))
+		}
 		fmt.Fprintf(w, "backend   %s\n", st.Backend)
 		if st.Rules != "" {
 			fmt.Fprintf(w, "rules     %s\n", st.Rules)
@@ -182,7 +195,7 @@ func printStatus(w io.Writer, rep statusReport) {
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "healthz   %s\nreadyz    %s\n", rep.Healthz, rep.Readyz)
+	fmt.Fprintf(w, "healthz   %s\nreadyz    %s\n", rep.Healthz, strings.ReplaceAll(rep.Readyz, "\n", "\n          "))
 	if d := rep.Drift; d != nil {
 		if len(d.Missing) == 0 && len(d.Extra) == 0 {
 			fmt.Fprintf(w, "kernel    in sync (%d objects)\n", d.Desired)

@@ -40,7 +40,7 @@ func serveStatus(t *testing.T, sock string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := httpapi.NewHealth(time.Hour, time.Hour, nil)
+	h := httpapi.NewHealth(time.Hour, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -104,7 +104,7 @@ func TestStatusWithoutDaemon(t *testing.T) {
 // TestStatusURL: --url reads a daemon's healthz listener; one that does
 // not serve the status there (no --healthz-status) is explained.
 func TestStatusURL(t *testing.T) {
-	h := httpapi.NewHealth(time.Hour, time.Hour, nil)
+	h := httpapi.NewHealth(time.Hour, nil)
 	body, _ := json.Marshal(cannedStatus)
 	for _, tc := range []struct {
 		name   string
@@ -153,5 +153,40 @@ SKIPPED LEASES (901)
 	writeSkipped(&b, &daemon.Status{})
 	if b.Len() != 0 {
 		t.Errorf("nothing skipped printed %q", b.String())
+	}
+}
+
+// During an outage weft status says the store is unreachable and since
+// when, shows readyz's notes under it, and the lease's state.
+func TestPrintStatusStoreUnreachable(t *testing.T) {
+	since := time.Now().Add(-42 * time.Second)
+	rep := statusReport{
+		Daemon: &daemon.Status{
+			Lease:   daemon.LeaseStatus{Subnet: "10.5.1.0/24", PublicIP: "192.168.1.1", Expires: time.Now().Add(-time.Minute), State: "renewal overdue"},
+			Store:   daemon.StoreStatus{UnreachableSince: since},
+			Backend: "vxlan",
+		},
+		Healthz: "ok",
+		Readyz:  "ok\nstore unreachable since X (42s); the dataplane is kept as it was and changes are applied when the store answers",
+	}
+	var b strings.Builder
+	printStatus(&b, rep)
+	out := b.String()
+	for _, want := range []string{
+		"Renewal overdue",
+		"store     UNREACHABLE since " + since.Format(time.RFC3339) + " (42s); the dataplane is kept as it was\n",
+		"readyz    ok\n          store unreachable since X (42s)",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("weft status output lacks %q:\n%s", want, out)
+		}
+	}
+
+	rep.Daemon.Store = daemon.StoreStatus{Reachable: true}
+	rep.Daemon.Lease.State = "held"
+	b.Reset()
+	printStatus(&b, rep)
+	if out := b.String(); !strings.Contains(out, "store     reachable\n") || strings.Contains(out, "Held") {
+		t.Errorf("weft status with the store up:\n%s", out)
 	}
 }

@@ -89,7 +89,9 @@ type Pass struct {
 }
 
 // ErrOwnLeaseLost is returned when this host's lease disappears or is taken
-// over; the subnet may now belong to someone else, so the daemon must stop.
+// over on a store that cannot give it back (Kubernetes: the node was
+// deleted); the subnet may now belong to someone else, so the daemon must
+// stop. On etcd a lapsed lease is reclaimed instead (ownlease.go).
 var ErrOwnLeaseLost = errors.New("own subnet lease lost")
 
 // Run runs the daemon until ctx ends (then it returns nil and leaves the
@@ -129,6 +131,13 @@ type daemon struct {
 	untracked bool
 	last      Pass      // the latest pass, for the status
 	lastAt    time.Time // when it ended; zero before the first
+
+	// Our lease beyond d.self (ownlease.go): reclaimable says the store
+	// can take a lapsed lease back; lapses carries to the lease keeper
+	// the revisions at which the watch saw our key gone or taken.
+	own         ownState
+	reclaimable bool
+	lapses      chan int64
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -222,18 +231,20 @@ func (d *daemon) loop(ctx context.Context) error {
 	if d.rulesWanted() {
 		g.Go(func() error { return d.syncRules(gctx) })
 	}
-	// Renewal runs on its own goroutine: with etcd unreachable it may
-	// retry for hours, and the dataplane must keep being reconciled
-	// meanwhile. It hands each renewed lease to the control loop.
-	renewed := make(chan lease.Lease, 1)
+	// The lease keeper runs on its own goroutine: with etcd unreachable it
+	// may retry for hours, and the dataplane must keep being reconciled
+	// meanwhile. It hands each lease it gets to the control loop.
+	_, d.reclaimable = d.cfg.Store.(lease.Reclaimer)
+	d.lapses = make(chan int64, 1)
+	updates := make(chan ownUpdate, 1)
 	self := d.self
-	g.Go(func() error { return d.renewLoop(gctx, self, renewed) })
+	g.Go(func() error { return d.keepLease(gctx, self, updates, d.lapses) })
 	// The control loop always ends with an error (ctx's, at the least),
 	// which makes the group cancel gctx and stop the watchers. It must not
 	// cancel them itself before returning: a watcher's context.Canceled
 	// could then reach the group first and mask why the loop stopped
 	// (ErrOwnLeaseLost), turning a fatal exit into a clean one.
-	g.Go(func() error { return d.control(gctx, batches, kicks, renewed) })
+	g.Go(func() error { return d.control(gctx, batches, kicks, updates) })
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
@@ -259,7 +270,7 @@ const (
 	passFull
 )
 
-func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, renewed <-chan lease.Lease) error {
+func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, updates <-chan ownUpdate) error {
 	d.peers = cowmap.New[lease.ID, peer](idHash, 0)
 	d.skipped = newSkipSet()
 	// Our own subnets are fixed for the daemon's lifetime (a renewal only
@@ -338,9 +349,9 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 			full, repair, dirty = true, !dirty || repair, true
 		case <-retry.C:
 			dirty = true
-		case l := <-renewed:
-			// Same subnets and attributes; only revision and expiry move.
-			d.self = l
+		case u := <-updates:
+			// Same subnets and attributes: the base plan stands.
+			d.ownNews(u)
 			d.publish()
 		}
 	}
@@ -407,7 +418,10 @@ func (d *daemon) apply(b lease.Batch) error {
 		}
 		d.skipped.retain(d.skipped.keys(b.Events))
 		if _, ok := seen[d.self.ID()]; !ok {
-			return fmt.Errorf("%w: %s is not in the store", ErrOwnLeaseLost, d.self.Key())
+			// After a lapse, until the keeper has reclaimed it.
+			if err := d.ownGone(b.Revision, "is not in the store"); err != nil {
+				return err
+			}
 		}
 		d.log.Debug("lease snapshot", "leases", len(b.Events), "removed", removed, "revision", b.Revision)
 	}
@@ -435,13 +449,7 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	id := ev.Lease.ID()
 	if id == d.self.ID() {
-		switch {
-		case ev.Type == lease.Removed:
-			return fmt.Errorf("%w: %s was deleted from the store", ErrOwnLeaseLost, d.self.Key())
-		case ev.Err == nil && !sameOwner(ev.Lease.Attrs, d.self.Attrs):
-			return fmt.Errorf("%w: %s now belongs to %s", ErrOwnLeaseLost, d.self.Key(), ev.Lease.Attrs.PublicIP)
-		}
-		return nil
+		return d.ownEvent(ev)
 	}
 	if ev.Type == lease.Removed {
 		if _, ok := d.peers.Get(id); ok {
@@ -477,10 +485,6 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 func (d *daemon) dropPeer(id lease.ID) {
 	d.peers.Delete(id)
 	d.desired.RemovePeer(id, d.delta())
-}
-
-func sameOwner(a, b lease.Attrs) bool {
-	return a.PublicIP == b.PublicIP && a.PublicIPv6 == b.PublicIPv6
 }
 
 // prepare brings our own device(s) up and publishes subnet.env before any

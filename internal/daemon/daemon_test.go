@@ -15,6 +15,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/metrics"
 	"github.com/weft-net/weft/internal/subnetenv"
@@ -56,10 +57,18 @@ type harness struct {
 	cancel context.CancelFunc
 	// preflight is Config.Preflight (nil: none).
 	preflight func(*config.Network) error
-	// board and metrics are Config.Status and Config.Metrics (nil: none).
+	// health, board and metrics are Config.Health, Config.Status and
+	// Config.Metrics (nil: none).
+	health  *httpapi.Health
 	board   *Board
 	metrics *metrics.Metrics
+	// plainStore, if set, hides the Fake's Reclaim: a store that cannot
+	// take a lapsed lease back, as Kubernetes mode's.
+	plainStore bool
 }
+
+// plain is a lease.Store and nothing more.
+type plain struct{ lease.Store }
 
 func newHarness(t *testing.T, netconf string) *harness {
 	h := &harness{
@@ -98,10 +107,14 @@ func (h *harness) start2(ttl time.Duration) {
 	h.cancel = cancel
 	h.done = make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var store lease.Store = h.store
+	if h.plainStore {
+		store = plain{h.store}
+	}
 	go func() {
 		h.done <- Run(ctx, Config{
-			Options: h.opts, Log: log, Store: h.store, Dataplane: h.dp, System: fakeSys{}, LeaseTTL: ttl,
-			Preflight: h.preflight, Status: h.board, Metrics: h.metrics,
+			Options: h.opts, Log: log, Store: store, Dataplane: h.dp, System: fakeSys{}, LeaseTTL: ttl,
+			Preflight: h.preflight, Health: h.health, Status: h.board, Metrics: h.metrics,
 			Observer: func(p Pass) {
 				h.passes <- p
 			},
@@ -243,8 +256,11 @@ func TestDaemonRepairsDriftOnResync(t *testing.T) {
 	})
 }
 
+// On a store that cannot reclaim a lease (Kubernetes: the node was
+// deleted), losing ours stops the daemon.
 func TestDaemonStopsWhenOwnLeaseDeleted(t *testing.T) {
 	h := newHarness(t, `{"Network":"10.5.0.0/16"}`)
+	h.plainStore = true
 	h.start()
 	h.waitState("device", func(s string) bool { return strings.Contains(s, "link flannel.1") })
 	h.store.Delete(h.own().ID())

@@ -56,7 +56,7 @@ func TestStatusFloodLeavesConvergence(t *testing.T) {
 	passes := make(chan passAt, 1024)
 	board := &Board{}
 	m := metrics.New("test")
-	health := httpapi.NewHealth(time.Hour, time.Hour, nil)
+	health := httpapi.NewHealth(time.Hour, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)

@@ -20,6 +20,7 @@ import (
 // kernel state so that the caller can compare it with the kernel.
 type Status struct {
 	Lease   LeaseStatus  `json:"lease"`
+	Store   StoreStatus  `json:"store"`
 	Backend string       `json:"backend"`
 	Rules   string       `json:"rules,omitempty"` // "iptables", "nftables", or "" when not managed
 	Peers   []PeerStatus `json:"peers"`
@@ -42,6 +43,18 @@ type LeaseStatus struct {
 	PublicIPv6 string    `json:"publicIPv6,omitempty"`
 	Expires    time.Time `json:"expires,omitzero"`
 	Reserved   bool      `json:"reservation,omitempty"`
+	// State is "held"; "renewal overdue" (expired by our clock while the
+	// store could not be reached: etcd keeps it until it answers);
+	// "lapsed, reclaiming" (gone from the store, being written back); or
+	// "lost: …" (another host holds the subnet).
+	State       string    `json:"state,omitempty"`
+	LapsedSince time.Time `json:"lapsedSince,omitzero"`
+}
+
+// StoreStatus is the lease store's reachability.
+type StoreStatus struct {
+	Reachable        bool      `json:"reachable"`
+	UnreachableSince time.Time `json:"unreachableSince,omitzero"`
 }
 
 // PeerStatus is one programmed peer.
@@ -103,6 +116,10 @@ type Board struct {
 	// MinRender is the least time between two renderings; 0 means
 	// DefaultMinRender. Set it before use.
 	MinRender time.Duration
+	// StoreDown, if set, says since when the lease store has been
+	// unreachable (zero while it answers), for Status.Store; a change of
+	// it makes a new rendering. Set it before use.
+	StoreDown func() time.Time
 
 	mu    sync.Mutex
 	rules string
@@ -121,6 +138,7 @@ type Board struct {
 type snapshot struct {
 	backend string
 	self    lease.Lease
+	own     ownState
 	peers   cowmap.Snapshot[lease.ID, peer]
 	// skipped are the example keys and the counts per reason (skipSet),
 	// a few hundred entries at most, copied at each publish.
@@ -134,6 +152,7 @@ type snapshot struct {
 
 type rendered struct {
 	gen    uint64
+	down   time.Time // Board.StoreDown's answer it was made with
 	at     time.Time // when the rendering started
 	status Status
 	json   []byte
@@ -203,15 +222,20 @@ func (b *Board) current() *rendered {
 	b.mu.Lock()
 	snap, gen, rules := b.snap, b.gen, b.rules
 	b.mu.Unlock()
+	var down time.Time
+	if b.StoreDown != nil {
+		down = b.StoreDown()
+	}
 	// (With no snapshot, since the loop ended, there is nothing to wait
 	// for: an empty status costs nothing.)
-	if r := b.last; r != nil && (r.gen == gen || (snap != nil && time.Since(r.at) < b.minRender())) {
+	if r := b.last; r != nil && r.down.Equal(down) && (r.gen == gen || (snap != nil && time.Since(r.at) < b.minRender())) {
 		return r
 	}
-	r := &rendered{gen: gen, at: time.Now()}
+	r := &rendered{gen: gen, down: down, at: time.Now()}
 	b.renders++
 	r.status = snap.render()
 	r.status.Rules = rules
+	r.status.Store = StoreStatus{Reachable: down.IsZero(), UnreachableSince: down}
 	js, err := json.Marshal(r.status)
 	if err != nil { // plain data: only a value put in Extra could fail
 		js, _ = json.Marshal(map[string]string{"error": "encode status: " + err.Error()})
@@ -244,7 +268,7 @@ func (d *daemon) publish() {
 		return
 	}
 	snap := &snapshot{
-		backend: d.backend.Type(), self: d.self,
+		backend: d.backend.Type(), self: d.self, own: d.own,
 		peers: d.peers.Snapshot(),
 		last:  d.last, lastAt: d.lastAt,
 		base: d.base, fallback: d.fallback,
@@ -264,6 +288,7 @@ func (s *snapshot) render() Status {
 		Subnet: str(s.self.Subnet), IPv6Subnet: str(s.self.IPv6Subnet),
 		PublicIP: str(s.self.Attrs.PublicIP), PublicIPv6: str(s.self.Attrs.PublicIPv6),
 		Expires: s.self.Expiration, Reserved: s.self.Reservation,
+		State: leaseState(s.self, s.own), LapsedSince: s.own.lapsed,
 	}
 	if s.lastAt.IsZero() {
 		return st
@@ -314,4 +339,17 @@ func str[T interface {
 		return ""
 	}
 	return v.String()
+}
+
+// leaseState is LeaseStatus.State.
+func leaseState(self lease.Lease, own ownState) string {
+	switch {
+	case own.taken != nil:
+		return "lost: " + own.taken.Error()
+	case !own.lapsed.IsZero():
+		return "lapsed, reclaiming"
+	case !self.Reservation && !self.Expiration.IsZero() && time.Now().After(self.Expiration):
+		return "renewal overdue"
+	}
+	return "held"
 }

@@ -2,8 +2,19 @@
 // daemon alive and converging?), /readyz (is this node's networking in
 // place?), /metrics, and /v1/status (the JSON `weft status` reads).
 // Upstream's /healthz answers 200 whatever happens; ours fails when the
-// control loop stalls or the lease watch has been dead past a deadline, so
-// a liveness probe means something.
+// control loop stalls, so a liveness probe means something.
+//
+// An unreachable lease store (etcd, the Kubernetes API) fails neither.
+// The dataplane keeps working without it: pods keep talking, and changes
+// are applied when the store answers again. A liveness failure would get
+// the daemon restarted, which cannot bring the store back and would leave
+// the node unreconciled, and then unready, while the new process waits for
+// the store to start. A readiness failure would say this node's
+// networking is broken when it is not, and stall rollouts for nothing. So
+// /readyz stays 200 and says, below its "ok", since when the store has
+// been unreachable; `weft status` and the metric
+// flannel_store_unreachable_since_timestamp_seconds say the same
+// (docs/RELIABILITY.md).
 //
 // Two listeners serve them. --healthz-ip:--healthz-port (TCP, where the
 // kubelet and Prometheus look) serves the probes and /metrics, and
@@ -34,25 +45,26 @@ import (
 type Health struct {
 	mu sync.Mutex
 	// configuration
-	resync        time.Duration
-	watchDeadline time.Duration
-	watchDown     func() time.Time
-	now           func() time.Time
+	resync    time.Duration
+	storeDown func() time.Time
+	now       func() time.Time
 	// state
-	looping     bool
-	lastPass    time.Time
-	leaseHeld   bool
-	programmed  bool
-	subnetFile  bool
-	rulesNeeded bool
-	rulesOK     bool
+	looping      bool
+	lastPass     time.Time
+	leaseHeld    bool
+	leaseProblem string
+	leaseNote    string
+	programmed   bool
+	subnetFile   bool
+	rulesNeeded  bool
+	rulesOK      bool
 }
 
 // NewHealth returns a Health for a loop that passes at least every resync.
-// watchDown reports since when the lease watch has been broken (zero while
-// healthy; nil if the store cannot tell); past watchDeadline /healthz fails.
-func NewHealth(resync, watchDeadline time.Duration, watchDown func() time.Time) *Health {
-	return &Health{resync: resync, watchDeadline: watchDeadline, watchDown: watchDown, now: time.Now}
+// storeDown reports since when the lease store has been unreachable (zero
+// while it answers; nil if the store cannot tell), for /readyz's notes.
+func NewHealth(resync time.Duration, storeDown func() time.Time) *Health {
+	return &Health{resync: resync, storeDown: storeDown, now: time.Now}
 }
 
 // LeaseHeld records whether we hold our lease; the control loop starts
@@ -67,6 +79,19 @@ func (h *Health) LeaseHeld(v bool) {
 	if v && !h.looping {
 		h.looping, h.lastPass = true, h.now()
 	}
+}
+
+// SetLease records trouble with our lease once held: problem, if set, makes
+// the node unready (another host holds our subnet); note, if set, is shown
+// while ready (the lease lapsed and is being reclaimed). Empty strings
+// clear them.
+func (h *Health) SetLease(problem, note string) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.leaseProblem, h.leaseNote = problem, note
 }
 
 // PassDone records a completed reconcile pass; ok says it programmed
@@ -105,36 +130,51 @@ func (h *Health) Rules(needed, ok bool) {
 }
 
 // Live returns nil when the daemon is alive: its control loop has passed
-// within three resync periods and the lease watch is not dead past the
-// deadline. Before the loop starts (waiting for etcd or a lease) it is
-// alive: it is retrying, and restarting it would not help.
+// within three resync periods. Before the loop starts (waiting for the
+// store or a lease) it is alive: it is retrying, and restarting it would
+// not help; nor would it while the store is unreachable (package doc).
 func (h *Health) Live() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	now := h.now()
 	if h.looping {
-		if stall := now.Sub(h.lastPass); stall > 3*h.resync {
+		if stall := h.now().Sub(h.lastPass); stall > 3*h.resync {
 			return fmt.Errorf("control loop: no reconcile pass for %s (resync period %s)", stall.Round(time.Second), h.resync)
-		}
-	}
-	if h.watchDown != nil {
-		if since := h.watchDown(); !since.IsZero() && now.Sub(since) > h.watchDeadline {
-			return fmt.Errorf("lease watch: down for %s", now.Sub(since).Round(time.Second))
 		}
 	}
 	return nil
 }
 
+// Notes returns what /readyz says below "ok": since when the store has
+// been unreachable, and the lease's note.
+func (h *Health) Notes() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var notes []string
+	if h.storeDown != nil {
+		if since := h.storeDown(); !since.IsZero() {
+			notes = append(notes, fmt.Sprintf("store unreachable since %s (%s); the dataplane is kept as it was and changes are applied when the store answers",
+				since.UTC().Format(time.RFC3339), h.now().Sub(since).Round(time.Second)))
+		}
+	}
+	if h.leaseNote != "" {
+		notes = append(notes, h.leaseNote)
+	}
+	return notes
+}
+
 // Ready returns nil when this node's networking is in place: lease held,
 // dataplane programmed, subnet.env written and rules (if any) installed.
 // It stays ready while the store is unreachable: the kernel state keeps
-// working without it.
+// working without it (package doc).
 func (h *Health) Ready() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var missing []string
-	if !h.leaseHeld {
+	switch {
+	case !h.leaseHeld:
 		missing = append(missing, "no subnet lease")
+	case h.leaseProblem != "":
+		missing = append(missing, h.leaseProblem)
 	}
 	if !h.programmed {
 		missing = append(missing, "dataplane not programmed")
@@ -161,19 +201,24 @@ const maxScrapes = 16
 // renders at most once per interval and shares the result).
 func Handler(h *Health, reg *prometheus.Registry, status func() []byte) http.Handler {
 	mux := http.NewServeMux()
-	check := func(f func() error) http.HandlerFunc {
+	check := func(f func() error, notes func() []string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			var lines []string
 			if err := f(); err != nil {
 				w.WriteHeader(http.StatusServiceUnavailable)
-				fmt.Fprintln(w, err)
-				return
+				lines = append(lines, err.Error())
+			} else {
+				lines = append(lines, "ok")
 			}
-			fmt.Fprintln(w, "ok")
+			if notes != nil {
+				lines = append(lines, notes()...)
+			}
+			fmt.Fprintln(w, strings.Join(lines, "\n"))
 		}
 	}
-	mux.Handle("/healthz", check(h.Live))
-	mux.Handle("/readyz", check(h.Ready))
+	mux.Handle("/healthz", check(h.Live, nil))
+	mux.Handle("/readyz", check(h.Ready, h.Notes))
 	if reg != nil {
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg, MaxRequestsInFlight: maxScrapes}))
 	}

@@ -25,7 +25,7 @@ func get(t *testing.T, srv *httptest.Server, path string) (int, string) {
 func TestHealthAndReadiness(t *testing.T) {
 	now := time.Unix(1000, 0)
 	var down time.Time
-	h := NewHealth(10*time.Second, time.Minute, func() time.Time { return down })
+	h := NewHealth(10*time.Second, func() time.Time { return down })
 	h.now = func() time.Time { return now }
 	m := metrics.New("test")
 	srv := httptest.NewServer(Handler(h, m.Registry, func() []byte { return []byte(`{"peers": 2}`) }))
@@ -51,22 +51,41 @@ func TestHealthAndReadiness(t *testing.T) {
 		t.Errorf("readyz = %d, want 200", code)
 	}
 
-	// The store going away keeps us ready, and alive until the deadline.
+	if code, body := get(t, srv, "/readyz"); body != "ok\n" {
+		t.Errorf("readyz = %d %q, want just ok", code, body)
+	}
+
+	// The store going away keeps us alive and ready, however long it
+	// lasts, and readyz says since when.
 	down = now
-	now = now.Add(25 * time.Second)
-	h.PassDone(true)
-	if code, _ := get(t, srv, "/readyz"); code != 200 {
-		t.Errorf("readyz with store down = %d, want 200", code)
-	}
-	if code, _ := get(t, srv, "/healthz"); code != 200 {
-		t.Errorf("healthz with store briefly down = %d, want 200", code)
-	}
-	now = now.Add(time.Minute)
-	h.PassDone(true)
-	if code, body := get(t, srv, "/healthz"); code != 503 || !strings.Contains(body, "lease watch") {
-		t.Errorf("healthz with watch dead past deadline = %d %q", code, body)
+	for _, d := range []time.Duration{25 * time.Second, time.Hour} {
+		now = down.Add(d)
+		h.PassDone(true)
+		code, body := get(t, srv, "/readyz")
+		want := "ok\nstore unreachable since 1970-01-01T00:16:40Z (" + d.String() + ")"
+		if code != 200 || !strings.HasPrefix(body, want) {
+			t.Errorf("readyz with store down for %v = %d %q, want 200 %q…", d, code, body, want)
+		}
+		if code, body := get(t, srv, "/healthz"); code != 200 || body != "ok\n" {
+			t.Errorf("healthz with store down for %v = %d %q, want 200 ok", d, code, body)
+		}
 	}
 	down = time.Time{}
+
+	// Our lease: a lapse is a note, another host holding our subnet a
+	// failure.
+	h.SetLease("", "own lease 10.5.1.0-24 lapsed at X; reclaiming it")
+	if code, body := get(t, srv, "/readyz"); code != 200 || body != "ok\nown lease 10.5.1.0-24 lapsed at X; reclaiming it\n" {
+		t.Errorf("readyz while reclaiming = %d %q", code, body)
+	}
+	h.SetLease("subnet lease lost: held by host 10.0.0.2", "")
+	if code, body := get(t, srv, "/readyz"); code != 503 || body != "subnet lease lost: held by host 10.0.0.2\n" {
+		t.Errorf("readyz with our subnet taken = %d %q", code, body)
+	}
+	h.SetLease("", "")
+	if code, body := get(t, srv, "/readyz"); code != 200 || body != "ok\n" {
+		t.Errorf("readyz after the lease is back = %d %q", code, body)
+	}
 
 	// A stalled loop fails liveness.
 	now = now.Add(31 * time.Second)
@@ -83,7 +102,7 @@ func TestHealthAndReadiness(t *testing.T) {
 }
 
 func TestNoStatusUnlessGiven(t *testing.T) {
-	h := NewHealth(10*time.Second, time.Minute, nil)
+	h := NewHealth(10*time.Second, nil)
 	srv := httptest.NewServer(Handler(h, metrics.New("test").Registry, nil))
 	defer srv.Close()
 	if code, _ := get(t, srv, "/v1/status"); code != http.StatusNotFound {

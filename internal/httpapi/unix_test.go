@@ -37,7 +37,7 @@ func startUnix(t *testing.T, sock, body string) func() error {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	h := NewHealth(time.Second, time.Minute, nil)
+	h := NewHealth(time.Second, nil)
 	go func() {
 		done <- ServeUnix(ctx, slog.New(slog.DiscardHandler), sock, Handler(h, nil, func() []byte { return []byte(body) }))
 	}()

@@ -31,6 +31,8 @@ type Metrics struct {
 	masqSyncs         *prometheus.CounterVec
 	buildInfo         *prometheus.GaugeVec
 	subnetFileWritten prometheus.Gauge
+	reclaims          *prometheus.CounterVec
+	leaseConflict     prometheus.Gauge
 }
 
 // New creates and registers the metrics; version labels flannel_build_info.
@@ -81,10 +83,19 @@ func New(version string) *Metrics {
 		subnetFileWritten: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flannel_subnet_file_written_timestamp_seconds", Help: "When subnet.env was last written (Unix time).",
 		}),
+		reclaims: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_lease_reclaims_total",
+			Help: "Attempts to take this host's lapsed lease back with the same subnets, by result (ok, taken: another host holds the subnet, failed).",
+		}, []string{"result"}),
+		leaseConflict: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flannel_lease_conflict",
+			Help: "1 while another host holds this host's subnet (leased after ours lapsed); the node is not ready until recovered.",
+		}),
 	}
 	m.Registry.MustRegister(
 		m.peers, m.leaseExpiry, m.renewals, m.watchRestarts, m.passes, m.passDuration,
 		m.objects, m.repaired, m.skipped, m.skippedNow, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
+		m.reclaims, m.leaseConflict,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -92,6 +103,9 @@ func New(version string) *Metrics {
 	// Pre-create label values so dashboards see zeros, not gaps.
 	for _, r := range []string{"ok", "failed"} {
 		m.renewals.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "taken", "failed"} {
+		m.reclaims.WithLabelValues(r)
 	}
 	for _, k := range []string{"full", "incremental"} {
 		for _, r := range []string{"ok", "error"} {
@@ -125,6 +139,44 @@ func (m *Metrics) Renewal(ok bool) {
 	if m != nil {
 		m.renewals.WithLabelValues(result(ok, "ok", "failed")).Inc()
 	}
+}
+
+// Reclaim counts an attempt to reclaim our lapsed lease: "ok", "taken"
+// or "failed".
+func (m *Metrics) Reclaim(result string) {
+	if m != nil {
+		m.reclaims.WithLabelValues(result).Inc()
+	}
+}
+
+// SetLeaseConflict records whether another host holds our subnet.
+func (m *Metrics) SetLeaseConflict(v bool) {
+	if m == nil {
+		return
+	}
+	if v {
+		m.leaseConflict.Set(1)
+	} else {
+		m.leaseConflict.Set(0)
+	}
+}
+
+// WatchStore exports since when the lease store has been unreachable (0
+// while it answers), read from since at each scrape.
+func (m *Metrics) WatchStore(since func() time.Time) {
+	if m == nil || since == nil {
+		return
+	}
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "flannel_store_unreachable_since_timestamp_seconds",
+		Help: "Since when the lease store (etcd, the Kubernetes API) has been unreachable (Unix time); 0 while it answers.",
+	}, func() float64 {
+		t := since()
+		if t.IsZero() {
+			return 0
+		}
+		return float64(t.UnixNano()) / 1e9
+	}))
 }
 
 // WatchRestart counts a watch restart.

@@ -23,6 +23,11 @@ func TestLintAndValues(t *testing.T) {
 	m.Pass(false, time.Millisecond, dataplane.Changes{RoutesRemoved: 1}, errors.New("x"), false)
 	m.MasqSync(2, nil)
 	m.SubnetFileWritten(time.Now())
+	m.Reclaim("ok")
+	m.Reclaim("taken")
+	m.SetLeaseConflict(true)
+	down := time.Unix(1700000100, 0)
+	m.WatchStore(func() time.Time { return down })
 
 	problems, err := testutil.GatherAndLint(m.Registry)
 	if err != nil {
@@ -44,6 +49,19 @@ func TestLintAndValues(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.skippedNow.WithLabelValues("decode")); got != 3 {
 		t.Errorf("skipped now = %v, want 3", got)
+	}
+	if got := testutil.ToFloat64(m.reclaims.WithLabelValues("taken")); got != 1 {
+		t.Errorf("reclaims taken = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.leaseConflict); got != 1 {
+		t.Errorf("lease conflict = %v, want 1", got)
+	}
+	if err := testutil.GatherAndCompare(m.Registry, strings.NewReader(`
+# HELP flannel_store_unreachable_since_timestamp_seconds Since when the lease store (etcd, the Kubernetes API) has been unreachable (Unix time); 0 while it answers.
+# TYPE flannel_store_unreachable_since_timestamp_seconds gauge
+flannel_store_unreachable_since_timestamp_seconds 1.7000001e+09
+`), "flannel_store_unreachable_since_timestamp_seconds"); err != nil {
+		t.Error(err)
 	}
 	if got := testutil.ToFloat64(m.masqRepairs); got != 2 {
 		t.Errorf("masq repairs = %v", got)
