@@ -12,10 +12,14 @@ import (
 	"go.etcd.io/etcd/server/v3/embed"
 )
 
-// Etcd is an embedded single-member etcd on 127.0.0.1.
+// Etcd is an embedded single-member etcd on 127.0.0.1. It can be stopped
+// and started again on the same data and ports, as an etcd restart or
+// outage looks to its clients.
 type Etcd struct {
-	e    *embed.Etcd
-	once sync.Once
+	dir          string
+	client, peer url.URL
+	mu           sync.Mutex
+	e            *embed.Etcd // nil while stopped
 	// ClientURL is the client endpoint (http://127.0.0.1:port).
 	ClientURL string
 }
@@ -48,34 +52,60 @@ func StartEtcd(dir string) (*Etcd, error) {
 		if err != nil {
 			return nil, err
 		}
-		cfg := embed.NewConfig()
-		cfg.Dir = dir
-		cfg.Name = "lab"
 		cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", cp))
 		pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", pp))
-		cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-		cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-		cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-		cfg.LogLevel = "error"
-		cfg.LogOutputs = []string{filepath.Join(dir, "etcd.log")}
-		e, err := embed.StartEtcd(cfg)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		select {
-		case <-e.Server.ReadyNotify():
-			return &Etcd{e: e, ClientURL: cu.String()}, nil
-		case err := <-e.Err():
-			e.Close()
-			lastErr = err
-		case <-time.After(30 * time.Second):
-			e.Close()
-			return nil, fmt.Errorf("embedded etcd not ready after 30s")
+		e := &Etcd{dir: dir, client: *cu, peer: *pu, ClientURL: cu.String()}
+		if lastErr = e.Start(); lastErr == nil {
+			return e, nil
 		}
 	}
 	return nil, fmt.Errorf("start embedded etcd: %w", lastErr)
 }
 
+// Start starts a stopped etcd again, on the same data directory and
+// ports, and returns once it serves clients. Starting a running one does
+// nothing.
+func (e *Etcd) Start() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.e != nil {
+		return nil
+	}
+	cfg := embed.NewConfig()
+	cfg.Dir = e.dir
+	cfg.Name = "lab"
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{e.client}, []url.URL{e.client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{e.peer}, []url.URL{e.peer}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.LogLevel = "error"
+	cfg.LogOutputs = []string{filepath.Join(e.dir, "etcd.log")}
+	ee, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ee.Server.ReadyNotify():
+		e.e = ee
+		return nil
+	case err := <-ee.Err():
+		ee.Close()
+		return err
+	case <-time.After(30 * time.Second):
+		ee.Close()
+		return fmt.Errorf("embedded etcd not ready after 30s")
+	}
+}
+
+// Stop stops etcd: its clients lose their connections and find nothing
+// listening until Start. Stopping a stopped one does nothing.
+func (e *Etcd) Stop() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.e != nil {
+		e.e.Close()
+		e.e = nil
+	}
+}
+
 // Close stops etcd; closing twice is harmless.
-func (e *Etcd) Close() { e.once.Do(e.e.Close) }
+func (e *Etcd) Close() { e.Stop() }

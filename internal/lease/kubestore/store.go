@@ -298,6 +298,17 @@ func (s *Store) WatchDownSince() time.Time {
 	return s.downSince
 }
 
+// downFor is how long the store has been unreachable (0 while it
+// answers).
+func (s *Store) downFor() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.downSince.IsZero() {
+		return 0
+	}
+	return time.Since(s.downSince)
+}
+
 func (s *Store) setDown(down bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

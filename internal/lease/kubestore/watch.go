@@ -2,7 +2,13 @@ package kubestore
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"syscall"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -14,16 +20,55 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 )
 
-// Backoff between failed watch or list attempts: short at first, since a
-// dropped connection (API server restart, load balancer idle timeout) is
-// usually back at once, capped so a long outage costs little.
+// Retrying. A request that met nothing (connection refused or reset, the
+// server or a load balancer closing it without an answer, a timeout) is
+// retried every reconnectEvery, however long the API server has been
+// gone: such an attempt costs a server that is down nothing, and a node
+// added the moment it answers again is installed within about
+// reconnectEvery (docs/RELIABILITY.md, "kube-apiserver restart"; a reflector
+// backs off to 30 s). A request the server answered with an error (429,
+// 5xx, a refused TLS handshake, a forbidden list) backs off from minBackoff
+// doubling to maxBackoff: the server is up and retrying costs it work.
 const (
-	minBackoff = 200 * time.Millisecond
-	maxBackoff = 10 * time.Second
+	reconnectEvery = 250 * time.Millisecond
+	minBackoff     = 200 * time.Millisecond
+	maxBackoff     = 10 * time.Second
 	// maxBatch bounds one batch taken from a busy watch stream, so a storm
 	// of node changes still reaches the daemon in steps.
 	maxBatch = 1000
 )
+
+// retryAfter returns the pause before the next attempt after err, and the
+// backoff to keep for the one after.
+func retryAfter(err error, backoff time.Duration) (wait, next time.Duration) {
+	if unreachable(err) {
+		// ±20%, so that nodes that lost the server together do not come
+		// back in lockstep.
+		return reconnectEvery - reconnectEvery/5 + rand.N(2*reconnectEvery/5+1), backoff
+	}
+	return backoff, min(2*backoff, maxBackoff)
+}
+
+// unreachable reports whether err says the request met nothing rather than
+// a server answering.
+func unreachable(err error) bool {
+	var cv *tls.CertificateVerificationError
+	var op *net.OpError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &cv):
+		return false // a TLS server that answered: its certificate is wrong
+	case errors.As(err, &op) && op.Op == "remote error":
+		return false // a TLS alert: the server refused our handshake
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
 
 // Watch sends a Snapshot of every managed node's lease, then batches of
 // changes, until ctx ends. After a dropped watch it resumes from the last
@@ -32,24 +77,30 @@ const (
 func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 	w := &watchState{s: s, fam: s.families(), out: out, nodes: map[string]entry{}}
 	backoff := minBackoff
+	var wait time.Duration
 	for {
 		rv, err := w.list(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			quiet := s.downFor() > 0 && unreachable(err)
 			s.setDown(true)
 			s.restarted("list_failed")
-			s.log.Warn("listing nodes failed, retrying", "err", err, "in", backoff)
-			if err := ctxsleep.For(ctx, backoff); err != nil {
+			wait, backoff = retryAfter(err, backoff)
+			s.logFailure(quiet, "listing nodes failed, retrying", "err", err, "in", wait)
+			if err := ctxsleep.For(ctx, wait); err != nil {
 				return err
 			}
-			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
 		backoff = minBackoff
 		// Resume from the last resourceVersion until the server no longer
 		// has the history; a list is a full snapshot, a resume is not.
+		// (A restarted API server's watch cache starts at its own start,
+		// so a resume across a restart of the only server is answered 410
+		// and costs one list; with several servers behind the address the
+		// watch resumes on another.)
 		for {
 			var progressed bool
 			rv, progressed, err = w.watch(ctx, rv)
@@ -64,19 +115,37 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 			if progressed {
 				backoff = minBackoff
 			}
-			s.restarted("interrupted")
+			if !errors.As(err, new(notOpened)) {
+				s.restarted("interrupted") // counted once per stream, not per attempt
+			}
+			wait = minBackoff // the server ended the stream: resume soon
 			if err != nil {
+				quiet := s.downFor() > 0 && unreachable(err)
 				s.setDown(true)
-				s.log.Warn("node watch failed, resuming", "err", err, "resource_version", rv, "in", backoff)
+				wait, backoff = retryAfter(err, backoff)
+				s.logFailure(quiet, "node watch failed, resuming", "err", err, "resource_version", rv, "in", wait)
 			}
-			if err := ctxsleep.For(ctx, backoff); err != nil {
+			if err := ctxsleep.For(ctx, wait); err != nil {
 				return err
-			}
-			if err != nil {
-				backoff = min(2*backoff, maxBackoff)
 			}
 		}
 	}
+}
+
+// notOpened is a watch that could not be opened.
+type notOpened struct{ error }
+
+func (e notOpened) Unwrap() error { return e.error }
+
+// logFailure logs a failed attempt: a warning, or at debug level when
+// quiet (one more attempt that met nothing while the server is known to
+// be gone, which would otherwise log four lines a second).
+func (s *Store) logFailure(quiet bool, msg string, args ...any) {
+	if quiet {
+		s.log.Debug(msg, args...)
+		return
+	}
+	s.log.Warn(msg, args...)
 }
 
 // watchState is the watch's view of the cluster: one entry per managed
@@ -134,7 +203,7 @@ func (w *watchState) watch(ctx context.Context, rv string) (string, bool, error)
 		AllowWatchBookmarks: true,
 	})
 	if err != nil {
-		return rv, false, fmt.Errorf("watch nodes from %s: %w", rv, err)
+		return rv, false, notOpened{fmt.Errorf("watch nodes from %s: %w", rv, err)}
 	}
 	defer wi.Stop()
 	ch := wi.ResultChan()

@@ -29,6 +29,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -74,9 +75,13 @@ type Server struct {
 	// Etcd is the backing etcd, for tests that act on storage directly
 	// (compaction).
 	Etcd *lab.Etcd
-	// Ready is how long the server took from exec to /readyz.
+	// Ready is how long the server took from exec to /readyz (the last
+	// start's, after a Restart).
 	Ready time.Duration
 	dir   string
+	bin   string
+	args  []string // extra flags
+	stop  func()   // stops the running process; nil while stopped
 }
 
 // Binary returns the kube-apiserver to run: $WEFT_KUBE_APISERVER, else the
@@ -108,9 +113,17 @@ func Start(t testing.TB, o Options) *Server {
 	s.Etcd = e
 
 	// A free port can be taken between asking and binding; retry then.
+	s.bin, s.args = bin, o.Args
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ {
-		if lastErr = s.start(t, bin, o.Args); lastErr == nil {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Addr = l.Addr().String()
+		l.Close()
+		s.URL = "https://" + s.Addr
+		if lastErr = s.start(t); lastErr == nil {
 			break
 		}
 	}
@@ -125,14 +138,34 @@ func Start(t testing.TB, o Options) *Server {
 	return s
 }
 
-func (s *Server) start(t testing.TB, bin string, extra []string) error {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return err
+// Stop stops kube-apiserver (SIGTERM, as a rolling restart does); its etcd
+// keeps running. Stopping a stopped server does nothing.
+func (s *Server) Stop() {
+	if s.stop != nil {
+		s.stop()
+		s.stop = nil
 	}
-	s.Addr = l.Addr().String()
-	l.Close()
-	s.URL = "https://" + s.Addr
+}
+
+// Restart starts the server again on the same address, with the same etcd,
+// certificates and tokens, after stopping it if it runs, and waits until
+// it is ready; clients need not change anything. It returns when the
+// server answered /readyz.
+func (s *Server) Restart(t testing.TB) time.Time {
+	t.Helper()
+	s.Stop()
+	// The port was ours a moment ago; another process taking it in
+	// between is unlikely, and would fail the test plainly.
+	if err := s.start(t); err != nil {
+		t.Fatalf("restart kube-apiserver at %s: %v", s.Addr, err)
+	}
+	t.Logf("kube-apiserver restarted at %s, ready after %v", s.URL, s.Ready.Round(10*time.Millisecond))
+	return time.Now()
+}
+
+// start runs kube-apiserver on s.Addr until the test ends or Stop.
+func (s *Server) start(t testing.TB) error {
+	bin, extra := s.bin, s.args
 	_, port, _ := net.SplitHostPort(s.Addr)
 	p := func(name string) string { return filepath.Join(s.dir, name) }
 	args := append([]string{
@@ -153,7 +186,7 @@ func (s *Server) start(t testing.TB, bin string, extra []string) error {
 		"--disable-admission-plugins=ServiceAccount",
 	}, extra...)
 	logPath := p("apiserver.log")
-	logf, err := os.Create(logPath)
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
@@ -168,20 +201,24 @@ func (s *Server) start(t testing.TB, bin string, extra []string) error {
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait(); logf.Close() }()
+	var once sync.Once
 	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-exited:
+			case <-time.After(10 * time.Second):
+				_ = cmd.Process.Kill()
+				<-exited
+			}
+		})
 	}
 	if err := s.waitReady(exited); err != nil {
 		stop()
 		return fmt.Errorf("%w; log tail:\n%s", err, tail(logPath, 15))
 	}
 	s.Ready = time.Since(start)
+	s.stop = stop
 	t.Cleanup(func() {
 		stop()
 		if t.Failed() {
@@ -210,7 +247,7 @@ func (s *Server) waitReady(exited <-chan error) error {
 		select {
 		case err := <-exited:
 			return fmt.Errorf("kube-apiserver exited: %v", err)
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return fmt.Errorf("kube-apiserver not ready after 90s")
