@@ -82,9 +82,14 @@ func (c *client) GetNode(ctx context.Context, name string) (*corev1.Node, error)
 	return n, err
 }
 
+// ListNodes and WatchNodes make one attempt each: the store's watch loop
+// retries on its own schedule (watch.go). client-go's request would
+// otherwise retry an EOF (what a relay or load balancer with its backend
+// down answers) up to ten times, a second apart, before the loop heard
+// of it.
 func (c *client) ListNodes(ctx context.Context, opts metav1.ListOptions) (*corev1.NodeList, error) {
 	l := &corev1.NodeList{}
-	err := c.rest.Get().UseProtobufAsDefault().
+	err := c.rest.Get().UseProtobufAsDefault().MaxRetries(0).
 		Resource("nodes").
 		VersionedParams(&opts, c.params).
 		Timeout(timeout(opts)).
@@ -94,7 +99,7 @@ func (c *client) ListNodes(ctx context.Context, opts metav1.ListOptions) (*corev
 
 func (c *client) WatchNodes(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 	opts.Watch = true
-	return c.rest.Get().UseProtobufAsDefault().
+	return c.rest.Get().UseProtobufAsDefault().MaxRetries(0).
 		Resource("nodes").
 		VersionedParams(&opts, c.params).
 		Timeout(timeout(opts)).

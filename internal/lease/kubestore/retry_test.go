@@ -31,6 +31,7 @@ func TestRetryAfter(t *testing.T) {
 		{"connection refused", get(&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.ECONNREFUSED)}), true},
 		{"reset", get(&net.OpError{Op: "read", Net: "tcp", Err: os.NewSyscallError("read", syscall.ECONNRESET)}), true},
 		{"closed by a load balancer", get(io.EOF), true},
+		{"an empty watch (client-go's EOF)", notOpened{errEmptyWatch}, true},
 		{"unexpected EOF", fmt.Errorf("watch: %w", io.ErrUnexpectedEOF), true},
 		{"no route", get(&net.OpError{Op: "dial", Net: "tcp", Err: os.NewSyscallError("connect", syscall.EHOSTUNREACH)}), true},
 		{"timeout", get(&net.OpError{Op: "dial", Net: "tcp", Err: timeoutErr{}}), true},

@@ -61,7 +61,7 @@ func unreachable(err error) bool {
 		return false // a TLS server that answered: its certificate is wrong
 	case errors.As(err, &op) && op.Op == "remote error":
 		return false // a TLS alert: the server refused our handshake
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
+	case errors.Is(err, errEmptyWatch), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF),
 		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ECONNRESET),
 		errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
 		return true
@@ -131,6 +131,11 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 		}
 	}
 }
+
+// errEmptyWatch is a watch that ended before anything arrived. A server
+// sends bookmarks, so a watch it serves has progressed by the time it
+// ends; an empty one is what client-go makes of a request that met an EOF.
+var errEmptyWatch = errors.New("watch ended before anything arrived: the API server is unreachable, or going away")
 
 // notOpened is a watch that could not be opened.
 type notOpened struct{ error }
@@ -217,6 +222,12 @@ func (w *watchState) watch(ctx context.Context, rv string) (string, bool, error)
 		case ev, ok = <-ch:
 		}
 		if !ok {
+			if !progressed {
+				// client-go turns a watch request that met an EOF or a
+				// timeout (a relay or load balancer with its backend down)
+				// into an empty watch, closed at once, with no error.
+				return rv, false, notOpened{errEmptyWatch}
+			}
 			return rv, progressed, nil // the server ended the watch (timeout): resume
 		}
 		progressed = true
