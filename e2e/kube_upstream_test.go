@@ -36,11 +36,11 @@ type kubeAPI struct {
 }
 
 // startKubeAPI starts the server for a lab on underlay (its hub, .1,
-// relays to it).
-func startKubeAPI(t *testing.T, underlay string) *kubeAPI {
+// relays to it), with extra kube-apiserver flags if any.
+func startKubeAPI(t *testing.T, underlay string, args ...string) *kubeAPI {
 	t.Helper()
 	hub := netip.MustParsePrefix(underlay).Masked().Addr().Next()
-	srv := kubetest.Start(t, kubetest.Options{ExtraIPs: []netip.Addr{hub}})
+	srv := kubetest.Start(t, kubetest.Options{ExtraIPs: []netip.Addr{hub}, Args: args})
 	ctx := kubetest.Context(t, 10*time.Minute)
 	manifest, err := os.ReadFile(filepath.Join("..", "deploy", "kube-flannel.yml"))
 	if err != nil {

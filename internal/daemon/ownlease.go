@@ -97,8 +97,12 @@ func (d *daemon) renewIn(l lease.Lease) time.Duration {
 	return max(time.Until(l.Expiration.Add(-margin)), time.Second)
 }
 
-// retryIn is the pause after the n-th store failure in a row.
-func retryIn(n int) time.Duration { return min(time.Duration(n)*time.Second, 10*time.Second) }
+// retryIn is the pause after the n-th store failure in a row: growing by
+// a second to 10 s, and never more than a quarter of the TTL, so that a
+// short lease is retried several times before it runs out.
+func (d *daemon) retryIn(n int) time.Duration {
+	return max(min(time.Duration(n)*time.Second, 10*time.Second, d.ttl()/4), 100*time.Millisecond)
+}
 
 // keeperState is what the keeper is doing about the lease.
 type keeperState int
@@ -158,7 +162,7 @@ func (d *daemon) keepLease(ctx context.Context, l lease.Lease, updates chan ownU
 				return ctx.Err()
 			default:
 				failures++
-				timer.Reset(retryIn(failures))
+				timer.Reset(d.retryIn(failures))
 				continue
 			}
 		}
@@ -178,7 +182,7 @@ func (d *daemon) keepLease(ctx context.Context, l lease.Lease, updates chan ownU
 			return err
 		default:
 			failures++
-			timer.Reset(retryIn(failures))
+			timer.Reset(d.retryIn(failures))
 		}
 	}
 }
