@@ -76,7 +76,11 @@ func (s *Store) Watch(ctx context.Context, out chan<- lease.Batch) error {
 		rev      int64 // revision delivered to out
 		needList = true
 		first    = true
-		bo       = backoff{min: 200 * time.Millisecond, max: 10 * time.Second}
+		// Reached only when etcd answered with an error (no leader, a
+		// compaction, a list that failed): an outage itself keeps the
+		// watch open. 2 s at most, so a cluster that regains its leader
+		// is followed again within about that.
+		bo = backoff{min: 200 * time.Millisecond, max: 2 * time.Second}
 	)
 	s.watching.Store(true)
 	for {
