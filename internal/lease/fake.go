@@ -162,19 +162,7 @@ func (f *Fake) Renew(ctx context.Context, l Lease, ttl time.Duration) (Lease, er
 		l.Reservation, l.Expiration = true, time.Time{}
 		return l, nil
 	}
-	if ttl <= 0 {
-		ttl = DefaultTTL
-	}
-	value, err := json.Marshal(l.Attrs)
-	if err != nil {
-		return Lease{}, fmt.Errorf("renew lease %s: encode attributes: %w", key, err)
-	}
-	f.rev++
-	exp := f.now().Add(ttl)
-	f.putLocked(key, &fakeKV{value: value, expires: exp})
-	f.notifyLocked()
-	l.Revision, l.Expiration, l.Reservation = f.rev, exp, false
-	return l, nil
+	return f.writeTTLLocked("renew", key, l, ttl)
 }
 
 // Reclaim implements Reclaimer.
@@ -208,12 +196,18 @@ func (f *Fake) Reclaim(ctx context.Context, l Lease, ttl time.Duration) (Lease, 
 			return l, nil
 		}
 	}
+	return f.writeTTLLocked("reclaim", key, l, ttl)
+}
+
+// writeTTLLocked writes l under key with a TTL (0: DefaultTTL), as
+// Renew and Reclaim do, and returns it with its new revision and expiry.
+func (f *Fake) writeTTLLocked(op, key string, l Lease, ttl time.Duration) (Lease, error) {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
 	value, err := json.Marshal(l.Attrs)
 	if err != nil {
-		return Lease{}, fmt.Errorf("reclaim lease %s: encode attributes: %w", key, err)
+		return Lease{}, fmt.Errorf("%s lease %s: encode attributes: %w", op, key, err)
 	}
 	f.rev++
 	exp := f.now().Add(ttl)

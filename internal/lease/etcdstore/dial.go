@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc"
 	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/weft-net/weft/internal/ctxsleep"
 )
 
 // Reconnecting: how soon the client finds etcd again after an outage, and
@@ -146,14 +148,7 @@ func (p *dialPacer) wait(ctx context.Context, addr string) error {
 	if d <= 0 {
 		return nil
 	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return ctxsleep.For(ctx, d)
 }
 
 // handshake records how a TLS handshake with addr went: ok, or failed

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -310,13 +311,5 @@ func (b *backoff) wait(ctx context.Context) error {
 	b.cur = min(max(2*b.cur, b.min), b.max)
 	// ±25% jitter keeps hosts that lost etcd together from returning in
 	// lockstep.
-	d := b.cur - b.cur/4 + rand.N(b.cur/2+1)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return ctxsleep.For(ctx, b.cur-b.cur/4+rand.N(b.cur/2+1))
 }
