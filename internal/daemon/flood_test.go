@@ -40,9 +40,6 @@ func floodPeer(i int) lease.Lease {
 // snapshots, so the control loop never waits for it; what remains is the
 // CPU the requests take. docs/RELIABILITY.md reports the figures.
 func TestStatusFloodLeavesConvergence(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: a 5,000-peer daemon under a flood of requests takes seconds")
-	}
 	h := newHarness(t, `{"Network":"10.0.0.0/8","Backend":{"Type":"vxlan"}}`)
 	for i := range floodPeers {
 		h.store.Put(floodPeer(i))
