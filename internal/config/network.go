@@ -18,6 +18,8 @@ const (
 	BackendVXLAN     = "vxlan"
 	BackendHostGW    = "host-gw"
 	BackendWireGuard = "wireguard"
+	BackendAlloc     = "alloc"
+	BackendExtension = "extension"
 )
 
 // Network is the cluster-wide network configuration, validated and with

@@ -16,6 +16,10 @@ import (
 func (d *daemon) makeBackend(u backend.Underlay) error {
 	all := backends.All()
 	entry, ok := all[d.net.Backend.Type]
+	if why, refused := backends.Refused()[d.net.Backend.Type]; !ok && refused {
+		return wrapNetConfig(&config.FieldError{Field: "Backend.Type", Reason: fmt.Sprintf("%q is not supported by weft: %s",
+			d.net.Backend.Type, why)})
+	}
 	if !ok {
 		return wrapNetConfig(&config.FieldError{Field: "Backend.Type", Reason: fmt.Sprintf("%q is not supported (supported: %s)",
 			d.net.Backend.Type, strings.Join(slices.Sorted(maps.Keys(all)), ", "))})

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/alloc"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/backend/wireguard"
@@ -31,6 +32,16 @@ func All() map[string]Entry {
 		config.BackendVXLAN:     {vxlan.Factory, vxlanIdentity},
 		config.BackendHostGW:    {hostgw.Factory, nil},
 		config.BackendWireGuard: {wireguard.Factory, wireguardIdentity},
+		config.BackendAlloc:     {alloc.Factory, nil},
+	}
+}
+
+// Refused maps the backend types upstream ships and weft does not serve
+// to why, for a one-line refusal at start that says what to use instead.
+func Refused() map[string]string {
+	return map[string]string{
+		"tencent-vpc": "it programs Tencent Cloud VPC route tables through Tencent's API, which weft does not support; " +
+			"use host-gw or vxlan (or alloc, with the route table managed outside flanneld)",
 	}
 }
 
