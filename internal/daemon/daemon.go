@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/netip"
 	"runtime"
@@ -138,6 +139,8 @@ type daemon struct {
 	own         ownState
 	reclaimable bool
 	lapses      chan int64
+	// runnerPeers feeds a backend.PeerRunner (runner.go); nil without.
+	runnerPeers chan iter.Seq[lease.Lease]
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -239,6 +242,7 @@ func (d *daemon) loop(ctx context.Context) error {
 	updates := make(chan ownUpdate, 1)
 	self := d.self
 	g.Go(func() error { return d.keepLease(gctx, self, updates, d.lapses) })
+	d.startRunner(gctx, self, g.Go)
 	// The control loop always ends with an error (ctx's, at the least),
 	// which makes the group cancel gctx and stop the watchers. It must not
 	// cancel them itself before returning: a watcher's context.Canceled
@@ -548,6 +552,7 @@ func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) erro
 	p := Pass{Full: full, Repair: repair, Peers: d.peers.Len(), Changes: ch, Err: err, Took: time.Since(start)}
 	d.last, d.lastAt = p, time.Now()
 	d.publish()
+	d.feedRunner()
 	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
 	d.cfg.Metrics.SetPeers(d.backend.Type(), d.peers.Len())
 	d.cfg.Health.PassDone(err == nil)

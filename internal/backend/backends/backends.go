@@ -4,9 +4,11 @@ package backends
 
 import (
 	"encoding/json"
+	"strings"
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/alloc"
+	"github.com/weft-net/weft/internal/backend/extension"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/backend/wireguard"
@@ -33,6 +35,7 @@ func All() map[string]Entry {
 		config.BackendHostGW:    {hostgw.Factory, nil},
 		config.BackendWireGuard: {wireguard.Factory, wireguardIdentity},
 		config.BackendAlloc:     {alloc.Factory, nil},
+		config.BackendExtension: {extension.Factory, extensionIdentity},
 	}
 }
 
@@ -70,4 +73,15 @@ func vxlanIdentity(data json.RawMessage) (string, bool) {
 func wireguardIdentity(data json.RawMessage) (string, bool) {
 	d, err := wireguard.DecodeData(data)
 	return d.PublicKey, err == nil
+}
+
+// extensionIdentity is the first line of the PreStartupCommand output a
+// host published (a VTEP MAC in upstream's vxlan example).
+func extensionIdentity(data json.RawMessage) (string, bool) {
+	var s string
+	if json.Unmarshal(data, &s) != nil {
+		return "", false
+	}
+	first, _, _ := strings.Cut(s, "\n")
+	return lease.Shorten(first), true
 }
