@@ -78,7 +78,7 @@ func quote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 func TestParseOptionsErrors(t *testing.T) {
 	for raw, want := range map[string]string{
-		`{"Type":"extension","SubnetAddCommand":7}`:       "Backend.SubnetAddCommand: wrong type: got JSON number, want a command line (string)",
+		`{"Type":"extension","SubnetAddCommand":7}`:      "Backend.SubnetAddCommand: wrong type: got JSON number, want a command line (string)",
 		`{"Type":"extension","PreStartupCommand":["a"]}`: "Backend.PreStartupCommand: wrong type: got JSON array, want a command line (string)",
 	} {
 		_, err := ParseOptions(json.RawMessage(raw))
