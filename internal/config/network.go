@@ -20,6 +20,7 @@ const (
 	BackendWireGuard = "wireguard"
 	BackendAlloc     = "alloc"
 	BackendExtension = "extension"
+	BackendIPIP      = "ipip"
 )
 
 // Network is the cluster-wide network configuration, validated and with

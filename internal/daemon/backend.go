@@ -39,6 +39,26 @@ func (d *daemon) makeBackend(u backend.Underlay) error {
 	return nil
 }
 
+// findErr returns the first error in err's tree (errors.Join included)
+// that is target, or nil.
+func findErr(err, target error) error {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range j.Unwrap() {
+			if f := findErr(e, target); f != nil {
+				return f
+			}
+		}
+		return nil
+	}
+	if errors.Is(err, target) {
+		return err
+	}
+	return nil
+}
+
 func ipIf[T any](ok bool, v T) T {
 	if ok {
 		return v

@@ -29,6 +29,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/ctxsleep"
@@ -510,6 +511,12 @@ func (d *daemon) prepare(ctx context.Context) error {
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if lacks := findErr(err, dataplane.ErrKernelLacks); lacks != nil {
+			// The device cannot exist here: what follows from it (routes
+			// through it) is noise. Say what to do instead.
+			return fmt.Errorf("set up own %s device: %w; use a backend this kernel supports (%s) or one with the module",
+				d.backend.Type(), lacks, strings.Join(backends.Supported(d.backend.Type()), ", "))
 		}
 		return fmt.Errorf("set up own %s device: %w", d.backend.Type(), oneLine{err})
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -137,5 +138,27 @@ func TestDaemonAlloc(t *testing.T) {
 	}
 	if after := h.dp.Kernel().String(); after != before {
 		t.Errorf("kernel changed:\n%s\nwas:\n%s", after, before)
+	}
+}
+
+// TestDaemonIPIP: against the fake kernel (with the module), the ipip
+// backend builds flannel.ipip and a route per peer; without the module it
+// stops at start naming it and the alternatives.
+func TestDaemonIPIP(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}`)
+	h.store.Put(lease.Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24"), Attrs: lease.Attrs{BackendType: "ipip", PublicIP: netip.MustParseAddr("192.168.1.7")}})
+	h.start()
+	h.waitState("ipip device and route", func(s string) bool {
+		return strings.Contains(s, "link flannel.ipip ipip local 192.168.1.10 mtu 1480 addr 10.5.255.0/32") &&
+			strings.Contains(s, "route 10.5.7.0/24 via 192.168.1.7 dev flannel.ipip onlink")
+	})
+
+	lacking := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}`)
+	lacking.dp.LackKind(dataplane.KindIPIP)
+	lacking.start()
+	err := lacking.waitExit()
+	if err == nil || !strings.Contains(err.Error(), "ipip") || !strings.Contains(err.Error(), "use a backend this kernel supports (host-gw, vxlan") ||
+		strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "add route") {
+		t.Fatalf("Run = %v", err)
 	}
 }

@@ -4,12 +4,14 @@ package backends
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/alloc"
 	"github.com/weft-net/weft/internal/backend/extension"
 	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/backend/ipip"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
@@ -36,7 +38,21 @@ func All() map[string]Entry {
 		config.BackendWireGuard: {wireguard.Factory, wireguardIdentity},
 		config.BackendAlloc:     {alloc.Factory, nil},
 		config.BackendExtension: {extension.Factory, extensionIdentity},
+		config.BackendIPIP:      {ipip.Factory, nil},
 	}
+}
+
+// Supported lists the types of All but except, sorted, for messages
+// that suggest another backend.
+func Supported(except string) []string {
+	var out []string
+	for typ := range All() {
+		if typ != except && typ != config.BackendAlloc && typ != config.BackendExtension {
+			out = append(out, typ)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // Refused maps the backend types upstream ships and weft does not serve
