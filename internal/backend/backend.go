@@ -9,10 +9,13 @@
 package backend
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/netip"
+	"time"
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
@@ -200,6 +203,19 @@ type Env struct {
 	Underlay Underlay
 	Options  config.Options
 	Kernel   Kernel
+	// CommandRan, if set, is told of every command a backend runs
+	// (extension): its config field, how long it took and how it ended.
+	CommandRan func(command string, took time.Duration, err error)
+}
+
+// PeerRunner is a backend that serves its peers with work of its own
+// beside the kernel state: the extension backend runs the operator's
+// commands per peer. The daemon runs Serve for its lifetime, once our
+// lease is held (self), and after every pass sends the peers it accepted
+// on peers (a send may replace one not yet received: only the newest
+// set matters). Serve returns when ctx ends.
+type PeerRunner interface {
+	Serve(ctx context.Context, self lease.Lease, peers <-chan iter.Seq[lease.Lease]) error
 }
 
 // Factory makes a backend. A bad setting is a *config.FieldError.

@@ -18,6 +18,9 @@ const (
 	BackendVXLAN     = "vxlan"
 	BackendHostGW    = "host-gw"
 	BackendWireGuard = "wireguard"
+	BackendAlloc     = "alloc"
+	BackendExtension = "extension"
+	BackendIPIP      = "ipip"
 )
 
 // Network is the cluster-wide network configuration, validated and with

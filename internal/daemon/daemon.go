@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"net/netip"
 	"runtime"
@@ -28,6 +29,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/ctxsleep"
@@ -138,6 +140,8 @@ type daemon struct {
 	own         ownState
 	reclaimable bool
 	lapses      chan int64
+	// runnerPeers feeds a backend.PeerRunner (runner.go); nil without.
+	runnerPeers chan iter.Seq[lease.Lease]
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -239,6 +243,7 @@ func (d *daemon) loop(ctx context.Context) error {
 	updates := make(chan ownUpdate, 1)
 	self := d.self
 	g.Go(func() error { return d.keepLease(gctx, self, updates, d.lapses) })
+	d.startRunner(gctx, self, g.Go)
 	// The control loop always ends with an error (ctx's, at the least),
 	// which makes the group cancel gctx and stop the watchers. It must not
 	// cancel them itself before returning: a watcher's context.Canceled
@@ -507,6 +512,12 @@ func (d *daemon) prepare(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
+		if lacks := findErr(err, dataplane.ErrKernelLacks); lacks != nil {
+			// The device cannot exist here: what follows from it (routes
+			// through it) is noise. Say what to do instead.
+			return fmt.Errorf("set up own %s device: %w; use a backend this kernel supports (%s) or one with the module",
+				d.backend.Type(), lacks, strings.Join(backends.Supported(d.backend.Type()), ", "))
+		}
 		return fmt.Errorf("set up own %s device: %w", d.backend.Type(), oneLine{err})
 	}
 	d.log.Debug("own device ready", "writes", ch.Total())
@@ -548,6 +559,7 @@ func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) erro
 	p := Pass{Full: full, Repair: repair, Peers: d.peers.Len(), Changes: ch, Err: err, Took: time.Since(start)}
 	d.last, d.lastAt = p, time.Now()
 	d.publish()
+	d.feedRunner()
 	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
 	d.cfg.Metrics.SetPeers(d.backend.Type(), d.peers.Len())
 	d.cfg.Health.PassDone(err == nil)

@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"errors"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -83,5 +86,79 @@ func TestDaemonRefusesUnknownBackend(t *testing.T) {
 	}
 	if n := len(h.store.Leases()); n != 0 {
 		t.Errorf("%d leases taken", n)
+	}
+}
+
+// TestDaemonRefusesTencentVPC: upstream's tencent-vpc backend (a cloud API
+// we cannot serve) is refused in one line that says why and what to use.
+func TestDaemonRefusesTencentVPC(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"tencent-vpc"}}`)
+	h.start()
+	err := h.waitExit()
+	if err == nil || !strings.HasPrefix(err.Error(), `network config: Backend.Type: "tencent-vpc" is not supported by weft: `) ||
+		!strings.Contains(err.Error(), "host-gw") || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("Run = %v", err)
+	}
+	if n := len(h.store.Leases()); n != 0 {
+		t.Errorf("%d leases taken", n)
+	}
+}
+
+// TestDaemonAlloc: the alloc backend leases a subnet in upstream's format,
+// writes subnet.env with the underlay's MTU, lists its peers and touches
+// nothing in the kernel.
+func TestDaemonAlloc(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"alloc"}}`)
+	h.board = &Board{}
+	h.store.Put(lease.Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.7")}})
+	before := h.dp.Kernel().String()
+	h.start()
+	s := h.waitStatus("the peer listed", func(s Status) bool { return len(s.Peers) == 1 })
+	if s.Backend != "alloc" || s.Peers[0].Subnet != "10.5.7.0/24" {
+		t.Errorf("status: backend %q, peers %+v", s.Backend, s.Peers)
+	}
+	own := h.own()
+	if own.Attrs.BackendType != "" || own.Attrs.BackendData != nil {
+		t.Errorf("own lease attrs %+v, want no backend type or data", own.Attrs)
+	}
+	var env subnetenv.Env
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var err error
+		if env, err = subnetenv.Read(h.opts.SubnetFile); err == nil && env.MTU == 1500 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("subnet.env = %+v, %v; want FLANNEL_MTU=1500", env, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if env.Subnet != subnetenv.GatewayOf(own.Subnet) {
+		t.Errorf("subnet.env subnet %s, lease %s", env.Subnet, own.Subnet)
+	}
+	if after := h.dp.Kernel().String(); after != before {
+		t.Errorf("kernel changed:\n%s\nwas:\n%s", after, before)
+	}
+}
+
+// TestDaemonIPIP: against the fake kernel (with the module), the ipip
+// backend builds flannel.ipip and a route per peer; without the module it
+// stops at start naming it and the alternatives.
+func TestDaemonIPIP(t *testing.T) {
+	h := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}`)
+	h.store.Put(lease.Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24"), Attrs: lease.Attrs{BackendType: "ipip", PublicIP: netip.MustParseAddr("192.168.1.7")}})
+	h.start()
+	h.waitState("ipip device and route", func(s string) bool {
+		return strings.Contains(s, "link flannel.ipip ipip local 192.168.1.10 mtu 1480 addr 10.5.255.0/32") &&
+			strings.Contains(s, "route 10.5.7.0/24 via 192.168.1.7 dev flannel.ipip onlink")
+	})
+
+	lacking := newHarness(t, `{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}`)
+	lacking.dp.LackKind(dataplane.KindIPIP)
+	lacking.start()
+	err := lacking.waitExit()
+	if err == nil || !strings.Contains(err.Error(), "ipip") || !strings.Contains(err.Error(), "use a backend this kernel supports (host-gw, vxlan") ||
+		strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "add route") {
+		t.Fatalf("Run = %v", err)
 	}
 }

@@ -13,6 +13,10 @@ import (
 // (yet). It fails that object only; the rest of the State is still written.
 var ErrNoDevice = errors.New("no such device")
 
+// ErrKernelLacks reports a device kind the kernel cannot create: its
+// module is missing (ipip on a kernel built without it).
+var ErrKernelLacks = errors.New("the kernel lacks this kind of device")
+
 // defaultVXLANPort is what the kernel uses when IFLA_VXLAN_PORT is not
 // given: 8472, the port Linux picked before IANA assigned 4789. It is also
 // flannel's default, so Port 0 and 8472 describe the same device.
@@ -35,8 +39,11 @@ func sameIdentity(want, have Link) bool {
 	if want.Kind != have.Kind {
 		return false
 	}
-	if want.Kind == KindWireGuard {
+	switch want.Kind {
+	case KindWireGuard:
 		return true // everything else is set in place
+	case KindIPIP:
+		return want.Local == have.Local
 	}
 	return want.VNI == have.VNI &&
 		normPort(want.Port) == normPort(have.Port) &&
@@ -137,8 +144,12 @@ func checkLink(name string, l Link) error {
 		return fmt.Errorf("link keyed %q is named %q", name, l.Name)
 	case l.VNI >= 1<<24:
 		return fmt.Errorf("link %s: VNI %d does not fit in 24 bits", name, l.VNI)
-	case l.Kind != KindVXLAN && l.Kind != KindWireGuard:
+	case l.Kind != KindVXLAN && l.Kind != KindWireGuard && l.Kind != KindIPIP:
 		return fmt.Errorf("link %s: unknown kind %d", name, l.Kind)
+	case l.Kind == KindIPIP && (l.VNI != 0 || l.Port != 0 || l.GBP || l.Learning || l.ParentIndex != 0 || !l.MAC.IsZero() || l.PrivateKey != (WGKey{}) || l.Addr2.IsValid()):
+		return fmt.Errorf("link %s: an ipip device has no VNI, port, GBP, learning, parent, MAC, key or second address", name)
+	case l.Kind == KindIPIP && (!l.Local.Is4() || (l.Addr.IsValid() && !l.Addr.Addr().Is4())):
+		return fmt.Errorf("link %s: an ipip device needs an IPv4 local address and carries IPv4 only", name)
 	case l.Addr2.IsValid() && (!l.Addr.IsValid() || l.Addr2.Addr().Is4() == l.Addr.Addr().Is4()):
 		return fmt.Errorf("link %s: Addr2 %s is not of the other family than Addr %s", name, l.Addr2, l.Addr)
 	case l.Kind == KindWireGuard && (l.VNI != 0 || l.GBP || l.Learning || l.Local.IsValid() || l.ParentIndex != 0 || !l.MAC.IsZero()):

@@ -35,6 +35,18 @@ type fakeKernel struct {
 	t        fakeTables
 	other    map[string]int // non-VXLAN devices: name → ifindex
 	watchers map[*fakeWatcher]bool
+	lacks    map[LinkKind]bool // kinds this kernel cannot create
+}
+
+// LackKind makes the simulated kernel refuse to create devices of kind, as
+// a kernel without the module does (ipip here): ErrKernelLacks.
+func (f *Fake) LackKind(kind LinkKind) {
+	f.k.mu.Lock()
+	defer f.k.mu.Unlock()
+	if f.k.lacks == nil {
+		f.k.lacks = map[LinkKind]bool{}
+	}
+	f.k.lacks[kind] = true
 }
 
 // fakeWatcher is one Subscribe call: drift on objects in f's index drops
@@ -505,6 +517,9 @@ func (f *Fake) ensureLink(want Link, c *Changes) error {
 		// The index is stale (drift a non-full pass does not see): writes
 		// to the old ifindex fail as they would in the kernel.
 		return fmt.Errorf("update link %s: %w", name, ErrNoDevice)
+	}
+	if created && k.lacks[want.Kind] {
+		return fmt.Errorf("create link %s: %w: %s", name, ErrKernelLacks, want.Kind)
 	}
 	if created {
 		k.next++

@@ -40,6 +40,12 @@ func newFakeLink(want Link, index int) fakeLink {
 		}
 		return l
 	}
+	if want.Kind == KindIPIP {
+		if l.MTU == 0 {
+			l.MTU = 1480
+		}
+		return l
+	}
 	l.Port = normPort(want.Port)
 	if l.MTU == 0 {
 		l.MTU = 1450

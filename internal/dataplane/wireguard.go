@@ -23,11 +23,20 @@ const (
 	// (Link.Port) are fixed in place, so a restart reuses the device and
 	// its peers' sessions.
 	KindWireGuard
+	// KindIPIP is an IPv4-in-IPv4 tunnel device (flannel.ipip) with a
+	// fixed local address and any remote: each route through it names its
+	// peer as an on-link gateway, which is the tunnel's destination. Its
+	// identity is the local address; MTU, address and up state are fixed
+	// in place.
+	KindIPIP
 )
 
 func (k LinkKind) String() string {
-	if k == KindWireGuard {
+	switch k {
+	case KindWireGuard:
 		return "wireguard"
+	case KindIPIP:
+		return "ipip"
 	}
 	return "vxlan"
 }
@@ -115,7 +124,9 @@ func checkWGPeer(k WGPeerKey, p WGPeer) error {
 // public key, never the private one.
 func linkLine(l Link) string {
 	var line string
-	if l.Kind == KindWireGuard {
+	if l.Kind == KindIPIP {
+		line = fmt.Sprintf("link %s ipip local %s mtu %d", l.Name, l.Local, l.MTU)
+	} else if l.Kind == KindWireGuard {
 		pub := "none"
 		if l.PrivateKey != (WGKey{}) {
 			pub = l.PrivateKey.PublicKey().String()

@@ -239,6 +239,8 @@ func (n *Netlink) ourLink(l netlink.Link) (nlLink, bool) {
 		return fromVxlan(v), true
 	case *netlink.Wireguard:
 		return fromWG(l.Attrs(), false), true
+	case *netlink.Iptun:
+		return fromIPIP(v), true
 	case *netlink.Tuntap:
 		if n.servedWG(l.Attrs().Name) {
 			return fromWG(l.Attrs(), true), true
@@ -282,8 +284,11 @@ func (n *Netlink) wgFits(l nlLink) bool {
 
 // addLink creates want's device.
 func (n *Netlink) addLink(want Link) error {
-	if want.Kind == KindWireGuard {
+	switch want.Kind {
+	case KindWireGuard:
 		return n.addWGLink(want)
+	case KindIPIP:
+		return n.addIPIPLink(want)
 	}
 	if err := n.h.LinkAdd(newVxlan(want)); err != nil {
 		return err

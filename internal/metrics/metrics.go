@@ -33,6 +33,8 @@ type Metrics struct {
 	subnetFileWritten prometheus.Gauge
 	reclaims          *prometheus.CounterVec
 	leaseConflict     prometheus.Gauge
+	commands          *prometheus.CounterVec
+	commandSeconds    *prometheus.HistogramVec
 }
 
 // New creates and registers the metrics; version labels flannel_build_info.
@@ -91,11 +93,20 @@ func New(version string) *Metrics {
 			Name: "flannel_lease_conflict",
 			Help: "1 while another host holds this host's subnet (leased after ours lapsed); the node is not ready until recovered.",
 		}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flannel_extension_commands_total",
+			Help: "Commands the extension backend ran, by config field (PreStartupCommand, SubnetAddCommand, …) and result (ok, error).",
+		}, []string{"command", "result"}),
+		commandSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "flannel_extension_command_duration_seconds",
+			Help:    "How long the extension backend's commands took, by config field.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9), // 1ms … 65s
+		}, []string{"command"}),
 	}
 	m.Registry.MustRegister(
 		m.peers, m.leaseExpiry, m.renewals, m.watchRestarts, m.passes, m.passDuration,
 		m.objects, m.repaired, m.skipped, m.skippedNow, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
-		m.reclaims, m.leaseConflict,
+		m.reclaims, m.leaseConflict, m.commands, m.commandSeconds,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -251,4 +262,17 @@ func result(ok bool, yes, no string) string {
 		return yes
 	}
 	return no
+}
+
+// CommandRan counts a command of the extension backend.
+func (m *Metrics) CommandRan(command string, took time.Duration, err error) {
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.commands.WithLabelValues(command, result).Inc()
+	m.commandSeconds.WithLabelValues(command).Observe(took.Seconds())
 }

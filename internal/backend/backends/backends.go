@@ -4,9 +4,14 @@ package backends
 
 import (
 	"encoding/json"
+	"slices"
+	"strings"
 
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/backend/alloc"
+	"github.com/weft-net/weft/internal/backend/extension"
 	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/backend/ipip"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
@@ -31,6 +36,31 @@ func All() map[string]Entry {
 		config.BackendVXLAN:     {vxlan.Factory, vxlanIdentity},
 		config.BackendHostGW:    {hostgw.Factory, nil},
 		config.BackendWireGuard: {wireguard.Factory, wireguardIdentity},
+		config.BackendAlloc:     {alloc.Factory, nil},
+		config.BackendExtension: {extension.Factory, extensionIdentity},
+		config.BackendIPIP:      {ipip.Factory, nil},
+	}
+}
+
+// Supported lists the types of All but except, sorted, for messages
+// that suggest another backend.
+func Supported(except string) []string {
+	var out []string
+	for typ := range All() {
+		if typ != except && typ != config.BackendAlloc && typ != config.BackendExtension {
+			out = append(out, typ)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Refused maps the backend types upstream ships and weft does not serve
+// to why, for a one-line refusal at start that says what to use instead.
+func Refused() map[string]string {
+	return map[string]string{
+		"tencent-vpc": "it programs Tencent Cloud VPC route tables through Tencent's API, which weft does not support; " +
+			"use host-gw or vxlan (or alloc, with the route table managed outside flanneld)",
 	}
 }
 
@@ -59,4 +89,15 @@ func vxlanIdentity(data json.RawMessage) (string, bool) {
 func wireguardIdentity(data json.RawMessage) (string, bool) {
 	d, err := wireguard.DecodeData(data)
 	return d.PublicKey, err == nil
+}
+
+// extensionIdentity is the first line of the PreStartupCommand output a
+// host published (a VTEP MAC in upstream's vxlan example).
+func extensionIdentity(data json.RawMessage) (string, bool) {
+	var s string
+	if json.Unmarshal(data, &s) != nil {
+		return "", false
+	}
+	first, _, _ := strings.Cut(s, "\n")
+	return lease.Shorten(first), true
 }

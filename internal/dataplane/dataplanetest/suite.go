@@ -207,6 +207,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"DeltaFallsBackOnLinkChange", testDeltaLinkChange},
 	}
 	cases = append(cases, wgCases()...)
+	cases = append(cases, ipipCases()...)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, newDP(t)) })
 	}
