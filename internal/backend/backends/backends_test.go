@@ -2,6 +2,7 @@ package backends
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/weft-net/weft/internal/lease"
@@ -28,5 +29,31 @@ func TestIdentity(t *testing.T) {
 		if e.New == nil {
 			t.Errorf("%s: no factory", typ)
 		}
+	}
+}
+
+// TestRefused: a refused type is never also served, and each reason is one
+// line that ends by naming a backend weft serves.
+func TestRefused(t *testing.T) {
+	all := All()
+	for typ, why := range Refused() {
+		if _, ok := all[typ]; ok {
+			t.Errorf("%s is both served and refused", typ)
+		}
+		if why == "" || strings.ContainsAny(why, "\n\r") {
+			t.Errorf("%s: reason %q is not one line", typ, why)
+		}
+		_, use, ok := strings.Cut(why, "; use ")
+		if !ok {
+			t.Errorf("%s: reason %q says nothing to use instead", typ, why)
+			continue
+		}
+		first := strings.FieldsFunc(use, func(r rune) bool { return r == ' ' || r == ',' })[0]
+		if _, ok := all[first]; !ok {
+			t.Errorf("%s: reason recommends %q, which weft does not serve", typ, first)
+		}
+	}
+	if why := Refused()["ipsec"]; !strings.Contains(why, "use wireguard") {
+		t.Errorf("ipsec: reason %q does not recommend wireguard", why)
 	}
 }
