@@ -37,13 +37,22 @@ func (h *Host) MountRunDir(size int) error {
 	return os.MkdirAll(h.wireguardDir(), 0o700)
 }
 
-// RemountRunDir makes h's tmpfs read-only or writable again.
+// RemountRunDir makes h's tmpfs read-only or writable again, for the
+// commands running on h and those started later alike. Read-only is a
+// property of the file system (its superblock), which every copy of the
+// mount shares; `mount -o remount,ro` also marks this one mount
+// read-only, and a copy made meanwhile (a command started) would keep
+// that mark after the file system is writable again: so the mark is
+// cleared at once (`remount,bind,rw` changes the mount, not the file
+// system).
 func (h *Host) RemountRunDir(readOnly bool) error {
-	opt := "remount,rw"
-	if readOnly {
-		opt = "remount,ro"
+	if !readOnly {
+		return run("mount", "-o", "remount,rw", h.RunDir())
 	}
-	return run("mount", "-o", opt, h.RunDir())
+	if err := run("mount", "-o", "remount,ro", h.RunDir()); err != nil {
+		return err
+	}
+	return run("mount", "-o", "remount,bind,rw", h.RunDir())
 }
 
 // unmountRunDir undoes MountRunDir, if it was done.
