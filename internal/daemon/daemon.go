@@ -117,7 +117,8 @@ type daemon struct {
 	// not used, by raw key, bounded (skipSet).
 	peers   *cowmap.Map[lease.ID, peer]
 	skipped *skipSet
-	wrote   bool // subnet.env written
+	// subnet is subnet.env's writer and its retries (subnetfile.go).
+	subnet subnetFile
 
 	// desired is the desired kernel state, updated per peer event;
 	// touched collects the keys changed since the last pass. Both belong
@@ -293,6 +294,8 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
 	defer retry.Stop()
+	subnetRetry := d.subnet.timer()
+	defer subnetRetry.Stop()
 
 	// The first pass is full: it reads the kernel, adopts what a previous
 	// run left (writing nothing if it is right) and removes entries of
@@ -352,6 +355,14 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 			dirty, repair, rediff = true, !dirty || repair, true
 		case <-resync.C:
 			full, repair, dirty = true, !dirty || repair, true
+			// Put back a subnet.env removed or changed meanwhile (no
+			// write if it is right), unless a retry is due anyway.
+			if !d.subnet.pending {
+				d.syncSubnetFile()
+			}
+		case <-subnetRetry.C:
+			d.subnet.pending = false
+			d.syncSubnetFile()
 		case <-retry.C:
 			dirty = true
 		case u := <-updates:
@@ -521,11 +532,7 @@ func (d *daemon) prepare(ctx context.Context) error {
 		return fmt.Errorf("set up own %s device: %w", d.backend.Type(), oneLine{err})
 	}
 	d.log.Debug("own device ready", "writes", ch.Total())
-	if err := d.writeSubnetEnv(); err != nil {
-		d.log.Error("write subnet file", "err", err)
-		return nil // retried after each pass
-	}
-	d.wrote = true
+	d.syncSubnetFile() // a failure is retried with backoff, the node unready
 	return nil
 }
 
@@ -573,17 +580,7 @@ func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) erro
 	if d.cfg.Observer != nil {
 		d.cfg.Observer(p)
 	}
-	if err != nil {
-		return err
-	}
-	if !d.wrote {
-		if err := d.writeSubnetEnv(); err != nil {
-			d.log.Error("write subnet file", "err", err)
-			return err
-		}
-		d.wrote = true
-	}
-	return nil
+	return err
 }
 
 // blackholes are --ip-blackhole-route's routes, as upstream flanneld
@@ -606,21 +603,4 @@ func (d *daemon) blackholes() dataplane.Objects {
 		}
 	}
 	return o
-}
-
-func (d *daemon) writeSubnetEnv() error {
-	e := subnetenv.Env{MTU: d.backend.MTU(), IPMasq: d.opts.IPMasq}
-	if d.net.EnableIPv4 {
-		e.Networks, e.Subnet = []netip.Prefix{d.net.Network}, subnetenv.GatewayOf(d.self.Subnet)
-	}
-	if d.net.EnableIPv6 {
-		e.IPv6Networks, e.IPv6Subnet = []netip.Prefix{d.net.IPv6Network}, subnetenv.GatewayOf(d.self.IPv6Subnet)
-	}
-	if err := subnetenv.Write(d.opts.SubnetFile, e); err != nil {
-		return err
-	}
-	d.log.Info("wrote subnet file", "path", d.opts.SubnetFile)
-	d.cfg.Metrics.SubnetFileWritten(time.Now())
-	d.cfg.Health.SubnetFileWritten()
-	return nil
 }

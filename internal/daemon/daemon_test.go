@@ -65,6 +65,8 @@ type harness struct {
 	// plainStore, if set, hides the Fake's Reclaim: a store that cannot
 	// take a lapsed lease back, as Kubernetes mode's.
 	plainStore bool
+	// log, if set, receives the daemon's log (debug level and up).
+	log *syncBuffer
 }
 
 // plain is a lease.Store and nothing more.
@@ -107,6 +109,9 @@ func (h *harness) start2(ttl time.Duration) {
 	h.cancel = cancel
 	h.done = make(chan error, 1)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if h.log != nil {
+		log = slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	var store lease.Store = h.store
 	if h.plainStore {
 		store = plain{h.store}

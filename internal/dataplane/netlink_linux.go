@@ -193,7 +193,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 		n.idx = x
 		n.nhFreed = nil // the read finds every unused object of ours
 		n.mu.Unlock()
-		kr, p.ifindex = r, r.byName
+		kr, p.ifindex, p.full = r, r.byName, true
 		if n.nhOK {
 			n.nhForeign = r.nhForeign
 			if r.nhMax >= nexthopIDBase {
@@ -262,8 +262,9 @@ type pass struct {
 	// (0: does not exist), so each is looked up once per pass.
 	ifindex map[string]int
 	// unusedNH are the unused nexthop objects of ours a full read found,
-	// for delNexthops.
+	// for delNexthops; full says the pass read the kernel.
 	unusedNH []uint32
+	full     bool
 	// q are the writes queued for the next flush.
 	q []queued
 	// greet are peers written to a new WireGuard device, to be greeted
@@ -439,9 +440,21 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 		}
 		want := nlFDB{f, ifi}
 		items = append(items, added[FDBKey, nlFDB]{k, want, old, had})
-		// NeighAppend: `bridge fdb append`.
+		// `bridge fdb replace` for a unicast MAC: the VXLAN driver keeps
+		// one destination per unicast MAC and ignores NLM_F_APPEND on an
+		// existing one (it appends to multicast and all-zero MACs
+		// only), so a peer that came back at a new address with the same
+		// VTEP MAC kept its old destination, and deleting that old
+		// (MAC, dst) afterwards took the MAC's only entry with it until the
+		// next full pass (found by TestCrashMidBurst). Replace changes the
+		// destination in place; the old pair's deletion then finds
+		// nothing (ENOENT, taken as done). `bridge fdb append` otherwise.
+		flags := unix.NLM_F_CREATE | unix.NLM_F_APPEND
+		if f.MAC[0]&1 == 0 && f.MAC != (MAC{}) {
+			flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE
+		}
 		reqs = append(reqs, func() *nl.NetlinkRequest {
-			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_APPEND)
+			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, flags)
 		})
 		if len(items) == passChunk {
 			items, reqs = p.queueFDB(items, reqs)
@@ -757,12 +770,15 @@ const nhFreeBatch = 8192
 // deleting it is not worth a write on the way of the changes that matter:
 // during a mass leave it would be a fourth write per peer beside the
 // route, neighbour and FDB entry. Full passes (start, every
-// --resync-period) collect the rest; a restart finds them as strays.
+// --resync-period) collect the rest: the strays their read found and
+// those their own route deletions freed — a restart among peers that left
+// while the daemon was down leaves none of their objects behind until the
+// next resync (TestCrashMidBurst); a restart finds the others as strays.
 func (p *pass) delNexthops() {
 	unused := p.unusedNH
 	n := p.n
 	n.mu.Lock()
-	if len(n.nhFreed) >= n.nhFreeBatch {
+	if p.full || len(n.nhFreed) >= n.nhFreeBatch {
 		unused = append(unused, n.nhFreed...)
 		n.nhFreed = nil
 	}

@@ -56,6 +56,7 @@ type Health struct {
 	leaseNote    string
 	programmed   bool
 	subnetFile   bool
+	subnetErr    string
 	rulesNeeded  bool
 	rulesOK      bool
 }
@@ -115,7 +116,19 @@ func (h *Health) SubnetFileWritten() {
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.subnetFile = true
+	h.subnetFile, h.subnetErr = true, ""
+}
+
+// SubnetFileFailed records that writing subnet.env failed (and is being
+// retried): the node is unready, and /readyz says why, until a write
+// succeeds.
+func (h *Health) SubnetFileFailed(err error) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.subnetErr = err.Error()
 }
 
 // Rules records the state of masquerade/forward rules; needed is false
@@ -179,7 +192,10 @@ func (h *Health) Ready() error {
 	if !h.programmed {
 		missing = append(missing, "dataplane not programmed")
 	}
-	if !h.subnetFile {
+	switch {
+	case h.subnetErr != "":
+		missing = append(missing, "subnet file not written (retrying): "+h.subnetErr)
+	case !h.subnetFile:
 		missing = append(missing, "subnet file not written")
 	}
 	if h.rulesNeeded && !h.rulesOK {

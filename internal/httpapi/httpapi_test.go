@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -49,6 +50,19 @@ func TestHealthAndReadiness(t *testing.T) {
 	h.Rules(true, true)
 	if code, _ := get(t, srv, "/readyz"); code != 200 {
 		t.Errorf("readyz = %d, want 200", code)
+	}
+	// subnet.env failing to be (re)written: unready, saying why, until a
+	// write succeeds.
+	h.SubnetFileFailed(errors.New("write /run/flannel/subnet.env: create temporary file: read-only file system"))
+	if code, body := get(t, srv, "/readyz"); code != 503 || body != "subnet file not written (retrying): write /run/flannel/subnet.env: create temporary file: read-only file system\n" {
+		t.Errorf("readyz with subnet.env failing = %d %q", code, body)
+	}
+	if code, _ := get(t, srv, "/healthz"); code != 200 {
+		t.Errorf("healthz with subnet.env failing = %d, want 200", code)
+	}
+	h.SubnetFileWritten()
+	if code, _ := get(t, srv, "/readyz"); code != 200 {
+		t.Errorf("readyz after subnet.env written = %d, want 200", code)
 	}
 
 	if code, body := get(t, srv, "/readyz"); body != "ok\n" {

@@ -71,10 +71,11 @@ type Host struct {
 	// some hosts, and a takeover swaps it between two Starts.
 	Flanneld string
 
-	mu   sync.Mutex
-	proc *exec.Cmd
-	done chan struct{}
-	err  error
+	mu    sync.Mutex
+	proc  *exec.Cmd
+	done  chan struct{}
+	err   error
+	tmpfs bool // MountRunDir
 }
 
 // Cluster is a running lab cluster.
@@ -528,6 +529,7 @@ func (c *Cluster) Close() {
 	}
 	for _, h := range c.Hosts {
 		_ = c.Stop(h, syscall.SIGKILL)
+		h.unmountRunDir()
 	}
 	if c.relay != nil {
 		c.relay.Close()

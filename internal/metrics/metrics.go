@@ -31,6 +31,7 @@ type Metrics struct {
 	masqSyncs         *prometheus.CounterVec
 	buildInfo         *prometheus.GaugeVec
 	subnetFileWritten prometheus.Gauge
+	subnetFileErrors  prometheus.Counter
 	reclaims          *prometheus.CounterVec
 	leaseConflict     prometheus.Gauge
 	commands          *prometheus.CounterVec
@@ -85,6 +86,9 @@ func New(version string) *Metrics {
 		subnetFileWritten: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "flannel_subnet_file_written_timestamp_seconds", Help: "When subnet.env was last written (Unix time).",
 		}),
+		subnetFileErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flannel_subnet_file_write_errors_total", Help: "Failed attempts to write subnet.env (each is retried; the node is not ready meanwhile).",
+		}),
 		reclaims: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flannel_lease_reclaims_total",
 			Help: "Attempts to take this host's lapsed lease back with the same subnets, by result (ok, taken: another host holds the subnet, failed).",
@@ -106,7 +110,7 @@ func New(version string) *Metrics {
 	m.Registry.MustRegister(
 		m.peers, m.leaseExpiry, m.renewals, m.watchRestarts, m.passes, m.passDuration,
 		m.objects, m.repaired, m.skipped, m.skippedNow, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
-		m.reclaims, m.leaseConflict, m.commands, m.commandSeconds,
+		m.subnetFileErrors, m.reclaims, m.leaseConflict, m.commands, m.commandSeconds,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -254,6 +258,13 @@ func (m *Metrics) MasqSync(repaired int, err error) {
 func (m *Metrics) SubnetFileWritten(t time.Time) {
 	if m != nil {
 		m.subnetFileWritten.Set(float64(t.UnixNano()) / 1e9)
+	}
+}
+
+// SubnetFileWriteFailed counts a failed write of subnet.env.
+func (m *Metrics) SubnetFileWriteFailed() {
+	if m != nil {
+		m.subnetFileErrors.Inc()
 	}
 }
 

@@ -23,6 +23,8 @@ func TestLintAndValues(t *testing.T) {
 	m.Pass(false, time.Millisecond, dataplane.Changes{RoutesRemoved: 1}, errors.New("x"), false)
 	m.MasqSync(2, nil)
 	m.SubnetFileWritten(time.Now())
+	m.SubnetFileWriteFailed()
+	m.SubnetFileWriteFailed()
 	m.Reclaim("ok")
 	m.Reclaim("taken")
 	m.SetLeaseConflict(true)
@@ -52,6 +54,9 @@ func TestLintAndValues(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(m.reclaims.WithLabelValues("taken")); got != 1 {
 		t.Errorf("reclaims taken = %v, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.subnetFileErrors); got != 2 {
+		t.Errorf("subnet file write errors = %v, want 2", got)
 	}
 	if got := testutil.ToFloat64(m.leaseConflict); got != 1 {
 		t.Errorf("lease conflict = %v, want 1", got)
@@ -93,4 +98,5 @@ func TestNilIsSafe(t *testing.T) {
 	m.MasqSync(1, nil)
 	m.SetLeaseExpiry(time.Time{})
 	m.SubnetFileWritten(time.Now())
+	m.SubnetFileWriteFailed()
 }

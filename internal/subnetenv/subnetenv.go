@@ -87,16 +87,21 @@ func (e Env) Marshal() []byte {
 
 // Write writes e to path atomically: a reader (the CNI plugin, racing a
 // pod start) sees either the old file or the new one, never a torn one.
-// It is a no-op when the file already holds exactly this content.
+// It is a no-op when the file already holds exactly this content. An
+// error is one line naming path and the system's reason ("write
+// /run/flannel/subnet.env: create temporary file: read-only file system").
 func Write(path string, e Env) error {
-	data := e.Marshal()
-	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+	if Holds(path, e) {
 		return nil
 	}
-	if err := atomicfile.Write(path, data, 0o644); err != nil {
-		return fmt.Errorf("write subnet file: %w", err)
-	}
-	return nil
+	return atomicfile.Write(path, e.Marshal(), 0o644)
+}
+
+// Holds reports whether the file at path holds exactly what Write would
+// write for e.
+func Holds(path string, e Env) bool {
+	old, err := os.ReadFile(path)
+	return err == nil && bytes.Equal(old, e.Marshal())
 }
 
 // Parse reads subnet.env content. Unknown keys, comments and blank lines

@@ -189,6 +189,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"CreateFromEmpty", testCreate},
 		{"Idempotent", testIdempotent},
 		{"PeerMACChange", testPeerMACChange},
+		{"PeerPublicIPChange", testPeerPublicChange},
 		{"PeerRemoval", testPeerRemoval},
 		{"DriftNeedsFull", testDrift},
 		{"LinkDeletedBehindOurBack", testLinkDeleted},
@@ -234,6 +235,45 @@ func testPeerMACChange(t *testing.T, h Harness) {
 	WantChanges(t, "mac change", Reconcile(t, h.Reconciler(), want, false),
 		dataplane.Changes{NeighsAdded: 2, FDBAdded: 2, FDBRemoved: 2})
 	WantKernel(t, h, want)
+}
+
+// testPeerPublicChange: peer 1 comes back at another public address with
+// the same VTEP MACs; its FDB entries must follow, by a delta pass and by
+// a restart's full pass, leaving one entry per MAC (the VXLAN driver keeps
+// one destination per unicast MAC).
+func testPeerPublicChange(t *testing.T, h Harness) {
+	tp := setup(t, h)
+	moved := tp.State()
+	var fdb []dataplane.FDB
+	for k, f := range moved.FDB {
+		if f.MAC[4] == 1 { // peer 1's
+			delete(moved.FDB, k)
+			fdb = append(fdb, f)
+		}
+	}
+	for _, f := range fdb {
+		if f.Dst.Is4() {
+			f.Dst = peerAddr(tp.U.Addr4, 100)
+		} else {
+			f.Dst = peerAddr(tp.U.Addr6, 100)
+		}
+		moved.AddFDB(f)
+	}
+	if len(fdb) != 2 {
+		t.Fatalf("peer 1 has %d FDB entries, want 2", len(fdb))
+	}
+	// The count of removals differs: the real kernel's replace leaves
+	// the old pair nothing to delete.
+	if c := Reconcile(t, h.Reconciler(), moved, false); c.FDBAdded != 2 {
+		t.Errorf("moved: %+v, want 2 FDB entries added", c)
+	}
+	WantKernel(t, h, moved)
+	r := h.Restart()
+	if c := Reconcile(t, r, tp.State(), true); c.FDBAdded != 2 {
+		t.Errorf("moved back at a restart: %+v, want 2 FDB entries added", c)
+	}
+	WantKernel(t, h, tp.State())
+	WantChanges(t, "again full", Reconcile(t, r, tp.State(), true), dataplane.Changes{})
 }
 
 func testPeerRemoval(t *testing.T, h Harness) {
