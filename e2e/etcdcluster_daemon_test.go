@@ -248,7 +248,7 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 	t.Logf("lease written after the heal: in every kernel %v after the write", c.writeProbe(probeLeaseN(4), ec.Members).Round(time.Millisecond))
 
 	for _, p := range pingers {
-		if p.cmd.ProcessState != nil {
+		if !running(p.cmd.Process.Pid) {
 			t.Errorf("%s: the pings ended before the last fault did; raise the count", p.what)
 		}
 	}
@@ -279,4 +279,16 @@ func TestEtcdClusterMemberLoss(t *testing.T) {
 			}
 		}
 	}
+}
+
+// running reports whether process pid has not exited (a zombie not yet
+// waited for has).
+func running(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// pid (comm) state …: comm may hold spaces, the state follows its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] != 'Z'
 }
