@@ -49,7 +49,8 @@ func isProbe(line string) bool {
 }
 
 // writeProbe writes p through the members in via and returns how long
-// after the write its route was in every host's kernel.
+// after the write was sent its route was in every host's kernel (a
+// daemon can have it before the writer hears back).
 func (c *cluster) writeProbe(p probeLease, via []*lab.EtcdMember) time.Duration {
 	c.t.Helper()
 	seen := make([]<-chan time.Time, len(c.Hosts))
@@ -69,10 +70,13 @@ func (c *cluster) writeProbe(p probeLease, via []*lab.EtcdMember) time.Duration 
 	defer cancel()
 	value := fmt.Sprintf(`{"PublicIP":%q,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}}`, p.ip, p.mac)
 	key := etcdPrefix + "/subnets/" + strings.Replace(p.subnet.String(), "/", "-", 1)
-	if _, err := cli.Put(ctx, key, value); err != nil {
+	if _, err := cli.Get(ctx, key); err != nil { // connected before the clock starts
 		c.t.Fatal(err)
 	}
 	written := time.Now()
+	if _, err := cli.Put(ctx, key, value); err != nil {
+		c.t.Fatal(err)
+	}
 	return latest(routeTimes(c.t, c, seen, 20*time.Second)).Sub(written)
 }
 
