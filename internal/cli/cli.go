@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -46,6 +47,8 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			err = demoDown(args[2:], stdout, stderr)
 		} else if len(args) > 1 && args[1] == "etcd" {
 			err = demoEtcd(ctx, args[2:])
+		} else if len(args) > 1 && args[1] == "etcd-member" {
+			err = demoEtcdMember(ctx, args[2:])
 		} else {
 			return demoCmd(ctx, args[1:], stdout, stderr)
 		}
@@ -170,6 +173,27 @@ func demoEtcd(ctx context.Context, args []string) error {
 		return err
 	}
 	return lab.ServeEtcd(ctx, *dir, *hubNS, *hubAddr, *urlFile)
+}
+
+// demoEtcdMember is one member of a lab's etcd cluster
+// (lab.Options.EtcdMembers), run inside its namespace.
+func demoEtcdMember(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("weft demo etcd-member", flag.ContinueOnError)
+	var mc lab.MemberConfig
+	fs.StringVar(&mc.Name, "name", "", "member name")
+	fs.StringVar(&mc.Dir, "dir", "", "data dir")
+	ipStr := fs.String("ip", "", "the member's address (client port 2379, peer port 2380)")
+	fs.StringVar(&mc.InitialCluster, "initial-cluster", "", "name=peerURL,… of every member")
+	fs.StringVar(&mc.ReadyFile, "ready-file", "", "created once the member serves")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	a, err := netip.ParseAddr(*ipStr)
+	if err != nil {
+		return fmt.Errorf("--ip: %w", err)
+	}
+	mc.IP = a
+	return lab.ServeEtcdMember(ctx, mc)
 }
 
 func splitComma(s string) []string {

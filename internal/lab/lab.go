@@ -52,7 +52,14 @@ type Options struct {
 	// outlive this one): the command gets --dir, --hub-ns, --hub-addr and
 	// --url-file flags and must call ServeEtcd. Otherwise etcd is embedded.
 	EtcdCommand []string
-	Log         *slog.Logger
+	// EtcdMembers, when above 1, runs etcd as a cluster of that many real
+	// members, each in a namespace of its own (etcdcluster.go), started
+	// with EtcdMemberCommand: the command gets --name, --dir, --ip,
+	// --initial-cluster and --ready-file flags and must call
+	// ServeEtcdMember.
+	EtcdMembers       int
+	EtcdMemberCommand []string
+	Log               *slog.Logger
 }
 
 // Host is one host namespace.
@@ -83,9 +90,13 @@ type Cluster struct {
 	opts  Options
 	Hub   string
 	Hosts []*Host
-	// Etcd is the embedded etcd (nil when it runs out of process).
+	// Etcd is the embedded etcd (nil when it runs out of process or as a
+	// cluster).
 	Etcd *Etcd
-	// EtcdClientURL reaches etcd from this (the root) namespace.
+	// EtcdCluster is the etcd cluster when Options.EtcdMembers > 1.
+	EtcdCluster *EtcdCluster
+	// EtcdClientURL reaches etcd from this (the root) namespace (with an
+	// etcd cluster: its first member; EtcdCluster.LocalURLs has them all).
 	EtcdClientURL string
 	// EtcdEndpoint is what hosts pass as --etcd-endpoints.
 	EtcdEndpoint string
@@ -186,6 +197,14 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 				return nil, err
 			}
 		}
+	}
+	if o.EtcdMembers > 1 {
+		if err := c.newEtcdCluster(ctx, o.EtcdMembers); err != nil {
+			return nil, err
+		}
+		c.EtcdEndpoint = c.EtcdCluster.Endpoints()
+		c.EtcdClientURL = c.EtcdCluster.Members[0].LocalURL
+		return c, nil
 	}
 	const etcdPort = 2379
 	hubAddr := fmt.Sprintf("%s:%d", hubIP, etcdPort)
@@ -539,6 +558,9 @@ func (c *Cluster) Close() {
 	}
 	if c.Etcd != nil {
 		c.Etcd.Close()
+	}
+	if c.EtcdCluster != nil {
+		c.EtcdCluster.close()
 	}
 	for _, h := range c.Hosts {
 		_ = ip(context.Background(), "netns", "del", h.NS)

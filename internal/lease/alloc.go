@@ -16,10 +16,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/big"
 	"math/bits"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
+	"strconv"
 
 	"github.com/weft-net/weft/internal/config"
 )
@@ -378,12 +380,13 @@ func FreeSubnet(network netip.Prefix, subnetLen int, first, last netip.Addr, tak
 		merged = append(merged, iv)
 	}
 
-	free := hi.sub(lo).add(u128{lo: 1})
+	all := hi.sub(lo).add(u128{lo: 1})
+	free := all
 	for _, iv := range merged {
 		free = free.sub(iv.to.sub(iv.from).add(u128{lo: 1}))
 	}
 	if free.isZero() {
-		return netip.Prefix{}, fmt.Errorf("allocate subnet in %s between %s and %s: %w", network, first, last, ErrNoFreeSubnet)
+		return netip.Prefix{}, fmt.Errorf("%w: all %s /%d subnets of %s between %s and %s are taken", ErrNoFreeSubnet, all, subnetLen, network, first, last)
 	}
 
 	// Pick the k-th free index: walk the gaps between taken intervals.
@@ -493,6 +496,14 @@ func (u u128) shr(n uint) u128 {
 		return u128{lo: u.hi >> (n - 64)}
 	}
 	return u128{hi: u.hi >> n, lo: u.lo>>n | u.hi<<(64-n)}
+}
+
+// String is u in decimal.
+func (u u128) String() string {
+	if u.hi == 0 {
+		return strconv.FormatUint(u.lo, 10)
+	}
+	return new(big.Int).Or(new(big.Int).Lsh(new(big.Int).SetUint64(u.hi), 64), new(big.Int).SetUint64(u.lo)).String()
 }
 
 func (u u128) or(v u128) u128 { return u128{u.hi | v.hi, u.lo | v.lo} }

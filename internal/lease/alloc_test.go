@@ -45,8 +45,16 @@ func TestFreeSubnetLastOneLeft(t *testing.T) {
 			t.Errorf("free index %d: took %v", free, d)
 		}
 	}
-	if _, err := FreeSubnet(network, 21, first, last, all, nil); !errors.Is(err, ErrNoFreeSubnet) {
+	_, err := FreeSubnet(network, 21, first, last, all, nil)
+	if !errors.Is(err, ErrNoFreeSubnet) {
 		t.Errorf("all taken: err = %v, want ErrNoFreeSubnet", err)
+	}
+	// The operator reads what is full and how big it is.
+	if want := "network full: all 8192 /21 subnets of 10.0.0.0/8 between 10.0.0.0 and 10.255.248.0 are taken"; err == nil || err.Error() != want {
+		t.Errorf("all taken: err = %v, want %q", err, want)
+	}
+	if got := (u128{hi: 1}).String(); got != "18446744073709551616" {
+		t.Errorf("u128 2^64 = %s", got)
 	}
 }
 

@@ -73,8 +73,9 @@ const DefaultTTL = 24 * time.Hour
 
 // Errors callers branch on.
 var (
-	// ErrNoFreeSubnet: every subnet in [SubnetMin, SubnetMax] is taken.
-	ErrNoFreeSubnet = errors.New("no free subnet in the network")
+	// ErrNoFreeSubnet: every subnet in [SubnetMin, SubnetMax] is taken
+	// (leased or reserved); retrying cannot help until one is released.
+	ErrNoFreeSubnet = errors.New("network full")
 	// ErrLeaseLost: the lease to renew is gone or was taken over; this
 	// host must not keep using the subnet.
 	ErrLeaseLost = errors.New("lease lost")

@@ -11,13 +11,22 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/lease"
 )
 
 // Acquire implements lease.Store: list, plan with lease.PlanAcquire, write
 // with a compare-and-swap against that listing, and on a conflict list
 // again — the winner's key is then in the listing.
+//
+// Every request requires the member to have a leader: a member cut off
+// from its cluster refuses at once (ErrNoLeader) instead of holding a
+// linearizable read or a write for etcd's request timeout (7 s) and then
+// failing. The client retries a refused read on the next member itself; a
+// refused grant or write is planned again here from a fresh listing, which
+// is always safe (a write that did land is found there as our own lease).
 func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, error) {
+	ctx = clientv3.WithRequireLeader(ctx)
 	ttl := req.TTL
 	if ttl <= 0 {
 		ttl = lease.DefaultTTL
@@ -31,6 +40,7 @@ func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, er
 		}
 	}()
 
+	leaderless := 0 // refusals by members without a leader, in a row
 	for attempt := 1; attempt <= maxAttempts; attempt++ {
 		current, raw, ls, err := s.listLeases(ctx)
 		if err != nil {
@@ -67,6 +77,9 @@ func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, er
 			ops = append(ops, clientv3.OpPut(key, string(value)))
 		} else {
 			if err := s.grant(ctx, &g, ttl); err != nil {
+				if s.replanLeaderless(ctx, err, &leaderless, &attempt) {
+					continue
+				}
 				return lease.Lease{}, fmt.Errorf("acquire lease %s: %w", l.Key(), err)
 			}
 			l.Expiration = g.expiration
@@ -94,8 +107,12 @@ func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, er
 		}
 		resp, err := s.cli.Txn(ctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {
+			if s.replanLeaderless(ctx, err, &leaderless, &attempt) {
+				continue
+			}
 			return lease.Lease{}, fmt.Errorf("acquire lease %s: write: %w", l.Key(), s.conn.explain(err))
 		}
+		leaderless = 0
 		if !resp.Succeeded {
 			s.log.Debug("lease write lost a race, planning again", "key", key, "attempt", attempt)
 			continue
@@ -111,6 +128,25 @@ func (s *Store) Acquire(ctx context.Context, req lease.Request) (lease.Lease, er
 		return l, nil
 	}
 	return lease.Lease{}, fmt.Errorf("acquire lease: lost %d compare-and-swap races in a row to other hosts", maxAttempts)
+}
+
+// maxLeaderless bounds the refusals by leaderless members Acquire takes in
+// a row before it gives up: with one member of three cut off, the client's
+// next request goes to another member, so a few settle it; every member
+// refusing (quorum lost) is reported to the caller, which retries later.
+const maxLeaderless = 10
+
+// replanLeaderless reports whether err is a member without a leader
+// refusing a grant or write, to be planned again after a short pause; the
+// refusal does not count as a lost compare-and-swap (*attempt).
+func (s *Store) replanLeaderless(ctx context.Context, err error, leaderless, attempt *int) bool {
+	if !errors.Is(err, rpctypes.ErrNoLeader) || *leaderless >= maxLeaderless {
+		return false
+	}
+	*leaderless++
+	*attempt--
+	s.log.Debug("etcd member without a leader refused the lease write, planning again", "err", err, "in_a_row", *leaderless)
+	return ctxsleep.For(ctx, 20*time.Millisecond) == nil
 }
 
 // Renew implements lease.Store. The new TTL is a new etcd lease that the
