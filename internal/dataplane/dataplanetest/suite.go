@@ -78,6 +78,9 @@ type Topology struct {
 	MAC4, MAC6 dataplane.MAC
 	// Peers maps peer id (1..250) to its VTEP MAC's last byte.
 	Peers map[int]byte
+	// Moved maps a peer id to the id whose public address the peer has
+	// now (it moved), if set.
+	Moved map[int]int
 }
 
 // NewTopology returns the standard topology with peers 1, 2 and 3.
@@ -89,7 +92,12 @@ func NewTopology(u Underlay) *Topology {
 	}
 }
 
-func (tp *Topology) peerPublic(u netip.Prefix, id int) netip.Addr { return peerAddr(u, id) }
+func (tp *Topology) peerPublic(u netip.Prefix, id int) netip.Addr {
+	if to, ok := tp.Moved[id]; ok {
+		id = to
+	}
+	return peerAddr(u, id)
+}
 
 // peerAddr is peer id's public address in the underlay subnet u.
 func peerAddr(u netip.Prefix, id int) netip.Addr {
@@ -190,6 +198,7 @@ func Run(t *testing.T, newDP func(t *testing.T) Harness) {
 		{"Idempotent", testIdempotent},
 		{"PeerMACChange", testPeerMACChange},
 		{"PeerRemoval", testPeerRemoval},
+		{"PeerAddressChange", testPeerAddressChange},
 		{"DriftNeedsFull", testDrift},
 		{"LinkDeletedBehindOurBack", testLinkDeleted},
 		{"GarbageCollection", testGC},
@@ -232,6 +241,31 @@ func testPeerMACChange(t *testing.T, h Harness) {
 	want := tp.State()
 	WantChanges(t, "mac change", Reconcile(t, h.Reconciler(), want, false),
 		dataplane.Changes{NeighsAdded: 2, FDBAdded: 2, FDBRemoved: 2})
+	WantKernel(t, h, want)
+}
+
+// testPeerAddressChange: a peer moved to another public address and kept
+// its VTEP MACs. The kernel keeps one remote per unicast MAC: the new
+// entry must take the old one's place, and deleting the old one must not
+// take the MAC away. The same by a complete diff, a delta pass and a full
+// pass after a restart (the old entry read from the kernel).
+func testPeerAddressChange(t *testing.T, h Harness) {
+	tp := setup(t, h)
+	moved := dataplane.Changes{FDBAdded: 2, FDBRemoved: 2}
+	tp.Moved = map[int]int{1: 41}
+	want := tp.State()
+	WantChanges(t, "moved", Reconcile(t, h.Reconciler(), want, false), moved)
+	WantKernel(t, h, want)
+
+	before := want
+	tp.Moved = map[int]int{1: 42}
+	want = tp.State()
+	WantChanges(t, "moved, delta", must(t)(h.Reconciler().ReconcileDelta(context.Background(), want, touchedBetween(before, want))), moved)
+	WantKernel(t, h, want)
+
+	tp.Moved = map[int]int{1: 43}
+	want = tp.State()
+	WantChanges(t, "moved, full after a restart", Reconcile(t, h.Restart(), want, true), moved)
 	WantKernel(t, h, want)
 }
 
