@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
 )
 
 // Compaction while watching (docs/RELIABILITY.md): a daemon whose watch
@@ -27,11 +28,12 @@ import (
 // (read through netlink) and `weft status` against etcd.
 
 const (
-	compactNetConf = `{"Network":"10.96.0.0/12","Backend":{"Type":"vxlan"}}`
 	compactHealthz = 9195
 	compactPeers   = 300
+	subnetsPrefix  = "/coreos.com/network/subnets/"
 )
 
+// compactNetwork is the IPv4 network of both runs.
 var compactNetwork = netip.MustParsePrefix("10.96.0.0/12")
 
 // peerWriter writes fake vxlan peers into etcd and remembers what it left
@@ -39,6 +41,7 @@ var compactNetwork = netip.MustParsePrefix("10.96.0.0/12")
 // keyed by MAC), from gen.
 type peerWriter struct {
 	cli   *clientv3.Client
+	dual  bool                  // leases with an IPv6 subnet too
 	avoid map[netip.Prefix]bool // the hosts' own subnets
 	next  int                   // next fresh subnet
 	gen   uint32
@@ -48,45 +51,74 @@ type peerWriter struct {
 	ops   int
 }
 
-func newPeerWriter(c *cluster) *peerWriter {
-	w := &peerWriter{cli: c.etcd, avoid: map[netip.Prefix]bool{}, live: map[netip.Prefix]vxlanPeer{}}
-	for _, s := range c.subnets {
+func newPeerWriter(c *cluster, dual bool) *peerWriter {
+	w := &peerWriter{cli: c.etcd, dual: dual, avoid: map[netip.Prefix]bool{}, live: map[netip.Prefix]vxlanPeer{}}
+	for i, s := range c.subnets {
 		w.avoid[s] = true
+		w.avoid[c.subnets6[i]] = true
 	}
 	return w
 }
 
-// fresh returns a subnet never written: 10.100.0.0/24 onwards.
+// fresh returns an IPv4 subnet never written: 10.100.0.0/24 onwards.
 func (w *peerWriter) fresh() netip.Prefix {
 	for {
 		n := w.next
 		w.next++
 		p := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(100 + n/256), byte(n % 256), 0}), 24)
-		if !w.avoid[p] {
+		if !w.avoid[p] && !w.avoid[subnet6Of(p)] {
 			return p
 		}
 	}
 }
 
-// peer returns a new identity: a MAC and a PublicIP (in 198.18.96.0/23,
-// which no lab host holds).
+// subnet6Of is the IPv6 subnet a dual-stack fake peer with IPv4 subnet p
+// has: fc00:96:0:N::/64, N numbering p from 10.100.0.0/24.
+func subnet6Of(p netip.Prefix) netip.Prefix {
+	b := p.Addr().As4()
+	n := (int(b[1])-100)*256 + int(b[2])
+	return netip.PrefixFrom(netip.AddrFrom16([16]byte{0xfc, 0x00, 0x00, 0x96, 0, 0, byte(n >> 8), byte(n)}), 64)
+}
+
+// peer returns a new identity: MACs and public addresses (198.18.97.0/24
+// and fd00:cb97::/64, which no lab host holds).
 func (w *peerWriter) peer() vxlanPeer {
 	w.gen++
 	g := w.gen
-	ip := netip.AddrFrom4([4]byte{198, 18, byte(96 + (g%500+1)/256), byte((g%500 + 1) % 256)})
-	return vxlanPeer{ip, fmt.Sprintf("02:cb:%02x:%02x:%02x:%02x", byte(g>>24), byte(g>>16), byte(g>>8), byte(g))}
+	mac := func(b byte) string {
+		return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", b, byte(g>>24), byte(g>>16), byte(g>>8), byte(g))
+	}
+	v := vxlanPeer{publicIP: netip.AddrFrom4([4]byte{198, 18, 97, byte(g%250 + 1)}), mac: mac(0xcb)}
+	if w.dual {
+		v.publicIP6 = netip.AddrFrom16([16]byte{0xfd, 0x00, 0xcb, 0x97, 14: byte(g >> 8), 15: byte(g)})
+		v.mac6 = mac(0xcc)
+	}
+	return v
 }
 
 func vxlanValue(v vxlanPeer) string {
-	return `{"PublicIP":"` + v.publicIP.String() + `","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"` + v.mac + `"}}`
+	v6, data6 := "null", ""
+	if v.subnet6.IsValid() {
+		v6 = `"` + v.publicIP6.String() + `"`
+		data6 = `,"BackendV6Data":{"VNI":1,"VtepMAC":"` + v.mac6 + `"}`
+	}
+	return `{"PublicIP":"` + v.publicIP.String() + `","PublicIPv6":` + v6 + `,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"` + v.mac + `"}` + data6 + `}`
 }
 
-func leaseKey(p netip.Prefix) string {
-	return subnetsPrefix + strings.Replace(p.String(), "/", "-", 1)
+// key is p's lease key, with its IPv6 subnet in a dual-stack run.
+func (w *peerWriter) key(p netip.Prefix) string {
+	var p6 netip.Prefix
+	if w.dual {
+		p6 = subnet6Of(p)
+	}
+	return subnetsPrefix + lease.MakeKey(p, p6)
 }
 
 func (w *peerWriter) put(ctx context.Context, p netip.Prefix, v vxlanPeer) error {
-	if _, err := w.cli.Put(ctx, leaseKey(p), vxlanValue(v)); err != nil {
+	if w.dual {
+		v.subnet6 = subnet6Of(p)
+	}
+	if _, err := w.cli.Put(ctx, w.key(p), vxlanValue(v)); err != nil {
 		return err
 	}
 	w.ops++
@@ -98,7 +130,7 @@ func (w *peerWriter) put(ctx context.Context, p netip.Prefix, v vxlanPeer) error
 }
 
 func (w *peerWriter) del(ctx context.Context, p netip.Prefix) error {
-	if _, err := w.cli.Delete(ctx, leaseKey(p)); err != nil {
+	if _, err := w.cli.Delete(ctx, w.key(p)); err != nil {
 		return err
 	}
 	w.ops++
@@ -122,7 +154,10 @@ func (w *peerWriter) seed(t *testing.T, n int) {
 	var ops []clientv3.Op
 	for i := 0; i < n; i++ {
 		p, v := w.fresh(), w.peer()
-		ops = append(ops, clientv3.OpPut(leaseKey(p), vxlanValue(v)))
+		if w.dual {
+			v.subnet6 = subnet6Of(p)
+		}
+		ops = append(ops, clientv3.OpPut(w.key(p), vxlanValue(v)))
 		w.live[p] = v
 		w.keys = append(w.keys, p)
 		if len(ops) == 100 || i == n-1 {
@@ -183,19 +218,41 @@ func (c *cluster) checkStatus() {
 }
 
 func TestEtcdCompactionWhileWatching(t *testing.T) {
-	c := newCluster(t, "wtcp1", 3, "198.18.95.0/24", compactNetConf)
-	// A resync period longer than the test, so that no full pass can mend
-	// what the watch or a re-list got wrong before it is checked.
-	c.startAll("--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", compactHealthz), "--resync-period=5m")
-	w := newPeerWriter(c)
-	w.seed(t, compactPeers)
-	for _, h := range c.Hosts {
-		c.waitConverged(h, 30*time.Second)
+	for _, tc := range []struct {
+		name, lab, underlay, underlay6, netconf string
+		dual                                    bool
+	}{
+		{"vxlan", "wtcp1", "198.18.95.0/24", "", `{"Network":"10.96.0.0/12","Backend":{"Type":"vxlan"}}`, false},
+		{"dualstack", "wtcp2", "198.18.96.0/24", "fd00:cb96::/64",
+			`{"Network":"10.96.0.0/12","EnableIPv6":true,"IPv6Network":"fc00:96::/48","Backend":{"Type":"vxlan"}}`, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClusterV6(t, tc.lab, 3, tc.underlay, tc.underlay6, tc.netconf)
+			// A resync period longer than the test, so that no full pass can
+			// mend what the watch or a re-list got wrong before it is checked.
+			c.startAll("--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", compactHealthz), "--resync-period=5m")
+			if tc.dual {
+				for i, s := range c.subnets6 {
+					if !s.IsValid() {
+						t.Fatalf("host %d: no IPv6 subnet", i)
+					}
+				}
+			}
+			w := newPeerWriter(c, tc.dual)
+			w.seed(t, compactPeers)
+			for _, h := range c.Hosts {
+				c.waitConverged(h, 30*time.Second)
+			}
+			k, err := readVXLANKernel(c.Hosts[0].NS)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%d fake peers and %d hosts in every kernel (%s: %d routes, %d neighbours, %d FDB entries)",
+				compactPeers, len(c.Hosts), c.Hosts[0].NS, len(k.routes), len(k.neighs), len(k.fdb))
+			compactionGap(t, c, w)
+			compactionRace(t, c, w)
+		})
 	}
-	t.Logf("%d fake peers and %d hosts in every kernel", compactPeers, len(c.Hosts))
-	// Not subtests: the cluster's helpers fail c.t, this test.
-	compactionGap(t, c, w)
-	compactionRace(t, c, w)
 }
 
 // compactionGap cuts host 1 off from etcd, churns every kind of change,
@@ -231,9 +288,9 @@ func compactionGap(t *testing.T, c *cluster, w *peerWriter) {
 	for i, p := range keys[40:80] { // modified: a new MAC, or a new PublicIP
 		v, n := w.live[p], w.peer()
 		if i%2 == 0 {
-			v.mac = n.mac
+			v.mac, v.mac6 = n.mac, n.mac6
 		} else {
-			v.publicIP = n.publicIP
+			v.publicIP, v.publicIP6 = n.publicIP, n.publicIP6
 		}
 		must(w.put(ctx, p, v))
 	}
@@ -435,9 +492,9 @@ func compactionRace(t *testing.T, c *cluster, w *peerWriter) {
 			p := pick()
 			v, n := w.live[p], w.peer()
 			if r.IntN(2) == 0 {
-				v.mac = n.mac
+				v.mac, v.mac6 = n.mac, n.mac6
 			} else {
-				v.publicIP = n.publicIP
+				v.publicIP, v.publicIP6 = n.publicIP, n.publicIP6
 			}
 			err = w.put(ctx, p, v)
 		case 7: // deleted and created again with other data

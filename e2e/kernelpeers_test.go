@@ -20,22 +20,27 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/lease"
 )
 
 // Helpers that compare a host's vxlan kernel state with the leases in
 // etcd, read independently of the daemon: etcd through the test's
 // client, the kernel through netlink in the host's namespace.
 
-const subnetsPrefix = "/coreos.com/network/subnets/"
-
-// vxlanPeer is what a vxlan lease asks of every other host's kernel.
+// vxlanPeer is what a vxlan lease asks of every other host's kernel; the
+// IPv6 fields are set for a dual-stack lease.
 type vxlanPeer struct {
 	publicIP netip.Addr
 	mac      string // VtepMAC, lower case
+
+	subnet6   netip.Prefix
+	publicIP6 netip.Addr
+	mac6      string
 }
 
 // etcdVXLANPeers reads every lease under the subnets directory, keyed by
-// subnet, and the revision read at.
+// IPv4 subnet (every lease of these tests has one), and the revision
+// read at.
 func (c *cluster) etcdVXLANPeers() (map[netip.Prefix]vxlanPeer, int64) {
 	c.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -46,34 +51,35 @@ func (c *cluster) etcdVXLANPeers() (map[netip.Prefix]vxlanPeer, int64) {
 	}
 	out := make(map[netip.Prefix]vxlanPeer, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		p, err := netip.ParsePrefix(strings.Replace(strings.TrimPrefix(string(kv.Key), subnetsPrefix), "-", "/", 1))
-		if err != nil {
+		p, p6, err := lease.ParseKey(string(kv.Key))
+		if err != nil || !p.IsValid() {
 			c.t.Fatalf("lease key %q: %v", kv.Key, err)
 		}
 		var v struct {
-			PublicIP    netip.Addr
-			BackendData struct{ VtepMAC string }
+			PublicIP, PublicIPv6       netip.Addr
+			BackendData, BackendV6Data struct{ VtepMAC string }
 		}
 		if err := json.Unmarshal(kv.Value, &v); err != nil {
 			c.t.Fatalf("lease %s: %v", kv.Key, err)
 		}
-		out[p] = vxlanPeer{v.PublicIP, strings.ToLower(v.BackendData.VtepMAC)}
+		out[p] = vxlanPeer{v.PublicIP, strings.ToLower(v.BackendData.VtepMAC), p6, v.PublicIPv6, strings.ToLower(v.BackendV6Data.VtepMAC)}
 	}
 	return out, resp.Header.Revision
 }
 
-// vxlanKernel is what a host's flannel.1 holds: routes (destination →
-// gateway), permanent neighbours (IP → MAC) and FDB entries ("MAC dst IP",
-// counted, so a duplicate shows).
+// vxlanKernel is what a host's flannel.1 and flannel-v6.1 hold: routes
+// (destination → gateway; not the kernel's own), permanent neighbours
+// (IP → MAC) and FDB entries ("MAC dst IP", counted, so a duplicate
+// shows).
 type vxlanKernel struct {
 	routes map[netip.Prefix]netip.Addr
 	neighs map[netip.Addr]string
 	fdb    map[string]int
 }
 
-// readVXLANKernel dumps flannel.1 in ns through netlink (a dump of a few
-// hundred peers takes about a millisecond, so convergence can be timed
-// closely).
+// readVXLANKernel dumps flannel.1 and, if there is one, flannel-v6.1 in ns
+// through netlink (a dump of a few hundred peers takes about a
+// millisecond, so convergence can be timed closely).
 func readVXLANKernel(ns string) (vxlanKernel, error) {
 	k := vxlanKernel{routes: map[netip.Prefix]netip.Addr{}, neighs: map[netip.Addr]string{}, fdb: map[string]int{}}
 	nsh, err := netns.GetFromName(ns)
@@ -86,17 +92,32 @@ func readVXLANKernel(ns string) (vxlanKernel, error) {
 		return k, err
 	}
 	defer h.Close()
-	link, err := h.LinkByName("flannel.1")
-	if err != nil {
-		return k, err
+	for _, dev := range []struct {
+		name   string
+		family int
+	}{{"flannel.1", netlink.FAMILY_V4}, {"flannel-v6.1", netlink.FAMILY_V6}} {
+		link, err := h.LinkByName(dev.name)
+		if err != nil {
+			if dev.family == netlink.FAMILY_V6 {
+				continue // not dual-stack
+			}
+			return k, err
+		}
+		if err := k.read(h, link, dev.family); err != nil {
+			return k, err
+		}
 	}
+	return k, nil
+}
+
+func (k *vxlanKernel) read(h *netlink.Handle, link netlink.Link, family int) error {
 	idx := link.Attrs().Index
-	routes, err := h.RouteList(link, netlink.FAMILY_V4)
+	routes, err := h.RouteList(link, family)
 	if err != nil {
-		return k, err
+		return err
 	}
 	for _, r := range routes {
-		if r.Dst == nil {
+		if r.Dst == nil || r.Protocol == unix.RTPROT_KERNEL {
 			continue
 		}
 		dst, _ := netip.AddrFromSlice(r.Dst.IP)
@@ -104,9 +125,9 @@ func readVXLANKernel(ns string) (vxlanKernel, error) {
 		gw, _ := netip.AddrFromSlice(r.Gw)
 		k.routes[netip.PrefixFrom(dst.Unmap(), ones)] = gw.Unmap()
 	}
-	neighs, err := h.NeighList(idx, netlink.FAMILY_V4)
+	neighs, err := h.NeighList(idx, family)
 	if err != nil {
-		return k, err
+		return err
 	}
 	for _, n := range neighs {
 		if n.State&netlink.NUD_PERMANENT == 0 {
@@ -117,7 +138,7 @@ func readVXLANKernel(ns string) (vxlanKernel, error) {
 	}
 	fdb, err := h.NeighList(idx, unix.AF_BRIDGE)
 	if err != nil {
-		return k, err
+		return err
 	}
 	for _, n := range fdb {
 		if n.LinkIndex != idx {
@@ -126,22 +147,20 @@ func readVXLANKernel(ns string) (vxlanKernel, error) {
 		ip, _ := netip.AddrFromSlice(n.IP)
 		k.fdb[n.HardwareAddr.String()+" dst "+ip.Unmap().String()]++
 	}
-	return k, nil
+	return nil
 }
 
 // vxlanDiff lists how k differs from what the leases in want ask of the
-// host holding own: for each other lease a route to its subnet via the
-// subnet's first address onlink, a permanent neighbour entry for that
-// address with the VtepMAC, an FDB entry sending that MAC to its
-// PublicIP; nothing else. Empty when they agree.
+// host holding own: for each other lease, per family it has, a route to
+// its subnet via the subnet's first address onlink, a permanent
+// neighbour entry for that address with the VtepMAC, an FDB entry sending
+// that MAC to its public address; nothing else. Empty when they agree.
 func vxlanDiff(want map[netip.Prefix]vxlanPeer, own netip.Prefix, k vxlanKernel) []string {
 	var d []string
-	fdb := map[string]bool{}
-	for p, v := range want {
-		if p == own {
-			continue
-		}
+	routes, neighs, fdb := map[netip.Prefix]bool{}, map[netip.Addr]bool{}, map[string]bool{}
+	expect := func(p netip.Prefix, public netip.Addr, mac string) {
 		gw := p.Addr()
+		routes[p], neighs[gw] = true, true
 		if got, ok := k.routes[p]; !ok {
 			d = append(d, "missing route "+p.String())
 		} else if got != gw {
@@ -149,23 +168,31 @@ func vxlanDiff(want map[netip.Prefix]vxlanPeer, own netip.Prefix, k vxlanKernel)
 		}
 		if got, ok := k.neighs[gw]; !ok {
 			d = append(d, "missing neighbour "+gw.String())
-		} else if got != v.mac {
-			d = append(d, fmt.Sprintf("neighbour %s is %s, want %s", gw, got, v.mac))
+		} else if got != mac {
+			d = append(d, fmt.Sprintf("neighbour %s is %s, want %s", gw, got, mac))
 		}
-		e := v.mac + " dst " + v.publicIP.String()
+		e := mac + " dst " + public.String()
 		fdb[e] = true
 		if n := k.fdb[e]; n != 1 {
 			d = append(d, fmt.Sprintf("fdb %s: %d entries, want 1", e, n))
 		}
 	}
+	for p, v := range want {
+		if p == own {
+			continue
+		}
+		expect(p, v.publicIP, v.mac)
+		if v.subnet6.IsValid() {
+			expect(v.subnet6, v.publicIP6, v.mac6)
+		}
+	}
 	for p := range k.routes {
-		if _, ok := want[p]; !ok || p == own {
+		if !routes[p] {
 			d = append(d, "stale route "+p.String())
 		}
 	}
 	for a, mac := range k.neighs {
-		if p := netip.PrefixFrom(a, 24); !want[p].publicIP.IsValid() || p == own {
-			// Every peer subnet in these tests is a /24.
+		if !neighs[a] {
 			d = append(d, fmt.Sprintf("stale neighbour %s %s", a, mac))
 		}
 	}
@@ -192,7 +219,10 @@ func (c *cluster) statusPeersDiff(h *lab.Host, want map[netip.Prefix]vxlanPeer) 
 	out, _ := c.Exec(context.Background(), h, weftBin, "status", "--json")
 	var st struct {
 		Daemon struct {
-			Peers []struct{ Subnet, PublicIP, Identity string }
+			Peers []struct {
+				Subnet, PublicIP, Identity         string
+				IPv6Subnet, PublicIPv6, IdentityV6 string
+			}
 		}
 		Drift struct {
 			Desired        int
@@ -206,6 +236,9 @@ func (c *cluster) statusPeersDiff(h *lab.Host, want map[netip.Prefix]vxlanPeer) 
 	got := map[string]bool{}
 	for _, p := range st.Daemon.Peers {
 		e := p.Subnet + " " + p.PublicIP + " " + strings.ToLower(p.Identity)
+		if p.IPv6Subnet != "" {
+			e += " " + p.IPv6Subnet + " " + p.PublicIPv6 + " " + strings.ToLower(p.IdentityV6)
+		}
 		got[e] = true
 	}
 	wantSet := map[string]bool{}
@@ -214,6 +247,9 @@ func (c *cluster) statusPeersDiff(h *lab.Host, want map[netip.Prefix]vxlanPeer) 
 			continue
 		}
 		e := p.String() + " " + v.publicIP.String() + " " + v.mac
+		if v.subnet6.IsValid() {
+			e += " " + v.subnet6.String() + " " + v.publicIP6.String() + " " + v.mac6
+		}
 		wantSet[e] = true
 		if !got[e] {
 			d = append(d, "status lacks peer "+e)
