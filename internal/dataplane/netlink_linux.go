@@ -440,27 +440,30 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 		}
 		want := nlFDB{f, ifi}
 		items = append(items, added[FDBKey, nlFDB]{k, want, old, had})
-		// `bridge fdb replace` for a unicast MAC: the VXLAN driver keeps
-		// one destination per unicast MAC and ignores NLM_F_APPEND on an
-		// existing one (it appends to multicast and all-zero MACs
-		// only), so a peer that came back at a new address with the same
-		// VTEP MAC kept its old destination, and deleting that old
-		// (MAC, dst) afterwards took the MAC's only entry with it until the
-		// next full pass (found by TestCrashMidBurst). Replace changes the
-		// destination in place; the old pair's deletion then finds
-		// nothing (ENOENT, taken as done). `bridge fdb append` otherwise.
-		flags := unix.NLM_F_CREATE | unix.NLM_F_APPEND
-		if f.MAC[0]&1 == 0 && f.MAC != (MAC{}) {
-			flags = unix.NLM_F_CREATE | unix.NLM_F_REPLACE
-		}
 		reqs = append(reqs, func() *nl.NetlinkRequest {
-			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, flags)
+			return neighRequest(want.netlink(), unix.RTM_NEWNEIGH, fdbAddFlags(f.MAC))
 		})
 		if len(items) == passChunk {
 			items, reqs = p.queueFDB(items, reqs)
 		}
 	}
 	p.queueFDB(items, reqs)
+}
+
+// fdbAddFlags are the flags that add f: the VXLAN driver keeps one remote
+// per unicast MAC, and `bridge fdb append` of a unicast MAC it already
+// has is a silent no-op. So a peer that kept its VTEP MAC but moved to
+// another public address would keep the old remote, and the deletion of
+// the old entry that follows in the same pass would remove the MAC
+// altogether until the next full pass: a unicast MAC is replaced
+// (`bridge fdb replace`; the later deletion of the old remote then finds
+// nothing to remove). Only the all-zero and multicast MACs, which flood,
+// can have several remotes, appended.
+func fdbAddFlags(mac MAC) int {
+	if mac.IsZero() || mac[0]&1 == 1 {
+		return unix.NLM_F_CREATE | unix.NLM_F_APPEND
+	}
+	return unix.NLM_F_CREATE | unix.NLM_F_REPLACE
 }
 
 func (p *pass) queueFDB(items []added[FDBKey, nlFDB], reqs []request) ([]added[FDBKey, nlFDB], []request) {

@@ -519,10 +519,9 @@ func (nb nlNeigh) netlink() *netlink.Neigh {
 	}
 }
 
-// netlink returns the FDB entry as `bridge fdb append MAC dev D dst IP self
-// permanent` sends it: NTF_SELF addresses the VXLAN driver's own table
-// rather than a bridge master, and append (not replace) lets one MAC have
-// several remotes without one write undoing another.
+// netlink returns the FDB entry as `bridge fdb replace MAC dev D dst IP
+// self permanent` sends it (fdbAddFlags): NTF_SELF addresses the VXLAN
+// driver's own table rather than a bridge master.
 func (f nlFDB) netlink() *netlink.Neigh {
 	return &netlink.Neigh{
 		LinkIndex:    f.ifindex,
