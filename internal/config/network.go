@@ -18,6 +18,7 @@ const (
 	BackendVXLAN     = "vxlan"
 	BackendHostGW    = "host-gw"
 	BackendWireGuard = "wireguard"
+	BackendUDP       = "udp"
 )
 
 // Network is the cluster-wide network configuration, validated and with

@@ -23,11 +23,17 @@ const (
 	// (Link.Port) are fixed in place, so a restart reuses the device and
 	// its peers' sessions.
 	KindWireGuard
+	// KindUDP is the udp backend's TUN device (flannel0), served by a
+	// forwarder in this process (see udp.go).
+	KindUDP
 )
 
 func (k LinkKind) String() string {
-	if k == KindWireGuard {
+	switch k {
+	case KindWireGuard:
 		return "wireguard"
+	case KindUDP:
+		return "udp"
 	}
 	return "vxlan"
 }
@@ -115,7 +121,9 @@ func checkWGPeer(k WGPeerKey, p WGPeer) error {
 // public key, never the private one.
 func linkLine(l Link) string {
 	var line string
-	if l.Kind == KindWireGuard {
+	if l.Kind == KindUDP {
+		line = fmt.Sprintf("link %s udp local %s port %d mtu %d", l.Name, l.Local, l.Port, l.MTU)
+	} else if l.Kind == KindWireGuard {
 		pub := "none"
 		if l.PrivateKey != (WGKey{}) {
 			pub = l.PrivateKey.PublicKey().String()

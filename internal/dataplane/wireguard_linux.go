@@ -240,6 +240,9 @@ func (n *Netlink) ourLink(l netlink.Link) (nlLink, bool) {
 	case *netlink.Wireguard:
 		return fromWG(l.Attrs(), false), true
 	case *netlink.Tuntap:
+		if u, ok := n.udpLink(l.Attrs()); ok {
+			return u, true
+		}
 		if n.servedWG(l.Attrs().Name) {
 			return fromWG(l.Attrs(), true), true
 		}
@@ -284,6 +287,9 @@ func (n *Netlink) wgFits(l nlLink) bool {
 func (n *Netlink) addLink(want Link) error {
 	if want.Kind == KindWireGuard {
 		return n.addWGLink(want)
+	}
+	if want.Kind == KindUDP {
+		return n.addUDPLink(want)
 	}
 	if err := n.h.LinkAdd(newVxlan(want)); err != nil {
 		return err
@@ -342,6 +348,11 @@ func (n *Netlink) addWGLink(want Link) error {
 // closed (which deletes its TUN), anything else deleted through netlink
 // (a userspace device's TUN too: wireguard-go then ends by itself).
 func (n *Netlink) removeLink(name string, l nlLink) error {
+	if l.Kind == KindUDP {
+		if ok, err := n.removeUDPLink(name); ok {
+			return err
+		}
+	}
 	if l.Kind == KindWireGuard && l.user {
 		n.wg.mu.Lock()
 		d := n.wg.user[name]

@@ -228,6 +228,8 @@ func (m *Metrics) Pass(full bool, took time.Duration, ch dataplane.Changes, err 
 	add("fdb", "removed", ch.FDBRemoved)
 	add("wgpeer", "added", ch.WGPeersAdded)
 	add("wgpeer", "removed", ch.WGPeersRemoved)
+	add("udppeer", "added", ch.UDPPeersAdded)
+	add("udppeer", "removed", ch.UDPPeersRemoved)
 }
 
 // MasqSync records a masquerade rule sync and the rules it repaired.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/hostgw"
+	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
@@ -31,6 +32,7 @@ func All() map[string]Entry {
 		config.BackendVXLAN:     {vxlan.Factory, vxlanIdentity},
 		config.BackendHostGW:    {hostgw.Factory, nil},
 		config.BackendWireGuard: {wireguard.Factory, wireguardIdentity},
+		config.BackendUDP:       {udp.Factory, nil},
 	}
 }
 
