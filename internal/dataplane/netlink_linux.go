@@ -67,6 +67,7 @@ type netlinkOptions struct {
 	wgMode      string
 	wgCreate    func(name string, mtu int) (WGDevice, error)
 	udpCreate   func(UDPSpec) (UDPDevice, error)
+	udpView     []UDPStatus
 }
 
 // PlainRoutes makes Netlink install every route as a plain route, as on a

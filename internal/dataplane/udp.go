@@ -3,6 +3,8 @@ package dataplane
 import (
 	"fmt"
 	"net/netip"
+
+	"github.com/weft-net/weft/internal/dataplane/udptun"
 )
 
 // udp devices (Link.Kind KindUDP): the udp backend's TUN device, flannel0,
@@ -75,6 +77,21 @@ type UDPSpec struct {
 type UDPDevice interface {
 	Update(set map[netip.Prefix]netip.AddrPort, del []netip.Prefix) error
 	Peers() map[netip.Prefix]netip.AddrPort
+	Stats() UDPStats
 	Close() error
 	Done() <-chan struct{}
+}
+
+// UDPStats counts what a udp device forwarded and dropped.
+type UDPStats = udptun.Stats
+
+// UDPStatus is what `weft status` and the metrics show of a udp device:
+// its socket, its table as the forwarder holds it, and its counters.
+type UDPStatus struct {
+	Name  string     `json:"name"`
+	Local netip.Addr `json:"local,omitzero"`
+	Port  uint16     `json:"port"`
+	// Peers are the forwarder's table, by subnet.
+	Peers []UDPPeer `json:"peers"`
+	Stats UDPStats  `json:"stats"`
 }

@@ -29,6 +29,8 @@ type udpState struct {
 	create func(UDPSpec) (UDPDevice, error)
 	mu     sync.Mutex
 	devs   map[string]udpServed
+	// view are devices another process serves (UDPView).
+	view map[string]UDPStatus
 }
 
 type udpServed struct {
@@ -37,7 +39,11 @@ type udpServed struct {
 }
 
 func newUDPState(o netlinkOptions) *udpState {
-	return &udpState{create: o.udpCreate, devs: map[string]udpServed{}}
+	u := &udpState{create: o.udpCreate, devs: map[string]udpServed{}, view: map[string]UDPStatus{}}
+	for _, d := range o.udpView {
+		u.view[d.Name] = d
+	}
+	return u
 }
 
 // served returns our running device name.
@@ -98,12 +104,16 @@ func (n *Netlink) reapUDP() {
 // udpLink returns the index entry for a TUN that is one of our served
 // udp devices.
 func (n *Netlink) udpLink(a *netlink.LinkAttrs) (nlLink, bool) {
-	s, ok := n.udp.served(a.Name)
-	if !ok {
+	var spec UDPSpec
+	if s, ok := n.udp.served(a.Name); ok {
+		spec = s.spec
+	} else if v, ok := n.udp.view[a.Name]; ok {
+		spec = UDPSpec{Name: a.Name, Local: v.Local, Port: v.Port}
+	} else {
 		return nlLink{}, false
 	}
 	return nlLink{
-		Link:  Link{Kind: KindUDP, Name: a.Name, MTU: a.MTU, Port: s.spec.Port, Local: s.spec.Local},
+		Link:  Link{Kind: KindUDP, Name: a.Name, MTU: a.MTU, Port: spec.Port, Local: spec.Local},
 		index: a.Index,
 		up:    a.Flags&net.FlagUp != 0,
 	}, true
@@ -156,13 +166,15 @@ func (n *Netlink) readUDP(x *nlIndex) {
 		if l.Kind != KindUDP {
 			continue
 		}
-		s, ok := n.udp.served(name)
-		if !ok {
-			continue
-		}
-		for subnet, ep := range s.dev.Peers() {
-			p := UDPPeer{Dev: name, Subnet: subnet, Endpoint: ep}
-			x.udpPeers[p.Key()] = p
+		if s, ok := n.udp.served(name); ok {
+			for subnet, ep := range s.dev.Peers() {
+				p := UDPPeer{Dev: name, Subnet: subnet, Endpoint: ep}
+				x.udpPeers[p.Key()] = p
+			}
+		} else if v, ok := n.udp.view[name]; ok {
+			for _, p := range v.Peers {
+				x.udpPeers[p.Key()] = p
+			}
 		}
 	}
 }
@@ -240,4 +252,32 @@ func (p *pass) delUDPPeers(desired *State, gone map[string]bool, touched map[UDP
 		}
 		p.changes.UDPPeersRemoved += len(olds)
 	}
+}
+
+// UDPView makes a Netlink that serves no udp devices (weft status) see
+// devs, served by another process (the daemon, which reported them), as
+// its own: their TUNs are our links, with the reported socket and table.
+func UDPView(devs []UDPStatus) NetlinkOption {
+	return func(o *netlinkOptions) { o.udpView = devs }
+}
+
+// UDP reports the udp devices n serves, by name.
+func (n *Netlink) UDP() []UDPStatus {
+	n.udp.mu.Lock()
+	devs := maps.Clone(n.udp.devs)
+	n.udp.mu.Unlock()
+	var out []UDPStatus
+	for _, name := range slices.Sorted(maps.Keys(devs)) {
+		s := devs[name]
+		if isDone(s.dev.Done()) {
+			continue
+		}
+		st := UDPStatus{Name: name, Local: s.spec.Local, Port: s.spec.Port, Stats: s.dev.Stats()}
+		for subnet, ep := range s.dev.Peers() {
+			st.Peers = append(st.Peers, UDPPeer{Dev: name, Subnet: subnet, Endpoint: ep})
+		}
+		slices.SortFunc(st.Peers, func(a, b UDPPeer) int { return comparePrefix(a.Subnet, b.Subnet) })
+		out = append(out, st)
+	}
+	return out
 }
