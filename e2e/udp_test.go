@@ -188,7 +188,8 @@ func TestUDPRestartAndRepair(t *testing.T) {
 		}
 		waitFor(t, "the leaving peer to go from the table", 10*time.Second, func() bool {
 			out, _ := c.Exec(context.Background(), h1, weftBin, "status", "--json")
-			return strings.Count(out, `"endpoint"`) == 1
+			var st struct{ Daemon struct{ UDP []struct{ Peers []any } } }
+			return json.Unmarshal([]byte(out), &st) == nil && len(st.Daemon.UDP) == 1 && len(st.Daemon.UDP[0].Peers) == 1
 		})
 		c.checkUDPStatus(h1, 1)
 	})
