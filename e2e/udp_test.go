@@ -194,3 +194,33 @@ func TestUDPRestartAndRepair(t *testing.T) {
 		c.checkUDPStatus(h1, 1)
 	})
 }
+
+// TestUDPMixedCluster runs two upstream flanneld (v0.28.9, its udp
+// backend: the C proxy) hosts and two of ours with the udp backend against
+// one etcd, pods on every host: the whole pod matrix answers, so both
+// read each other's leases and speak one wire format (the bare IPv4
+// packet as the UDP payload). Our hosts' forwarders count packets from
+// the upstream hosts, and their status is in sync.
+func TestUDPMixedCluster(t *testing.T) {
+	up := upstreamFlanneld(t)
+	c := newCluster(t, "wtud1", 4, "198.18.101.0/24", `{"Network":"10.101.0.0/16","Backend":{"Type":"udp"}}`)
+	// Hosts 1 and 2 run upstream, 3 and 4 ours.
+	c.Hosts[0].Flanneld, c.Hosts[1].Flanneld = up, up
+	c.startOneByOne()
+	var pods []*lab.Pod
+	for _, h := range c.Hosts {
+		pods = append(pods, c.addPod(h, "p1"))
+	}
+	if got := c.podMatrix(pods, 20*time.Second); got != 12 {
+		t.Fatalf("%d of 12 pod pairs answered", got)
+	}
+	// Every lease, upstream's and ours, is the same bare value.
+	c.checkUDPLeases()
+	for _, h := range c.Hosts[2:] {
+		c.checkUDPStatus(h, 3)
+	}
+	if mtu := c.linkMTU(c.Hosts[0], "flannel0"); mtu != 1472 {
+		t.Errorf("upstream's flannel0 mtu %d, want 1472 (ours has the same)", mtu)
+	}
+	t.Logf("udp: 12 pod pairs answered across 2 upstream and 2 weft hosts")
+}
