@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netns"
+	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/internal/nsrun"
 )
@@ -43,7 +44,7 @@ type Stats struct {
 type Device struct {
 	log  *slog.Logger
 	cfg  Config
-	tun  *os.File
+	tun  tun.Device
 	conn *net.UDPConn
 
 	mu    sync.Mutex // serialises Update
@@ -184,16 +185,12 @@ func (d *Device) end(loop string, err error) {
 
 // start runs the two loops; done closes when both have returned.
 func (d *Device) start() error {
-	tunRaw, err := d.tun.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("udp device %s: tun: %w", d.cfg.Name, err)
-	}
 	sockRaw, err := d.conn.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("udp device %s: socket: %w", d.cfg.Name, err)
 	}
-	d.tx = newBatch(d, tunRaw, sockRaw)
-	d.rx = newBatch(d, tunRaw, sockRaw)
+	d.tx = newBatch(d, sockRaw)
+	d.rx = newBatch(d, sockRaw)
 	d.loops.Add(2)
 	go func() {
 		defer d.loops.Done()

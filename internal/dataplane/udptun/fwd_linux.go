@@ -1,7 +1,9 @@
 package udptun
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"syscall"
 	"unsafe"
 
@@ -9,21 +11,24 @@ import (
 )
 
 const (
-	// batchSize is how many packets one sendmmsg/recvmmsg carries.
-	batchSize = 32
-	// bufSize holds any IPv4 packet: the TUN's MTU may be raised in place,
-	// and a peer's MTU is its own. Only the pages a packet touches are
-	// ever resident.
-	bufSize = 65535
+	// batchSize is how many packets one TUN read may yield (a 64 KiB TCP
+	// burst split at the MTU), and one sendmmsg/recvmmsg carries.
+	batchSize = 128
+	// headroom is the space before each packet: the TUN code puts the
+	// virtio-net header (10 bytes) there when it writes.
+	headroom = 16
+	// bufSize holds any IPv4 packet after the headroom: the TUN's MTU may
+	// be raised in place, and a peer's MTU is its own. Only the pages a
+	// packet touches are ever resident.
+	bufSize = headroom + 65535
 )
 
 // batch is one direction's working memory, allocated once: packet
 // buffers, the message headers pointing into them, and the peers'
-// addresses. The read and write callbacks are method values made once,
-// so calling into the poller allocates nothing either.
+// addresses. The socket callbacks are method values made once, so
+// calling into the poller allocates nothing either.
 type batch struct {
 	d       *Device
-	tunRaw  syscall.RawConn
 	sockRaw syscall.RawConn
 
 	bufs  [batchSize][]byte
@@ -31,42 +36,52 @@ type batch struct {
 	iovs  [batchSize]unix.Iovec
 	addrs [batchSize]unix.RawSockaddrInet4
 	hs    [batchSize]mmsghdr
+	out   [][]byte // packets to write to the TUN (rx)
 
-	n, off int   // messages in hs; next to write
+	n, off int   // messages in hs; next to send
 	err    error // a callback's failure
 
-	readTUN, writeSock, readSock, writeTUN func(fd uintptr) bool
+	writeSock, readSock func(fd uintptr) bool
 }
 
-func newBatch(d *Device, tunRaw, sockRaw syscall.RawConn) *batch {
-	b := &batch{d: d, tunRaw: tunRaw, sockRaw: sockRaw}
+func newBatch(d *Device, sockRaw syscall.RawConn) *batch {
+	b := &batch{d: d, sockRaw: sockRaw, out: make([][]byte, 0, batchSize)}
 	for i := range b.bufs {
 		b.bufs[i] = make([]byte, bufSize)
-		b.iovs[i].Base = &b.bufs[i][0]
+		b.iovs[i].Base = &b.bufs[i][headroom]
 		b.hs[i].hdr.Iov = &b.iovs[i]
 		b.hs[i].hdr.Iovlen = 1
 	}
-	b.readTUN, b.writeSock, b.readSock, b.writeTUN = b.readTUNOnce, b.writeSockOnce, b.readSockOnce, b.writeTUNOnce
+	b.writeSock, b.readSock = b.writeSockOnce, b.readSockOnce
 	return b
 }
 
 // runTx forwards packets from the TUN to the peers until the device ends.
 func (b *batch) runTx() error {
 	d := b.d
+	failures := 0 // consecutive failed reads
 	for {
-		b.n, b.err = 0, nil
-		if err := b.tunRaw.Read(b.readTUN); err != nil {
+		n, err := d.tun.Read(b.bufs[:], b.lens[:], headroom)
+		switch {
+		case errors.Is(err, os.ErrClosed):
 			return fmt.Errorf("read tun: %w", err)
+		case err != nil && n == 0:
+			// A packet the TUN code could not split (malformed offload
+			// metadata) fails alone; an error that persists ends the
+			// device, for the dataplane to make it again.
+			if failures++; failures == 1000 {
+				return fmt.Errorf("read tun: %w", err)
+			}
+			d.dropped.Add(1)
+			continue
 		}
-		if b.err != nil && b.n == 0 {
-			return fmt.Errorf("read tun: %w", b.err)
-		}
+		failures = 0
 		// Route the burst; the messages to send are packed to the front.
 		t := d.table.Load()
 		m := 0
 		var bytes uint64
-		for i := 0; i < b.n; i++ {
-			pkt := b.bufs[i][:b.lens[i]]
+		for i := 0; i < n; i++ {
+			pkt := b.bufs[i][headroom : headroom+b.lens[i]]
 			if !ipv4Header(pkt) {
 				d.dropped.Add(1)
 				continue
@@ -82,8 +97,8 @@ func (b *batch) runTx() error {
 			}
 			if m != i {
 				b.bufs[i], b.bufs[m] = b.bufs[m], b.bufs[i]
-				b.iovs[m].Base = &b.bufs[m][0]
-				b.iovs[i].Base = &b.bufs[i][0]
+				b.iovs[m].Base = &b.bufs[m][headroom]
+				b.iovs[i].Base = &b.bufs[i][headroom]
 			}
 			b.iovs[m].SetLen(len(pkt))
 			sa := &b.addrs[m]
@@ -106,26 +121,6 @@ func (b *batch) runTx() error {
 		d.txPackets.Add(uint64(b.off))
 		d.txBytes.Add(bytes)
 	}
-}
-
-// readTUNOnce reads packets until the TUN has none left or the batch is
-// full; false (nothing read) makes the poller wait for readability.
-func (b *batch) readTUNOnce(fd uintptr) bool {
-	for b.n < batchSize {
-		k, err := unix.Read(int(fd), b.bufs[b.n])
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err == unix.EAGAIN:
-			return b.n > 0
-		case err != nil:
-			b.err = err
-			return true
-		}
-		b.lens[b.n] = k
-		b.n++
-	}
-	return true
 }
 
 // writeSockOnce sends hs[off:n]; false (the socket buffer is full) makes
@@ -159,7 +154,7 @@ func (b *batch) runRx() error {
 	}
 	for {
 		for i := range b.hs {
-			b.iovs[i].SetLen(bufSize)
+			b.iovs[i].SetLen(bufSize - headroom)
 		}
 		b.n, b.err = 0, nil
 		if err := b.sockRaw.Read(b.readSock); err != nil {
@@ -169,21 +164,32 @@ func (b *batch) runRx() error {
 			d.log.Debug("receive", "err", b.err)
 			continue
 		}
-		// Check each packet; the ones to write get lens[i] > 0.
+		b.out = b.out[:0]
+		var bytes uint64
 		for i := 0; i < b.n; i++ {
 			k := int(b.hs[i].n)
-			pkt := b.bufs[i][:k]
-			b.lens[i] = 0
+			pkt := b.bufs[i][headroom : headroom+k]
 			if b.hs[i].hdr.Flags&unix.MSG_TRUNC != 0 || !ipv4Header(pkt) || !decTTL(pkt) {
 				d.dropped.Add(1)
 				continue
 			}
-			b.lens[i] = k
+			b.out = append(b.out, b.bufs[i][:headroom+k])
+			bytes += uint64(k)
 		}
-		b.off = 0
-		if err := b.tunRaw.Write(b.writeTUN); err != nil {
-			return fmt.Errorf("write tun: %w", err)
+		if len(b.out) == 0 {
+			continue
 		}
+		if _, err := d.tun.Write(b.out, headroom); err != nil {
+			if errors.Is(err, os.ErrClosed) {
+				return fmt.Errorf("write tun: %w", err)
+			}
+			// Some packets were refused (the TUN is down, a malformed
+			// one): the count is not known, so all are counted as dropped.
+			d.dropped.Add(uint64(len(b.out)))
+			continue
+		}
+		d.rxPackets.Add(uint64(len(b.out)))
+		d.rxBytes.Add(bytes)
 	}
 }
 
@@ -203,30 +209,4 @@ func (b *batch) readSockOnce(fd uintptr) bool {
 		b.n = k
 		return true
 	}
-}
-
-// writeTUNOnce writes the checked packets, one write(2) each; false (the
-// TUN's queue is full) makes the poller wait.
-func (b *batch) writeTUNOnce(fd uintptr) bool {
-	d := b.d
-	for ; b.off < b.n; b.off++ {
-		k := b.lens[b.off]
-		if k == 0 {
-			continue
-		}
-		_, err := unix.Write(int(fd), b.bufs[b.off][:k])
-		switch {
-		case err == unix.EINTR:
-			b.off--
-			continue
-		case err == unix.EAGAIN:
-			return false
-		case err != nil:
-			d.dropped.Add(1)
-			continue
-		}
-		d.rxPackets.Add(1)
-		d.rxBytes.Add(uint64(k))
-	}
-	return true
 }
