@@ -237,6 +237,29 @@ func TestUDPMixedCluster(t *testing.T) {
 		}
 		t.Logf("iperf3 %s → %s: %.0f Mbit/s", pair[0].Host.NS, pair[1].Host.NS, mbps)
 	}
+	// Takeover: host 1 swaps upstream's flanneld for ours, keeping its
+	// lease (the same bare value) and subnet; upstream's flannel0 ended
+	// with it and ours replaces it. Pod 3 pings pod 1 across the swap.
+	h1 := c.Hosts[0]
+	ping := startPing(t, "p3→p1", pods[2].NS, netip.Addr{}, pods[0].IPv4, 800)
+	time.Sleep(2 * time.Second)
+	if err := c.Stop(h1, syscall.SIGTERM); err != nil {
+		t.Logf("%s: upstream flanneld exit on SIGTERM: %v", h1.NS, err)
+	}
+	h1.Flanneld = ""
+	if err := c.Start(h1); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.waitSubnet(h1); got != c.subnets[h1.Index] {
+		t.Errorf("%s: subnet changed across the swap: %s -> %s", h1.NS, c.subnets[h1.Index], got)
+	}
+	if got := c.podMatrix(pods, 20*time.Second); got != 12 {
+		t.Errorf("after the swap: %d of 12 pod pairs answered", got)
+	}
+	sent, lost := ping.wait(t)
+	t.Logf("swap of %s from upstream to weft under 100 pps: %d sent, %d lost (%d ms of traffic)", h1.NS, sent, lost, lost*10)
+	c.checkUDPLeases()
+	c.checkUDPStatus(h1, 3)
 }
 
 // podIperf runs iperf3 for a second from pod a to pod b and returns the
