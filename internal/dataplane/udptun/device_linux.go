@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 
 	"github.com/weft-net/weft/internal/nsrun"
@@ -28,6 +29,9 @@ type Config struct {
 	// Port is the UDP port the device listens on.
 	Port uint16
 }
+
+// sockBuf is the UDP socket's send and receive buffer size.
+const sockBuf = 4 << 20
 
 // Stats counts what a device forwarded and dropped.
 type Stats struct {
@@ -51,7 +55,9 @@ type Device struct {
 	peers map[netip.Prefix]netip.AddrPort
 	table atomic.Pointer[table]
 
-	tx, rx    *batch
+	tx        *txBatch
+	rx        *rxBatch
+	noGSO     atomic.Bool // the kernel refused UDP segmentation offload
 	txPackets atomic.Uint64
 	txBytes   atomic.Uint64
 	rxPackets atomic.Uint64
@@ -189,8 +195,21 @@ func (d *Device) start() error {
 	if err != nil {
 		return fmt.Errorf("udp device %s: socket: %w", d.cfg.Name, err)
 	}
-	d.tx = newBatch(d, sockRaw)
-	d.rx = newBatch(d, sockRaw)
+	// Receive offload: datagrams of one flow arrive coalesced (runRx cuts
+	// them). A kernel without it delivers them one by one.
+	// Socket buffers: the default (~200 KiB) overflows under a burst of
+	// 64 KiB segments while the other loop writes the TUN; FORCE (we have
+	// CAP_NET_ADMIN) passes net.core.[rw]mem_max.
+	_ = sockRaw.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1)
+		for _, o := range [][2]int{{unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}, {unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], sockBuf) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], sockBuf)
+			}
+		}
+	})
+	d.tx = newTxBatch(d, sockRaw)
+	d.rx = newRxBatch(d, sockRaw)
 	d.loops.Add(2)
 	go func() {
 		defer d.loops.Done()

@@ -4,6 +4,9 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestTableLookupLongestPrefix(t *testing.T) {
@@ -84,6 +87,35 @@ func TestIPv4Header(t *testing.T) {
 	} {
 		if ipv4Header(p) {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+func TestGROSize(t *testing.T) {
+	cm := func(level, typ int32, data []byte) []byte {
+		b := make([]byte, unix.CmsgSpace(len(data)))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b[0]))
+		h.Level, h.Type = level, typ
+		h.SetLen(unix.CmsgLen(len(data)))
+		copy(b[unix.SizeofCmsghdr:], data)
+		return b
+	}
+	gro := make([]byte, 4)
+	binary.NativeEndian.PutUint32(gro, 1444)
+	for _, tc := range []struct {
+		name string
+		oob  []byte
+		want int
+	}{
+		{"none", nil, 0},
+		{"gro", cm(unix.SOL_UDP, unix.UDP_GRO, gro), 1444},
+		{"after another", append(cm(unix.SOL_IP, unix.IP_TOS, []byte{0, 0, 0, 0}), cm(unix.SOL_UDP, unix.UDP_GRO, gro)...), 1444},
+		{"truncated", cm(unix.SOL_UDP, unix.UDP_GRO, gro)[:12], 0},
+		{"length past the end", func() []byte { b := cm(unix.SOL_UDP, unix.UDP_GRO, gro); b[0] = 200; return b }(), 0},
+		{"length zero", func() []byte { b := cm(unix.SOL_UDP, unix.UDP_GRO, gro); clear(b[:8]); return b }(), 0},
+	} {
+		if got := groSize(tc.oob); got != tc.want {
+			t.Errorf("%s: groSize = %d, want %d", tc.name, got, tc.want)
 		}
 	}
 }
