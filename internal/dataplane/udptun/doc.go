@@ -21,12 +21,17 @@
 // takes no lock: a lookup is one map probe per distinct prefix length
 // (one, in a network with one SubnetLen).
 //
-// Hot path: the TUN is read one packet per read(2), as the kernel allows,
-// but without waiting between packets: a burst is read until the device
-// has no more (EAGAIN) or the batch is full, and sent with one
-// sendmmsg(2). Datagrams are received with recvmmsg(2), and their packets
-// written to the TUN within one wait for writability. Buffers, message
-// headers and socket addresses are allocated once per device; the path
+// Hot path: the TUN carries virtio-net headers with the kernel's
+// segmentation offloads on (wireguard-go's tun code, as a library), so a
+// TCP burst of up to 64 KiB is one read(2), cut into packets in
+// userspace, and packets written to it are coalesced per flow (GRO) into
+// few write(2)s. A run of equal-sized packets to one peer leaves in one
+// sendmmsg(2) message with UDP_SEGMENT, which the kernel (or the NIC) cuts
+// into datagrams; datagrams arrive coalesced per flow (UDP_GRO) through
+// recvmmsg(2) and are cut back into packets. Each datagram on the wire is
+// still one packet, so upstream's proxy, which uses none of this, reads
+// ours and writes what ours reads. Buffers, message headers, control
+// messages and socket addresses are allocated once per device; the path
 // allocates nothing per packet.
 //
 // Lifetime: the TUN is not persistent, so it goes away when the device is
