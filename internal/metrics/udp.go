@@ -25,7 +25,7 @@ func (m *Metrics) WatchUDP(read func() []dataplane.UDPStatus) {
 		packets: prometheus.NewDesc("flannel_udp_packets_total", "Packets the udp forwarder sent to peers (tx) and wrote into the device from peers (rx).", []string{"device", "direction"}, nil),
 		bytes:   prometheus.NewDesc("flannel_udp_bytes_total", "Bytes of the packets counted by flannel_udp_packets_total.", []string{"device", "direction"}, nil),
 		dr: prometheus.NewDesc("flannel_udp_dropped_packets_total",
-			"Packets the udp forwarder dropped: no_peer (no peer's subnet holds the destination) or other (TTL ran out, malformed, write failed).", []string{"device", "reason"}, nil),
+			"Packets the udp forwarder dropped: no_peer (no peer's subnet holds the destination) or other (TTL ran out, not IPv4 — the kernel's own IPv6 packets on flannel0 among them —, malformed, or a failed write).", []string{"device", "reason"}, nil),
 	})
 }
 
