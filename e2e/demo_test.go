@@ -22,6 +22,7 @@ type demoResult struct {
 	Leases     []struct{ Host, Subnet, Identity string } `json:"leases"`
 	Throughput *struct {
 		PodToPodMbps, VXLANMbps, HostToHostMbps float64
+		UpstreamMbps                            float64 `json:"upstreamPodToPodMbps"`
 		Error                                   string
 	} `json:"throughput"`
 }
@@ -40,6 +41,8 @@ func TestDemo(t *testing.T) {
 		{"host-gw", []string{"--backend", "host-gw"}, []string{"ipv4"}},
 		{"vxlan-dual-stack", []string{"--backend", "vxlan", "--dual-stack"}, []string{"ipv4", "ipv6"}},
 		{"wireguard", []string{"--backend", "wireguard"}, []string{"ipv4"}},
+		// udp, measured against upstream's udp between the same pods.
+		{"udp", []string{"--backend", "udp", "--name", "wtudd", "--upstream-flanneld", upstreamFlanneld(t)}, []string{"ipv4"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			state := filepath.Join(t.TempDir(), "state")
@@ -63,6 +66,15 @@ func TestDemo(t *testing.T) {
 			}
 			if res.Throughput == nil || res.Throughput.Error != "" || res.Throughput.PodToPodMbps <= 0 {
 				t.Errorf("throughput: %+v", res.Throughput)
+			}
+			if tp := res.Throughput; tc.name == "udp" && tp != nil {
+				t.Logf("throughput: udp pod→pod %.0f Mbit/s, upstream udp %.0f, kernel vxlan %.0f, underlay %.0f",
+					tp.PodToPodMbps, tp.UpstreamMbps, tp.VXLANMbps, tp.HostToHostMbps)
+				// The issue's bound: not slower than upstream's C proxy in
+				// the same run (ours is ~10× here).
+				if tp.UpstreamMbps <= 0 || tp.VXLANMbps <= 0 || tp.PodToPodMbps < tp.UpstreamMbps {
+					t.Errorf("udp throughput: %+v, want ours ≥ upstream's, and a vxlan figure", tp)
+				}
 			}
 			if tc.name == "wireguard" {
 				// wireguard next to a kernel vxlan tunnel between the same hosts.

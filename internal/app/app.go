@@ -71,7 +71,8 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 
 	health := httpapi.NewHealth(opts.ResyncPeriod, store.WatchDownSince)
 	m.WatchStore(store.WatchDownSince)
-	board := &daemon.Board{StoreDown: store.WatchDownSince}
+	board := &daemon.Board{StoreDown: store.WatchDownSince, UDP: dp.UDP}
+	m.WatchUDP(dp.UDP)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)

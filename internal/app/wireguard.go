@@ -11,6 +11,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/dataplane/udptun"
 	"github.com/weft-net/weft/internal/dataplane/wguser"
 	"github.com/weft-net/weft/internal/metrics"
 )
@@ -32,7 +33,12 @@ func openDataplane(log *slog.Logger, opts config.Options) (*dataplane.Netlink, e
 		defer self.Close() // Create keeps a copy of its own
 		return wguser.Create(log.With("device", name), self, name, mtu)
 	}
-	return dataplane.NewNetlink(log, netns.None(), dataplane.WireGuard(opts.WireGuardDevice, create))
+	// The udp backend's flannel0 is served the same way, by udptun; its
+	// TUN is not persistent, so it ends with the process, as upstream's.
+	udp := func(s dataplane.UDPSpec) (dataplane.UDPDevice, error) {
+		return udptun.Create(log.With("device", s.Name), netns.None(), udptun.Config{Name: s.Name, Local: s.Local, Port: s.Port})
+	}
+	return dataplane.NewNetlink(log, netns.None(), dataplane.WireGuard(opts.WireGuardDevice, create), dataplane.UDP(udp))
 }
 
 // wgStatsEvery is how often the WireGuard devices may be read for the

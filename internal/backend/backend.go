@@ -168,7 +168,9 @@ func CheckPeerSubnets(n *config.Network, self, peer lease.Lease) error {
 // VTEP MAC, from the surviving device or our old lease; wireguard: the
 // private key, in its key file).
 type Backend interface {
-	// Type is the lease BackendType this backend writes and accepts.
+	// Type is the backend's name, the network config's Backend.Type, and
+	// the lease BackendType it writes and accepts (udp's leases carry
+	// none, as upstream's).
 	Type() string
 	// Attrs are the lease attributes this host publishes.
 	Attrs() lease.Attrs

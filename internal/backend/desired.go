@@ -37,6 +37,7 @@ type Desired struct {
 	neighs claims[dataplane.NeighKey, dataplane.Neigh]
 	fdb    claims[dataplane.FDBKey, dataplane.FDB]
 	wg     claims[dataplane.WGPeerKey, dataplane.WGPeer]
+	udp    claims[dataplane.UDPPeerKey, dataplane.UDPPeer]
 }
 
 // source identifies who declared an object; see Desired for the order.
@@ -98,6 +99,7 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 		neighs: newClaims[dataplane.NeighKey, dataplane.Neigh](s.Neighs, peers),
 		fdb:    newClaims[dataplane.FDBKey, dataplane.FDB](s.FDB, peers),
 		wg:     newClaims[dataplane.WGPeerKey, dataplane.WGPeer](s.WGPeers, 0),
+		udp:    newClaims[dataplane.UDPPeerKey, dataplane.UDPPeer](s.UDPPeers, 0),
 	}
 	// Map order is fine here: the winner of a key does not depend on
 	// the order sources are added in.
@@ -112,6 +114,9 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 	}
 	for _, p := range base.WGPeers {
 		d.base.objs.AddWGPeer(p)
+	}
+	for _, p := range base.UDPPeers {
+		d.base.objs.AddUDPPeer(p)
 	}
 	d.base.src = source{rank: rankBase}
 	d.fallback.src = source{rank: rankFallback}
@@ -184,11 +189,15 @@ func (d *Desired) add(src *source, o dataplane.Objects, touched *dataplane.Delta
 	var tn map[dataplane.NeighKey]struct{}
 	var tf map[dataplane.FDBKey]struct{}
 	var tw map[dataplane.WGPeerKey]struct{}
+	var tu map[dataplane.UDPPeerKey]struct{}
 	if touched != nil {
-		tr, tn, tf, tw = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers
+		tr, tn, tf, tw, tu = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers, touched.UDPPeers
 	}
 	for _, r := range o.Routes {
 		d.routes.add(src, r.Key(), r, tr)
+	}
+	for _, p := range o.UDPPeers {
+		d.udp.add(src, p.Key(), p, tu)
 	}
 	for _, n := range o.Neighs {
 		d.neighs.add(src, n.Key(), n, tn)
@@ -206,8 +215,14 @@ func (d *Desired) remove(src *source, o dataplane.Objects, touched *dataplane.De
 	var tn map[dataplane.NeighKey]struct{}
 	var tf map[dataplane.FDBKey]struct{}
 	var tw map[dataplane.WGPeerKey]struct{}
+	var tu map[dataplane.UDPPeerKey]struct{}
 	if touched != nil {
-		tr, tn, tf, tw = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers
+		tr, tn, tf, tw, tu = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers, touched.UDPPeers
+	}
+	for _, p := range o.UDPPeers {
+		d.udp.remove(src, p.Key(), tu, func(s *source) (dataplane.UDPPeer, bool) {
+			return find(d.objects(s).UDPPeers, p.Key(), dataplane.UDPPeer.Key)
+		})
 	}
 	for _, r := range o.Routes {
 		d.routes.remove(src, r.Key(), tr, func(s *source) (dataplane.Route, bool) {

@@ -82,7 +82,8 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var asJSON bool
 	fs.IntVar(&o.Nodes, "nodes", 3, "number of hosts")
 	fs.IntVar(&o.Pods, "pods", 2, "pods per host")
-	fs.StringVar(&o.Backend, "backend", "vxlan", "vxlan, host-gw or wireguard")
+	fs.StringVar(&o.Backend, "backend", "vxlan", "vxlan, host-gw, wireguard or udp")
+	fs.StringVar(&o.UpstreamFlanneld, "upstream-flanneld", "", "with --backend udp: also measure upstream flanneld's udp backend (this binary) between the same pods")
 	fs.BoolVar(&o.DirectRouting, "direct-routing", false, "vxlan with DirectRouting")
 	fs.BoolVar(&o.IPv6Only, "ipv6", false, "IPv6-only cluster")
 	fs.BoolVar(&o.DualStack, "dual-stack", false, "dual-stack cluster")

@@ -108,7 +108,9 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 // readKernel fills rep's drift and WireGuard devices from the kernel.
 func readKernel(st daemon.Status, rep *statusReport) error {
-	dp, err := dataplane.NewNetlink(slog.New(slog.DiscardHandler), netns.None())
+	// The daemon's udp devices are TUNs in the kernel whose tables live
+	// in the daemon: its status reports them.
+	dp, err := dataplane.NewNetlink(slog.New(slog.DiscardHandler), netns.None(), dataplane.UDPView(st.UDP))
 	if err != nil {
 		return err
 	}
@@ -218,6 +220,9 @@ func printStatus(w io.Writer, rep statusReport) {
 		}
 	}
 	printWireGuard(w, rep.WireGuard)
+	if rep.Daemon != nil {
+		printUDP(w, rep.Daemon.UDP)
+	}
 	if s := rep.Store; s != nil {
 		fmt.Fprintf(w, "store     %d leases in etcd\n", s.Leases)
 	}

@@ -21,6 +21,7 @@ const (
 	BackendAlloc     = "alloc"
 	BackendExtension = "extension"
 	BackendIPIP      = "ipip"
+	BackendUDP       = "udp"
 )
 
 // Network is the cluster-wide network configuration, validated and with

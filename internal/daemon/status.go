@@ -32,7 +32,10 @@ type Status struct {
 	LastPass        PassStatus     `json:"lastPass"`
 	Desired         []string       `json:"desired"` // dataplane.State.Lines()
 	Devices         []string       `json:"devices"` // our devices, for a kernel dump
-	Extra           map[string]any `json:"extra,omitempty"`
+	// UDP are the udp devices this daemon serves: their tables live in
+	// the process, so only the daemon can show them.
+	UDP   []dataplane.UDPStatus `json:"udp,omitempty"`
+	Extra map[string]any        `json:"extra,omitempty"`
 }
 
 // LeaseStatus is this host's lease.
@@ -120,6 +123,9 @@ type Board struct {
 	// unreachable (zero while it answers), for Status.Store; a change of
 	// it makes a new rendering. Set it before use.
 	StoreDown func() time.Time
+	// UDP, if set, reports the udp devices the daemon serves, for
+	// Status.UDP. Set it before use.
+	UDP func() []dataplane.UDPStatus
 
 	mu    sync.Mutex
 	rules string
@@ -236,6 +242,9 @@ func (b *Board) current() *rendered {
 	r.status = snap.render()
 	r.status.Rules = rules
 	r.status.Store = StoreStatus{Reachable: down.IsZero(), UnreachableSince: down}
+	if b.UDP != nil {
+		r.status.UDP = b.UDP()
+	}
 	js, err := json.Marshal(r.status)
 	if err != nil { // plain data: only a value put in Extra could fail
 		js, _ = json.Marshal(map[string]string{"error": "encode status: " + err.Error()})

@@ -45,6 +45,9 @@ func sameIdentity(want, have Link) bool {
 	case KindIPIP:
 		return want.Local == have.Local
 	}
+	if want.Kind == KindUDP {
+		return want.Port == have.Port && want.Local == have.Local // the socket's
+	}
 	return want.VNI == have.VNI &&
 		normPort(want.Port) == normPort(have.Port) &&
 		want.Local == have.Local &&
@@ -144,7 +147,7 @@ func checkLink(name string, l Link) error {
 		return fmt.Errorf("link keyed %q is named %q", name, l.Name)
 	case l.VNI >= 1<<24:
 		return fmt.Errorf("link %s: VNI %d does not fit in 24 bits", name, l.VNI)
-	case l.Kind != KindVXLAN && l.Kind != KindWireGuard && l.Kind != KindIPIP:
+	case l.Kind != KindVXLAN && l.Kind != KindWireGuard && l.Kind != KindIPIP && l.Kind != KindUDP:
 		return fmt.Errorf("link %s: unknown kind %d", name, l.Kind)
 	case l.Kind == KindIPIP && (l.VNI != 0 || l.Port != 0 || l.GBP || l.Learning || l.ParentIndex != 0 || !l.MAC.IsZero() || l.PrivateKey != (WGKey{}) || l.Addr2.IsValid()):
 		return fmt.Errorf("link %s: an ipip device has no VNI, port, GBP, learning, parent, MAC, key or second address", name)
@@ -154,6 +157,10 @@ func checkLink(name string, l Link) error {
 		return fmt.Errorf("link %s: Addr2 %s is not of the other family than Addr %s", name, l.Addr2, l.Addr)
 	case l.Kind == KindWireGuard && (l.VNI != 0 || l.GBP || l.Learning || l.Local.IsValid() || l.ParentIndex != 0 || !l.MAC.IsZero()):
 		return fmt.Errorf("link %s: a WireGuard device has no VNI, GBP, learning, local address, parent or MAC", name)
+	case l.Kind == KindUDP && (l.VNI != 0 || l.GBP || l.Learning || l.ParentIndex != 0 || !l.MAC.IsZero() || l.PrivateKey != (WGKey{}) || l.Addr2.IsValid()):
+		return fmt.Errorf("link %s: a udp device has no VNI, GBP, learning, parent, MAC, private key or second address", name)
+	case l.Kind == KindUDP && (l.Port == 0 || (l.Local.IsValid() && !l.Local.Is4())):
+		return fmt.Errorf("link %s: a udp device needs a port and an IPv4 local address (or none)", name)
 	case l.Kind == KindVXLAN && l.PrivateKey != (WGKey{}):
 		return fmt.Errorf("link %s: a VXLAN device has no private key", name)
 	}

@@ -69,20 +69,22 @@ type fakeRoute struct {
 }
 
 type fakeTables struct {
-	links   map[string]fakeLink
-	routes  map[RouteKey]fakeRoute
-	neighs  map[NeighKey]Neigh
-	fdb     map[FDBKey]FDB
-	wgPeers map[WGPeerKey]fakeWGPeer
+	links    map[string]fakeLink
+	routes   map[RouteKey]fakeRoute
+	neighs   map[NeighKey]Neigh
+	fdb      map[FDBKey]FDB
+	wgPeers  map[WGPeerKey]fakeWGPeer
+	udpPeers map[UDPPeerKey]UDPPeer
 }
 
 func newFakeTables() fakeTables {
 	return fakeTables{
-		links:   map[string]fakeLink{},
-		routes:  map[RouteKey]fakeRoute{},
-		neighs:  map[NeighKey]Neigh{},
-		fdb:     map[FDBKey]FDB{},
-		wgPeers: map[WGPeerKey]fakeWGPeer{},
+		links:    map[string]fakeLink{},
+		routes:   map[RouteKey]fakeRoute{},
+		neighs:   map[NeighKey]Neigh{},
+		fdb:      map[FDBKey]FDB{},
+		wgPeers:  map[WGPeerKey]fakeWGPeer{},
+		udpPeers: map[UDPPeerKey]UDPPeer{},
 	}
 }
 
@@ -91,6 +93,7 @@ func (t fakeTables) dropDev(dev string) {
 	maps.DeleteFunc(t.neighs, func(_ NeighKey, n Neigh) bool { return n.Dev == dev })
 	maps.DeleteFunc(t.fdb, func(f FDBKey, _ FDB) bool { return f.Dev == dev })
 	maps.DeleteFunc(t.wgPeers, func(k WGPeerKey, _ fakeWGPeer) bool { return k.Dev == dev })
+	maps.DeleteFunc(t.udpPeers, func(k UDPPeerKey, _ UDPPeer) bool { return k.Dev == dev })
 }
 
 // NewFake returns a Fake over an empty simulated kernel.
@@ -102,8 +105,14 @@ func NewFake() *Fake {
 }
 
 // Restart returns a new Fake over the same simulated kernel with an empty
-// index, as a restarted daemon would find it.
-func (f *Fake) Restart() *Fake { return &Fake{k: f.k, idx: newFakeTables()} }
+// index, as a restarted daemon would find it: without its udp devices,
+// which end with the process.
+func (f *Fake) Restart() *Fake {
+	f.k.mu.Lock()
+	f.k.dropUDPLinks()
+	f.k.mu.Unlock()
+	return &Fake{k: f.k, idx: newFakeTables()}
+}
 
 // AddDevice adds a non-VXLAN device (an underlay) and returns its ifindex.
 func (f *Fake) AddDevice(name string) int {
@@ -156,6 +165,7 @@ func (t fakeTables) state() *State {
 	for k, p := range t.wgPeers {
 		s.WGPeers[k] = p.WGPeer
 	}
+	maps.Copy(s.UDPPeers, t.udpPeers)
 	return s
 }
 
@@ -338,6 +348,11 @@ func (k *fakeKernel) read(links []string) fakeTables {
 			t.wgPeers[key] = p
 		}
 	}
+	for key, p := range k.t.udpPeers {
+		if l, ok := t.links[p.Dev]; ok && l.Kind == KindUDP {
+			t.udpPeers[key] = p
+		}
+	}
 	return t
 }
 
@@ -397,12 +412,14 @@ func (f *Fake) reconcile(ctx context.Context, desired *State, full bool, touched
 	var tn map[NeighKey]struct{}
 	var tf map[FDBKey]struct{}
 	var tw map[WGPeerKey]struct{}
+	var tu map[UDPPeerKey]struct{}
 	if touched != nil {
 		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
-		tw = nonNil(touched.WGPeers)
+		tw, tu = nonNil(touched.WGPeers), nonNil(touched.UDPPeers)
 	}
 
 	errs = append(errs, f.addWGPeers(entries(desired.WGPeers, tw), &c)...)
+	errs = append(errs, f.addUDPPeers(entries(desired.UDPPeers, tu), &c)...)
 	for key, e := range entries(desired.FDB, tf) {
 		if _, ok := f.idx.fdb[key]; ok {
 			continue
@@ -460,6 +477,7 @@ func (f *Fake) reconcile(ctx context.Context, desired *State, full bool, touched
 		}
 	}
 	f.delWGPeers(desired, gone, tw, &c)
+	f.delUDPPeers(desired, gone, tu, &c)
 	for key, n := range entries(f.idx.neighs, tn) {
 		if _, ok := desired.Neighs[key]; !ok && !gone[n.Dev] {
 			delete(f.idx.neighs, key)

@@ -128,3 +128,14 @@ func TestFakeSubscribe(t *testing.T) {
 		t.Errorf("Subscribe: %v", err)
 	}
 }
+
+func TestFakeConformanceUDP(t *testing.T) {
+	dataplanetest.RunUDP(t, func(t *testing.T) dataplanetest.Harness {
+		f := dataplane.NewFake()
+		u := dataplanetest.Underlay{
+			Name: "eth0", Index: f.AddDevice("eth0"),
+			Addr4: netip.MustParsePrefix("192.168.1.2/24"), Addr6: netip.MustParsePrefix("fd00:1::2/64"),
+		}
+		return &fakeHarness{t: t, f: f, u: u}
+	})
+}

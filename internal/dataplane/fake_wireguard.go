@@ -46,6 +46,12 @@ func newFakeLink(want Link, index int) fakeLink {
 		}
 		return l
 	}
+	if want.Kind == KindUDP {
+		if l.MTU == 0 {
+			l.MTU = 1472
+		}
+		return l
+	}
 	l.Port = normPort(want.Port)
 	if l.MTU == 0 {
 		l.MTU = 1450

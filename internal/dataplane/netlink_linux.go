@@ -55,7 +55,8 @@ type Netlink struct {
 	// whose connected route is awaited (netlink_flap_linux.go).
 	upPending map[int]bool
 
-	wg *wgState // WireGuard devices (wireguard_linux.go)
+	wg  *wgState  // WireGuard devices (wireguard_linux.go)
+	udp *udpState // udp devices (udp_linux.go)
 }
 
 // NetlinkOption adjusts a Netlink.
@@ -65,6 +66,8 @@ type netlinkOptions struct {
 	plainRoutes bool
 	wgMode      string
 	wgCreate    func(name string, mtu int) (WGDevice, error)
+	udpCreate   func(UDPSpec) (UDPDevice, error)
+	udpView     []UDPStatus
 }
 
 // PlainRoutes makes Netlink install every route as a plain route, as on a
@@ -106,7 +109,7 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 		h.Close()
 		return nil, err
 	}
-	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch, wg: wg}
+	n := &Netlink{log: log, ns: ns, h: h, w: w, idx: newIndex(), nhFreeBatch: nhFreeBatch, wg: wg, udp: newUDPState(o)}
 	if !o.plainRoutes {
 		ok, why := n.nexthopsUsable()
 		n.nhOK = ok
@@ -121,6 +124,7 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 // netlink sockets.
 func (n *Netlink) Close() {
 	n.closeWG()
+	n.closeUDP()
 	n.h.Close()
 	n.w.close()
 }
@@ -164,6 +168,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	n.pass.Lock()
 	defer n.pass.Unlock()
 	n.reapWG()
+	n.reapUDP()
 	p := &pass{n: n, ctx: ctx, ifindex: map[string]int{}}
 	if n.resync.Swap(false) {
 		// A notification may have been lost: the index cannot be trusted
@@ -225,13 +230,15 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	var tn map[NeighKey]struct{}
 	var tf map[FDBKey]struct{}
 	var tw map[WGPeerKey]struct{}
+	var tu map[UDPPeerKey]struct{}
 	if touched != nil {
 		tr, tn, tf = nonNil(touched.Routes), nonNil(touched.Neighs), nonNil(touched.FDB)
-		tw = nonNil(touched.WGPeers)
+		tw, tu = nonNil(touched.WGPeers), nonNil(touched.UDPPeers)
 	}
 	// WireGuard peers first: a route into a WireGuard device sends
 	// traffic nowhere until the peer that takes it is there.
 	p.addWGPeers(entries(desired.WGPeers, tw))
+	p.addUDPPeers(entries(desired.UDPPeers, tu))
 	p.addFDB(entries(desired.FDB, tf))
 	p.addNeighs(entries(desired.Neighs, tn))
 	p.addRoutes(entries(desired.Routes, tr))
@@ -247,6 +254,7 @@ func (n *Netlink) reconcile(ctx context.Context, desired *State, full bool, touc
 	p.delFDB(desired, gone, tf)
 	p.flush()
 	p.delWGPeers(desired, gone, tw)
+	p.delUDPPeers(desired, gone, tu)
 	p.delNexthops()
 	p.delLinks(gone)
 	return p.changes, errors.Join(p.errs...)

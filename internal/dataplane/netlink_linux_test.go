@@ -22,6 +22,7 @@ import (
 
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/dataplane/dataplanetest"
+	"github.com/weft-net/weft/internal/dataplane/udptun"
 )
 
 // nsHarness is a scratch network namespace with a bridge as underlay
@@ -93,7 +94,9 @@ func newNS(t *testing.T) *nsHarness {
 
 func (h *nsHarness) newDP() *dataplane.Netlink {
 	log := slog.New(slog.NewTextHandler(h.t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	opts := []dataplane.NetlinkOption{h.userspaceWG(h.wgMode)}
+	opts := []dataplane.NetlinkOption{h.userspaceWG(h.wgMode), dataplane.UDP(func(s dataplane.UDPSpec) (dataplane.UDPDevice, error) {
+		return udptun.Create(log, h.ns, udptun.Config{Name: s.Name, Local: s.Local, Port: s.Port})
+	})}
 	if h.plain {
 		opts = append(opts, dataplane.PlainRoutes())
 	}
@@ -509,4 +512,14 @@ func TestNetlinkRefusedMTU(t *testing.T) {
 			t.Errorf("%s mtu %d, want the kernel's clamp %d", dev, got, want)
 		}
 	}
+}
+
+// TestNetlinkConformanceUDP is the suite's udp part: real TUN devices
+// served by udptun in a scratch namespace.
+func TestNetlinkConformanceUDP(t *testing.T) {
+	dataplanetest.RunUDP(t, func(t *testing.T) dataplanetest.Harness {
+		h := newNS(t)
+		h.dp = h.newDP()
+		return h
+	})
 }

@@ -45,16 +45,19 @@ type (
 		neighs  map[NeighKey]nlNeigh
 		fdb     map[FDBKey]nlFDB
 		wgPeers map[WGPeerKey]nlWGPeer
+		// udpPeers are the tables of our udp devices (udp_linux.go).
+		udpPeers map[UDPPeerKey]UDPPeer
 	}
 )
 
 func newIndex() *nlIndex {
 	return &nlIndex{
-		links:   map[string]nlLink{},
-		routes:  map[RouteKey]nlRoute{},
-		neighs:  map[NeighKey]nlNeigh{},
-		fdb:     map[FDBKey]nlFDB{},
-		wgPeers: map[WGPeerKey]nlWGPeer{},
+		links:    map[string]nlLink{},
+		routes:   map[RouteKey]nlRoute{},
+		neighs:   map[NeighKey]nlNeigh{},
+		fdb:      map[FDBKey]nlFDB{},
+		wgPeers:  map[WGPeerKey]nlWGPeer{},
+		udpPeers: map[UDPPeerKey]UDPPeer{},
 	}
 }
 
@@ -79,6 +82,11 @@ func (x *nlIndex) dropDev(dev string) {
 	for k := range x.wgPeers {
 		if k.Dev == dev {
 			delete(x.wgPeers, k)
+		}
+	}
+	for k := range x.udpPeers {
+		if k.Dev == dev {
+			delete(x.udpPeers, k)
 		}
 	}
 }
@@ -109,6 +117,9 @@ func (x *nlIndex) state() *State {
 	}
 	for k, p := range x.wgPeers {
 		s.WGPeers[k] = p.WGPeer
+	}
+	for k, p := range x.udpPeers {
+		s.UDPPeers[k] = p
 	}
 	return s
 }
@@ -266,6 +277,7 @@ func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRou
 		if err := n.readWG(x); err != nil {
 			return nil, nil, nil, err
 		}
+		n.readUDP(x)
 	}
 
 	routes, err := n.dumpRoutes()

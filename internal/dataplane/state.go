@@ -163,16 +163,19 @@ type State struct {
 	FDB    map[FDBKey]FDB
 	// WGPeers are the peers of our WireGuard devices.
 	WGPeers map[WGPeerKey]WGPeer
+	// UDPPeers are the forwarding tables of our udp devices.
+	UDPPeers map[UDPPeerKey]UDPPeer
 }
 
 // NewState returns an empty State with its maps made.
 func NewState() *State {
 	return &State{
-		Links:   map[string]Link{},
-		Routes:  map[RouteKey]Route{},
-		Neighs:  map[NeighKey]Neigh{},
-		FDB:     map[FDBKey]FDB{},
-		WGPeers: map[WGPeerKey]WGPeer{},
+		Links:    map[string]Link{},
+		Routes:   map[RouteKey]Route{},
+		Neighs:   map[NeighKey]Neigh{},
+		FDB:      map[FDBKey]FDB{},
+		WGPeers:  map[WGPeerKey]WGPeer{},
+		UDPPeers: map[UDPPeerKey]UDPPeer{},
 	}
 }
 
@@ -181,11 +184,12 @@ func NewState() *State {
 // planning thousands of peers does not regrow its maps.
 func NewStateSized(links, peers int) *State {
 	return &State{
-		Links:   make(map[string]Link, links),
-		Routes:  make(map[RouteKey]Route, peers),
-		Neighs:  make(map[NeighKey]Neigh, peers),
-		FDB:     make(map[FDBKey]FDB, peers),
-		WGPeers: map[WGPeerKey]WGPeer{},
+		Links:    make(map[string]Link, links),
+		Routes:   make(map[RouteKey]Route, peers),
+		Neighs:   make(map[NeighKey]Neigh, peers),
+		FDB:      make(map[FDBKey]FDB, peers),
+		WGPeers:  map[WGPeerKey]WGPeer{},
+		UDPPeers: map[UDPPeerKey]UDPPeer{},
 	}
 }
 
@@ -216,6 +220,9 @@ func (s *State) Lines() []string {
 	for _, p := range s.WGPeers {
 		out = append(out, "wg "+p.String())
 	}
+	for _, p := range s.UDPPeers {
+		out = append(out, "udp "+p.String())
+	}
 	sort.Strings(out)
 	return out
 }
@@ -229,12 +236,14 @@ type Changes struct {
 	NeighsAdded, NeighsRemoved             int
 	FDBAdded, FDBRemoved                   int
 	WGPeersAdded, WGPeersRemoved           int
+	UDPPeersAdded, UDPPeersRemoved         int
 }
 
 // Total is the number of kernel writes counted in c.
 func (c Changes) Total() int {
 	return c.LinksAdded + c.LinksRemoved + c.LinksUpdated + c.RoutesAdded + c.RoutesRemoved +
-		c.NeighsAdded + c.NeighsRemoved + c.FDBAdded + c.FDBRemoved + c.WGPeersAdded + c.WGPeersRemoved
+		c.NeighsAdded + c.NeighsRemoved + c.FDBAdded + c.FDBRemoved + c.WGPeersAdded + c.WGPeersRemoved +
+		c.UDPPeersAdded + c.UDPPeersRemoved
 }
 
 // Add returns the sum of c and d.
@@ -246,6 +255,7 @@ func (c Changes) Add(d Changes) Changes {
 		NeighsAdded: c.NeighsAdded + d.NeighsAdded, NeighsRemoved: c.NeighsRemoved + d.NeighsRemoved,
 		FDBAdded: c.FDBAdded + d.FDBAdded, FDBRemoved: c.FDBRemoved + d.FDBRemoved,
 		WGPeersAdded: c.WGPeersAdded + d.WGPeersAdded, WGPeersRemoved: c.WGPeersRemoved + d.WGPeersRemoved,
+		UDPPeersAdded: c.UDPPeersAdded + d.UDPPeersAdded, UDPPeersRemoved: c.UDPPeersRemoved + d.UDPPeersRemoved,
 	}
 }
 
@@ -267,6 +277,9 @@ func (s *State) Clone() *State {
 	for k, v := range s.WGPeers {
 		c.WGPeers[k] = v
 	}
+	for k, v := range s.UDPPeers {
+		c.UDPPeers[k] = v
+	}
 	return c
 }
 
@@ -275,21 +288,24 @@ func (s *State) Clone() *State {
 // them per peer (backend.Backend.PlanPeer), so a lease event replans one
 // peer instead of all of them.
 type Objects struct {
-	Routes  []Route
-	Neighs  []Neigh
-	FDB     []FDB
-	WGPeers []WGPeer
+	Routes   []Route
+	Neighs   []Neigh
+	FDB      []FDB
+	WGPeers  []WGPeer
+	UDPPeers []UDPPeer
 }
 
 // Len is the number of objects in o.
-func (o Objects) Len() int { return len(o.Routes) + len(o.Neighs) + len(o.FDB) + len(o.WGPeers) }
+func (o Objects) Len() int {
+	return len(o.Routes) + len(o.Neighs) + len(o.FDB) + len(o.WGPeers) + len(o.UDPPeers)
+}
 
 // Equal reports whether o and p hold the same objects in the same order
 // (planners are deterministic, so a replanned, unchanged peer compares
 // equal).
 func (o Objects) Equal(p Objects) bool {
 	return slices.Equal(o.Routes, p.Routes) && slices.Equal(o.Neighs, p.Neighs) && slices.Equal(o.FDB, p.FDB) &&
-		slices.Equal(o.WGPeers, p.WGPeers)
+		slices.Equal(o.WGPeers, p.WGPeers) && slices.Equal(o.UDPPeers, p.UDPPeers)
 }
 
 // AddRoute, AddNeigh and AddFDB append one object.
@@ -311,12 +327,14 @@ type Delta struct {
 	FDB    map[FDBKey]struct{}
 	// WGPeers are touched WireGuard peers.
 	WGPeers map[WGPeerKey]struct{}
+	// UDPPeers are touched udp forwarding entries.
+	UDPPeers map[UDPPeerKey]struct{}
 }
 
 // NewDelta returns an empty Delta with its maps made.
 func NewDelta() *Delta {
 	return &Delta{Routes: map[RouteKey]struct{}{}, Neighs: map[NeighKey]struct{}{}, FDB: map[FDBKey]struct{}{},
-		WGPeers: map[WGPeerKey]struct{}{}}
+		WGPeers: map[WGPeerKey]struct{}{}, UDPPeers: map[UDPPeerKey]struct{}{}}
 }
 
 // TouchObjects records every key of o.
@@ -333,10 +351,15 @@ func (d *Delta) TouchObjects(o Objects) {
 	for _, p := range o.WGPeers {
 		d.WGPeers[p.Key()] = struct{}{}
 	}
+	for _, p := range o.UDPPeers {
+		d.UDPPeers[p.Key()] = struct{}{}
+	}
 }
 
 // Len is the number of touched keys.
-func (d *Delta) Len() int { return len(d.Routes) + len(d.Neighs) + len(d.FDB) + len(d.WGPeers) }
+func (d *Delta) Len() int {
+	return len(d.Routes) + len(d.Neighs) + len(d.FDB) + len(d.WGPeers) + len(d.UDPPeers)
+}
 
 // Reset forgets every touched key, keeping the maps' storage.
 func (d *Delta) Reset() {
@@ -344,4 +367,5 @@ func (d *Delta) Reset() {
 	clear(d.Neighs)
 	clear(d.FDB)
 	clear(d.WGPeers)
+	clear(d.UDPPeers)
 }

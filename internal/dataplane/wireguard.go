@@ -29,6 +29,9 @@ const (
 	// identity is the local address; MTU, address and up state are fixed
 	// in place.
 	KindIPIP
+	// KindUDP is the udp backend's TUN device (flannel0), served by a
+	// forwarder in this process (see udp.go).
+	KindUDP
 )
 
 func (k LinkKind) String() string {
@@ -37,6 +40,8 @@ func (k LinkKind) String() string {
 		return "wireguard"
 	case KindIPIP:
 		return "ipip"
+	case KindUDP:
+		return "udp"
 	}
 	return "vxlan"
 }
@@ -126,6 +131,8 @@ func linkLine(l Link) string {
 	var line string
 	if l.Kind == KindIPIP {
 		line = fmt.Sprintf("link %s ipip local %s mtu %d", l.Name, l.Local, l.MTU)
+	} else if l.Kind == KindUDP {
+		line = fmt.Sprintf("link %s udp local %s port %d mtu %d", l.Name, l.Local, l.Port, l.MTU)
 	} else if l.Kind == KindWireGuard {
 		pub := "none"
 		if l.PrivateKey != (WGKey{}) {

@@ -242,6 +242,9 @@ func (n *Netlink) ourLink(l netlink.Link) (nlLink, bool) {
 	case *netlink.Iptun:
 		return fromIPIP(v), true
 	case *netlink.Tuntap:
+		if u, ok := n.udpLink(l.Attrs()); ok {
+			return u, true
+		}
 		if n.servedWG(l.Attrs().Name) {
 			return fromWG(l.Attrs(), true), true
 		}
@@ -289,6 +292,9 @@ func (n *Netlink) addLink(want Link) error {
 		return n.addWGLink(want)
 	case KindIPIP:
 		return n.addIPIPLink(want)
+	}
+	if want.Kind == KindUDP {
+		return n.addUDPLink(want)
 	}
 	if err := n.h.LinkAdd(newVxlan(want)); err != nil {
 		return err
@@ -347,6 +353,11 @@ func (n *Netlink) addWGLink(want Link) error {
 // closed (which deletes its TUN), anything else deleted through netlink
 // (a userspace device's TUN too: wireguard-go then ends by itself).
 func (n *Netlink) removeLink(name string, l nlLink) error {
+	if l.Kind == KindUDP {
+		if ok, err := n.removeUDPLink(name); ok {
+			return err
+		}
+	}
 	if l.Kind == KindWireGuard && l.user {
 		n.wg.mu.Lock()
 		d := n.wg.user[name]

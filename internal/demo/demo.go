@@ -43,12 +43,16 @@ const DefaultStateDir = "/run/weft-demo"
 
 // Options configure a demo run.
 type Options struct {
-	Nodes, Pods   int
-	Backend       string // vxlan, host-gw or wireguard
-	DirectRouting bool
-	IPv6Only      bool
-	DualStack     bool
-	Keep          bool
+	Nodes, Pods int
+	Backend     string // vxlan, host-gw, wireguard or udp
+	// UpstreamFlanneld is an upstream flanneld binary: with Backend udp
+	// the pod-to-pod throughput is measured again with it on the two
+	// measured hosts, for the comparison with upstream's C proxy.
+	UpstreamFlanneld string
+	DirectRouting    bool
+	IPv6Only         bool
+	DualStack        bool
+	Keep             bool
 	// Name prefixes the demo's namespaces (default Name); tests use their
 	// own so they never meet a developer's demo.
 	Name string
@@ -113,8 +117,11 @@ type Ping struct {
 // same two hosts (what the vxlan backend would carry pods over), so that
 // one run puts the backend next to vxlan and the underlay.
 type Throughput struct {
-	PodToPodMbps   float64 `json:"podToPodMbps"`
-	VXLANMbps      float64 `json:"vxlanMbps,omitempty"`
+	PodToPodMbps float64 `json:"podToPodMbps"`
+	VXLANMbps    float64 `json:"vxlanMbps,omitempty"`
+	// UpstreamMbps is pod-to-pod with upstream's flanneld on both hosts
+	// (Options.UpstreamFlanneld).
+	UpstreamMbps   float64 `json:"upstreamPodToPodMbps,omitempty"`
 	HostToHostMbps float64 `json:"hostToHostMbps"`
 	Ratio          float64 `json:"ratio"`
 	Error          string  `json:"error,omitempty"`
@@ -153,8 +160,14 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Backend == "" {
 		o.Backend = "vxlan"
 	}
-	if o.Backend != "vxlan" && o.Backend != "host-gw" && o.Backend != "wireguard" {
-		return nil, fmt.Errorf("--backend: %q is not vxlan, host-gw or wireguard", o.Backend)
+	if o.Backend != "vxlan" && o.Backend != "host-gw" && o.Backend != "wireguard" && o.Backend != "udp" {
+		return nil, fmt.Errorf("--backend: %q is not vxlan, host-gw, wireguard or udp", o.Backend)
+	}
+	if o.Backend == "udp" && (o.IPv6Only || o.DualStack) {
+		return nil, errors.New("--backend udp carries IPv4 only (as upstream's): drop --ipv6 and --dual-stack")
+	}
+	if o.UpstreamFlanneld != "" && o.Backend != "udp" {
+		return nil, errors.New("--upstream-flanneld compares throughput with upstream's udp backend: it needs --backend udp")
 	}
 	if o.Nodes < 1 || o.Nodes > 50 || o.Pods < 1 || o.Pods > 20 {
 		return nil, errors.New("--nodes must be 1..50 and --pods 1..20")

@@ -81,6 +81,9 @@ func (res *Result) Print(w io.Writer) {
 			fmt.Fprintf(w, "  failed: %s\n", tp.Error)
 		} else {
 			fmt.Fprintf(w, "  %-26s %8.0f Mbit/s\n", "pod → pod ("+res.Backend+")", tp.PodToPodMbps)
+			if tp.UpstreamMbps > 0 {
+				fmt.Fprintf(w, "  %-26s %8.0f Mbit/s\n", "pod → pod (upstream "+res.Backend+")", tp.UpstreamMbps)
+			}
 			if tp.VXLANMbps > 0 {
 				fmt.Fprintf(w, "  %-26s %8.0f Mbit/s\n", "kernel vxlan, same hosts", tp.VXLANMbps)
 			}

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/weft-net/weft/internal/lab"
@@ -56,7 +57,48 @@ func (r *run) throughput(ctx context.Context) *Throughput {
 	if tp.HostToHostMbps > 0 {
 		tp.Ratio = tp.PodToPodMbps / tp.HostToHostMbps
 	}
+	if r.o.UpstreamFlanneld != "" {
+		if tp.UpstreamMbps, err = r.upstreamUDP(ctx, a, b); err != nil {
+			tp.Error = "upstream udp: " + err.Error()
+		}
+	}
 	return tp
+}
+
+// upstreamUDP measures pod a to pod b again with upstream's flanneld (its
+// udp backend: the C proxy) on both their hosts: ours is stopped there,
+// upstream takes the same leases (it reuses the lease holding its public
+// IP) and makes its own flannel0, the pods stay as they are; afterwards
+// ours comes back.
+func (r *run) upstreamUDP(ctx context.Context, a, b *Pod) (float64, error) {
+	hosts := []*lab.Host{a.pod.Host, b.pod.Host}
+	ours := hosts[0].Flanneld
+	swap := func(bin string) error {
+		for _, h := range hosts {
+			if err := r.c.Stop(h, syscall.SIGTERM); err != nil {
+				return fmt.Errorf("%s: stop flanneld: %w", h.NS, err)
+			}
+			h.Flanneld = bin
+			if err := r.c.Start(h, "--healthz-ip=127.0.0.1", fmt.Sprintf("--healthz-port=%d", HealthzPort)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	defer func() { _ = swap(ours) }()
+	if err := swap(r.o.UpstreamFlanneld); err != nil {
+		return 0, err
+	}
+	// Up once a ping goes through upstream's proxies both ways.
+	dst := b.IPv4
+	deadline := time.Now().Add(30 * time.Second)
+	for exec.CommandContext(ctx, "ip", "netns", "exec", a.ns, "ping", "-c", "1", "-W", "1", dst).Run() != nil {
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("pod %s does not reach %s with upstream flanneld on both hosts", a.Name, dst)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return iperf(ctx, a.ns, b.ns, dst)
 }
 
 // referenceVXLAN measures a kernel VXLAN tunnel between hosts a and b,

@@ -63,7 +63,7 @@ func New(version string) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs … 26s
 		}, []string{"kind"}),
 		objects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "flannel_kernel_objects_changed_total", Help: "Kernel objects written, by kind (link, route, neigh, fdb, wgpeer) and operation (added, removed, updated).",
+			Name: "flannel_kernel_objects_changed_total", Help: "Kernel objects written, by kind (link, route, neigh, fdb, wgpeer, udppeer: an entry of a udp forwarding table) and operation (added, removed, updated).",
 		}, []string{"kind", "op"}),
 		repaired: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "flannel_kernel_objects_repaired_total", Help: "Kernel objects restored or removed to undo drift (changed behind the daemon's back), by kind.",
@@ -243,6 +243,8 @@ func (m *Metrics) Pass(full bool, took time.Duration, ch dataplane.Changes, err 
 	add("fdb", "removed", ch.FDBRemoved)
 	add("wgpeer", "added", ch.WGPeersAdded)
 	add("wgpeer", "removed", ch.WGPeersRemoved)
+	add("udppeer", "added", ch.UDPPeersAdded)
+	add("udppeer", "removed", ch.UDPPeersRemoved)
 }
 
 // MasqSync records a masquerade rule sync and the rules it repaired.

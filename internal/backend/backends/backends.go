@@ -12,6 +12,7 @@ import (
 	"github.com/weft-net/weft/internal/backend/extension"
 	"github.com/weft-net/weft/internal/backend/hostgw"
 	"github.com/weft-net/weft/internal/backend/ipip"
+	"github.com/weft-net/weft/internal/backend/udp"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/backend/wireguard"
 	"github.com/weft-net/weft/internal/config"
@@ -39,6 +40,7 @@ func All() map[string]Entry {
 		config.BackendAlloc:     {alloc.Factory, nil},
 		config.BackendExtension: {extension.Factory, extensionIdentity},
 		config.BackendIPIP:      {ipip.Factory, nil},
+		config.BackendUDP:       {udp.Factory, nil},
 	}
 }
 

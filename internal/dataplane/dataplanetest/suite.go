@@ -559,6 +559,7 @@ func touchedBetween(from, to *dataplane.State) *dataplane.Delta {
 	touch(d.Neighs, from.Neighs, to.Neighs)
 	touch(d.FDB, from.FDB, to.FDB)
 	touch(d.WGPeers, from.WGPeers, to.WGPeers)
+	touch(d.UDPPeers, from.UDPPeers, to.UDPPeers)
 	return d
 }
 
