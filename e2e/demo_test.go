@@ -41,6 +41,8 @@ func TestDemo(t *testing.T) {
 		{"host-gw", []string{"--backend", "host-gw"}, []string{"ipv4"}},
 		{"vxlan-dual-stack", []string{"--backend", "vxlan", "--dual-stack"}, []string{"ipv4", "ipv6"}},
 		{"wireguard", []string{"--backend", "wireguard"}, []string{"ipv4"}},
+		// extension: host-gw done by the operator's `ip route` commands.
+		{"extension", []string{"--backend", "extension"}, []string{"ipv4"}},
 		// udp, measured against upstream's udp between the same pods.
 		{"udp", []string{"--backend", "udp", "--name", "wtudd", "--upstream-flanneld", upstreamFlanneld(t)}, []string{"ipv4"}},
 	} {

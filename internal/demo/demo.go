@@ -160,11 +160,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Backend == "" {
 		o.Backend = "vxlan"
 	}
-	if o.Backend != "vxlan" && o.Backend != "host-gw" && o.Backend != "wireguard" && o.Backend != "udp" {
-		return nil, fmt.Errorf("--backend: %q is not vxlan, host-gw, wireguard or udp", o.Backend)
+	if o.Backend != "vxlan" && o.Backend != "host-gw" && o.Backend != "wireguard" && o.Backend != "udp" && o.Backend != "extension" {
+		return nil, fmt.Errorf("--backend: %q is not vxlan, host-gw, wireguard, udp or extension", o.Backend)
 	}
-	if o.Backend == "udp" && (o.IPv6Only || o.DualStack) {
-		return nil, errors.New("--backend udp carries IPv4 only (as upstream's): drop --ipv6 and --dual-stack")
+	if (o.Backend == "udp" || o.Backend == "extension") && (o.IPv6Only || o.DualStack) {
+		return nil, fmt.Errorf("--backend %s carries IPv4 only here: drop --ipv6 and --dual-stack", o.Backend)
 	}
 	if o.UpstreamFlanneld != "" && o.Backend != "udp" {
 		return nil, errors.New("--upstream-flanneld compares throughput with upstream's udp backend: it needs --backend udp")
@@ -223,6 +223,15 @@ func (r *run) netConf() string {
 	be := fmt.Sprintf(`{"Type":%q}`, r.o.Backend)
 	if r.o.Backend == "vxlan" && r.o.DirectRouting {
 		be = `{"Type":"vxlan","DirectRouting":true}`
+	}
+	if r.o.Backend == "extension" {
+		// host-gw done by the operator's commands, as upstream's
+		// documentation shows it (without a shell: one command each).
+		ipCmd, err := exec.LookPath("ip")
+		if err != nil {
+			ipCmd = "ip"
+		}
+		be = fmt.Sprintf(`{"Type":"extension","SubnetAddCommand":"%s route replace $SUBNET via $PUBLIC_IP","SubnetRemoveCommand":"%s route del $SUBNET via $PUBLIC_IP"}`, ipCmd, ipCmd)
 	}
 	switch {
 	case r.o.IPv6Only:
