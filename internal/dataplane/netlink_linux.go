@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"github.com/safchain/ethtool"
+
 	"context"
 	"errors"
 	"fmt"
@@ -56,6 +58,8 @@ type Netlink struct {
 	upPending map[int]bool
 
 	wg *wgState // WireGuard devices (wireguard_linux.go)
+
+	eth *ethtool.Ethtool // opened on first use, under pass (txcsum_linux.go)
 }
 
 // NetlinkOption adjusts a Netlink.
@@ -121,6 +125,9 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 // netlink sockets.
 func (n *Netlink) Close() {
 	n.closeWG()
+	if n.eth != nil {
+		n.eth.Close()
+	}
 	n.h.Close()
 	n.w.close()
 }
