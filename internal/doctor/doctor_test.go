@@ -40,7 +40,7 @@ func healthy() (*fakeHost, *daemon.Status) {
 		txcsum:  map[string]bool{"flannel.1": false},
 		release: "6.8.0-51-generic",
 		procs:   []Process{{PID: 1, Name: "systemd"}, {PID: 42, Name: "flanneld", Cmdline: []string{"/opt/bin/flanneld", "--ip-masq"}}},
-		files: map[string]string{"/run/flannel/subnet.env": "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"},
+		files:   map[string]string{"/run/flannel/subnet.env": "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"},
 		forward: Chain{Policy: "DROP", Rules: []string{"-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD"}},
 	}
 	st := &daemon.Status{
