@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/daemon"
@@ -106,7 +107,8 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 		defer cancel() // the daemon ending stops the listener too
 		return daemon.Run(ctx, daemon.Config{
 			Options: opts, Log: log, Store: store, Dataplane: dp, System: dp, LeaseTTL: hooks.LeaseTTL,
-			Metrics: m, Health: health, Status: board, Observer: observe,
+			KernelRelease: kernelRelease(),
+			Metrics:       m, Health: health, Status: board, Observer: observe,
 			Preflight: func(n *config.Network) error {
 				return checkBridgeNetfilter(log, os.DirFS("/proc/sys"), n)
 			},
@@ -117,4 +119,13 @@ func Run(ctx context.Context, log *slog.Logger, opts config.Options, version str
 		})
 	})
 	return g.Wait()
+}
+
+// kernelRelease returns uname -r, or "" if it cannot be read.
+func kernelRelease() string {
+	var u unix.Utsname
+	if unix.Uname(&u) != nil {
+		return ""
+	}
+	return unix.ByteSliceToString(u.Release[:])
 }

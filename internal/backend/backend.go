@@ -205,6 +205,9 @@ type Env struct {
 	Underlay Underlay
 	Options  config.Options
 	Kernel   Kernel
+	// KernelRelease is the running kernel's release (uname -r), for
+	// settings that depend on it (vxlan's --vxlan-tx-checksum auto).
+	KernelRelease string
 	// CommandRan, if set, is told of every command a backend runs
 	// (extension): its config field, how long it took and how it ended.
 	CommandRan func(command string, took time.Duration, err error)

@@ -30,6 +30,7 @@ commands:
   demo down   remove a demo left running with --keep
   leases      list the cluster's subnet leases from etcd (flanneld's --etcd-* flags)
   status      this host's lease, peers, kernel drift and health (from the local flanneld's socket)
+  doctor      check this host for known overlay faults; --fix applies the safe fixes (root)
 `
 
 // Main runs the weft command and returns its exit code.
@@ -60,6 +61,11 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		return benchCmd(ctx, args[1:], stdout, stderr)
 	case "status":
 		err = statusCmd(ctx, args[1:], stdout, stderr)
+	case "doctor":
+		err = doctorCmd(ctx, args[1:], stdout, stderr)
+		if errors.Is(err, errFailed) {
+			return 1 // the report says why
+		}
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 	default:

@@ -62,6 +62,11 @@ type Options struct {
 	// WireGuardDevice chooses the WireGuard implementation: "auto" (the
 	// kernel's, else a userspace device), "kernel" or "userspace".
 	WireGuardDevice string
+	// VXLANTxChecksum is the TX checksum offload (tx-checksum-ip-generic)
+	// of our VXLAN devices: "auto" (off on kernels whose NAT corrupts
+	// offloaded VXLAN checksums, dataplane.TxChecksumBroken; else left as
+	// the kernel made it), "on" or "off".
+	VXLANTxChecksum string
 
 	// ResyncPeriod is how often the dataplane is compared with the kernel
 	// and repaired (weft only; upstream has no periodic vxlan resync).
@@ -82,6 +87,13 @@ const (
 	WireGuardKernel         = "kernel"
 	WireGuardUserspace      = "userspace"
 	DefaultWireGuardKeyFile = "/run/flannel/wgkey"
+)
+
+// Settings of --vxlan-tx-checksum.
+const (
+	TxChecksumAuto = "auto"
+	TxChecksumOn   = "on"
+	TxChecksumOff  = "off"
 )
 
 // EnvPrefix is prepended to a flag's upper-cased name (dashes become
@@ -211,6 +223,9 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	fs.StringVar(&o.WireGuardDevice, "wireguard-device", WireGuardAuto,
 		"WireGuard implementation for the wireguard backend: auto (the kernel's if it has the module, else userspace), kernel or userspace")
 
+	fs.StringVar(&o.VXLANTxChecksum, "vxlan-tx-checksum", TxChecksumAuto,
+		"TX checksum offload of the VXLAN devices: auto (off on kernels before 5.7, whose NAT corrupts offloaded VXLAN checksums; else as the kernel sets it), on or off")
+
 	o.ResyncPeriod = 10 * time.Second
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "how often the dataplane is checked against the kernel and repaired")
 
@@ -262,6 +277,11 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	case WireGuardAuto, WireGuardKernel, WireGuardUserspace:
 	default:
 		return o, fmt.Errorf("flags: %s: %q is not one of auto, kernel, userspace", flagOrigin("wireguard-device", fromEnv), o.WireGuardDevice)
+	}
+	switch o.VXLANTxChecksum {
+	case TxChecksumAuto, TxChecksumOn, TxChecksumOff:
+	default:
+		return o, fmt.Errorf("flags: %s: %q is not one of auto, on, off", flagOrigin("vxlan-tx-checksum", fromEnv), o.VXLANTxChecksum)
 	}
 	// Upstream's variable, without the FLANNELD_ prefix.
 	o.WireGuardKeyFile = getenv("WIREGUARD_KEY_FILE")

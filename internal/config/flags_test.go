@@ -5,6 +5,7 @@ import (
 	"flag"
 	"io"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -217,5 +218,19 @@ func TestEtcdFlagsOnAnotherFlagSet(t *testing.T) {
 	o, err = e.Resolve(env(nil))
 	if err != nil || len(o.EtcdEndpoints) != 2 || o.EtcdPrefix != DefaultEtcdPrefix || e.Given("etcd-endpoints") {
 		t.Errorf("defaults: %+v, %v, given %v", o, err, e.Given("etcd-endpoints"))
+	}
+}
+
+func TestVXLANTxChecksum(t *testing.T) {
+	o, err := ParseOptions(nil, env(nil), io.Discard)
+	if err != nil || o.VXLANTxChecksum != TxChecksumAuto {
+		t.Errorf("default: %q, %v", o.VXLANTxChecksum, err)
+	}
+	o, err = ParseOptions(nil, env(map[string]string{"FLANNELD_VXLAN_TX_CHECKSUM": "off"}), io.Discard)
+	if err != nil || o.VXLANTxChecksum != TxChecksumOff {
+		t.Errorf("FLANNELD_VXLAN_TX_CHECKSUM=off: %q, %v", o.VXLANTxChecksum, err)
+	}
+	if _, err := ParseOptions([]string{"--vxlan-tx-checksum=maybe"}, env(nil), io.Discard); err == nil || !strings.Contains(err.Error(), "not one of auto, on, off") {
+		t.Errorf("--vxlan-tx-checksum=maybe: %v", err)
 	}
 }

@@ -24,7 +24,8 @@ func (d *daemon) makeBackend(u backend.Underlay) error {
 		return wrapNetConfig(&config.FieldError{Field: "Backend.Type", Reason: fmt.Sprintf("%q is not supported (supported: %s)",
 			d.net.Backend.Type, strings.Join(slices.Sorted(maps.Keys(all)), ", "))})
 	}
-	env := backend.Env{Log: d.log, Network: d.net, Underlay: u, Options: d.opts, Kernel: d.cfg.Dataplane}
+	env := backend.Env{Log: d.log, Network: d.net, Underlay: u, Options: d.opts, Kernel: d.cfg.Dataplane,
+		KernelRelease: d.cfg.KernelRelease}
 	if d.cfg.Metrics != nil {
 		env.CommandRan = d.cfg.Metrics.CommandRan
 	}

@@ -58,6 +58,8 @@ type Config struct {
 	Store     lease.Store
 	Dataplane Dataplane
 	System    underlay.System
+	// KernelRelease is uname -r (backend.Env.KernelRelease).
+	KernelRelease string
 	// LeaseTTL overrides lease.DefaultTTL (tests).
 	LeaseTTL time.Duration
 	// StoreAttempt overrides how long each startup call to the store may
@@ -110,6 +112,7 @@ type daemon struct {
 	opts config.Options
 
 	net     *config.Network
+	host    HostStatus // for the status
 	backend backend.Backend
 	self    lease.Lease
 	// peers is a copy-on-write map, so that each pass can publish it to
@@ -170,6 +173,15 @@ func (d *daemon) run(ctx context.Context) error {
 
 	if err := d.makeBackend(u); err != nil {
 		return err
+	}
+	d.host = HostStatus{Network: str(net.Network), IPv6Network: str(net.IPv6Network),
+		MTU: d.backend.MTU(), Underlay: u.Name, SubnetFile: d.opts.SubnetFile,
+		Kube: d.opts.KubeSubnetMgr, ForwardRules: d.opts.IPTablesForwardRules}
+	if d.net.Backend.Type == "vxlan" {
+		d.host.TxChecksum = d.opts.VXLANTxChecksum
+		if d.host.TxChecksum == config.TxChecksumAuto {
+			d.host.TxChecksum += ":" + dataplane.TxChecksumSetting(d.opts.VXLANTxChecksum, d.cfg.KernelRelease).String()
+		}
 	}
 	if err := d.acquire(ctx, prev); err != nil {
 		return err

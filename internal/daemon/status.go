@@ -20,6 +20,7 @@ import (
 // kernel state so that the caller can compare it with the kernel.
 type Status struct {
 	Lease   LeaseStatus  `json:"lease"`
+	Host    HostStatus   `json:"host"`
 	Store   StoreStatus  `json:"store"`
 	Backend string       `json:"backend"`
 	Rules   string       `json:"rules,omitempty"` // "iptables", "nftables", or "" when not managed
@@ -52,6 +53,23 @@ type LeaseStatus struct {
 	// "lost: …" (another host holds the subnet).
 	State       string    `json:"state,omitempty"`
 	LapsedSince time.Time `json:"lapsedSince,omitzero"`
+}
+
+// HostStatus is how this daemon is set up on its host: what `weft
+// doctor` compares the kernel against. Fixed once the lease is held.
+type HostStatus struct {
+	Network     string `json:"network,omitempty"`     // the cluster's IPv4 network
+	IPv6Network string `json:"ipv6Network,omitempty"` // and IPv6 network
+	MTU         int    `json:"mtu,omitempty"`         // FLANNEL_MTU
+	Underlay    string `json:"underlay,omitempty"`    // the inter-host interface
+	SubnetFile  string `json:"subnetFile,omitempty"`
+	Kube        bool   `json:"kube,omitempty"` // --kube-subnet-mgr
+	// ForwardRules says the daemon keeps accept rules in FORWARD
+	// (--iptables-forward-rules).
+	ForwardRules bool `json:"forwardRules,omitempty"`
+	// TxChecksum is --vxlan-tx-checksum (auto, on, off) and, after a
+	// colon, what auto chose ("auto:off").
+	TxChecksum string `json:"txChecksum,omitempty"`
 }
 
 // StoreStatus is the lease store's reachability.
@@ -143,6 +161,7 @@ type Board struct {
 // modified, when its lease changes.
 type snapshot struct {
 	backend string
+	host    HostStatus
 	self    lease.Lease
 	own     ownState
 	peers   cowmap.Snapshot[lease.ID, peer]
@@ -277,7 +296,7 @@ func (d *daemon) publish() {
 		return
 	}
 	snap := &snapshot{
-		backend: d.backend.Type(), self: d.self, own: d.own,
+		backend: d.backend.Type(), host: d.host, self: d.self, own: d.own,
 		peers: d.peers.Snapshot(),
 		last:  d.last, lastAt: d.lastAt,
 		base: d.base, fallback: d.fallback,
@@ -292,7 +311,7 @@ func (s *snapshot) render() Status {
 	if s == nil {
 		return Status{}
 	}
-	st := Status{Backend: s.backend}
+	st := Status{Backend: s.backend, Host: s.host}
 	st.Lease = LeaseStatus{
 		Subnet: str(s.self.Subnet), IPv6Subnet: str(s.self.IPv6Subnet),
 		PublicIP: str(s.self.Attrs.PublicIP), PublicIPv6: str(s.self.Attrs.PublicIPv6),

@@ -66,6 +66,7 @@ func linkSatisfied(want, have Link, up bool, addrs []netip.Prefix) bool {
 		(want.MAC.IsZero() || want.MAC == have.MAC) &&
 		(want.Kind != KindWireGuard || want.Port == 0 || want.Port == have.Port) &&
 		(want.PrivateKey == WGKey{} || want.PrivateKey == have.PrivateKey) &&
+		(want.TxChecksum == OffloadAsIs || want.TxChecksum == have.TxChecksum) &&
 		(!want.Addr.IsValid() || slices.Contains(addrs, want.Addr)) &&
 		(!want.Addr2.IsValid() || slices.Contains(addrs, want.Addr2)) &&
 		len(staleLinkAddrs(want, addrs)) == 0

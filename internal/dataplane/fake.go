@@ -571,6 +571,9 @@ func (f *Fake) ensureLink(want Link, c *Changes) error {
 	if want.Kind == KindWireGuard && fixFakeWG(want, &have) {
 		wrote = true
 	}
+	if want.TxChecksum != OffloadAsIs && want.TxChecksum != have.TxChecksum {
+		have.TxChecksum, wrote = want.TxChecksum, true
+	}
 	if wrote && !created {
 		c.LinksUpdated++
 	}

@@ -144,6 +144,30 @@ func (p *pass) fixLink(want Link, have *nlLink) (wrote bool) {
 	if want.Kind == KindWireGuard && p.fixWG(want, have) {
 		wrote = true
 	}
+	if want.TxChecksum != OffloadAsIs && want.TxChecksum != have.TxChecksum && p.fixTxChecksum(want, have) {
+		wrote = true
+	}
+	return wrote
+}
+
+// fixTxChecksum reads the device's TX checksum offload (the index does
+// not know it after a full read: Dump leaves it out) and sets it if it is
+// not want's.
+func (p *pass) fixTxChecksum(want Link, have *nlLink) (wrote bool) {
+	cur, err := p.n.readTxChecksum(want.Name)
+	if err != nil {
+		p.fail(err)
+		return false
+	}
+	if cur != want.TxChecksum {
+		if err := p.n.setTxChecksum(want.Name, want.TxChecksum); err != nil {
+			p.fail(err)
+			return false
+		}
+		p.n.log.Info("set checksum offload", "component", "dataplane", "link", want.Name, "feature", TxChecksumFeature, "to", want.TxChecksum.String())
+		wrote = true
+	}
+	have.TxChecksum = want.TxChecksum
 	return wrote
 }
 

@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"github.com/safchain/ethtool"
+
 	"context"
 	"errors"
 	"fmt"
@@ -57,6 +59,8 @@ type Netlink struct {
 
 	wg  *wgState  // WireGuard devices (wireguard_linux.go)
 	udp *udpState // udp devices (udp_linux.go)
+
+	eth *ethtool.Ethtool // opened on first use, under pass (txcsum_linux.go)
 }
 
 // NetlinkOption adjusts a Netlink.
@@ -125,6 +129,9 @@ func NewNetlink(log *slog.Logger, ns netns.NsHandle, opts ...NetlinkOption) (*Ne
 func (n *Netlink) Close() {
 	n.closeWG()
 	n.closeUDP()
+	if n.eth != nil {
+		n.eth.Close()
+	}
 	n.h.Close()
 	n.w.close()
 }

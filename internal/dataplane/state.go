@@ -77,6 +77,10 @@ type Link struct {
 	// PrivateKey is a WireGuard device's private key (zero: leave it as
 	// it is). Lines shows its public key only.
 	PrivateKey WGKey
+	// TxChecksum is a VXLAN device's TX checksum offload
+	// (TxChecksumFeature): OffloadAsIs leaves it as the kernel made it.
+	// Lines does not show it; Dump does not read it.
+	TxChecksum Offload
 }
 
 // Route is a route in the main table: unicast through Dev, or, with

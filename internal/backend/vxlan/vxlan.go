@@ -106,6 +106,9 @@ type Backend struct {
 	// kept4 and kept6: the MAC came from a surviving device, which peers'
 	// tables already name; Resume must not replace it.
 	kept4, kept6 bool
+	// txCsum is our devices' TX checksum offload (--vxlan-tx-checksum,
+	// auto resolved for the running kernel).
+	txCsum dataplane.Offload
 }
 
 // New returns a vxlan planner with the given VTEP MACs (Factory keeps
@@ -121,7 +124,8 @@ func New(n *config.Network, u backend.Underlay, mac4, mac6 dataplane.MAC) *Backe
 // reboot) Resume takes it back from our lease; only a new host gets a new,
 // random one.
 func Factory(env backend.Env) (backend.Backend, error) {
-	b := &Backend{net: env.Network, underlay: env.Underlay}
+	b := &Backend{net: env.Network, underlay: env.Underlay,
+		txCsum: dataplane.TxChecksumSetting(env.Options.VXLANTxChecksum, env.KernelRelease)}
 	// Before the kernel sees it: the kernel would clamp the device MTU at
 	// creation and refuse it on every later pass.
 	if err := b.CheckUnderlay(); err != nil {
@@ -302,6 +306,7 @@ func (b *Backend) device(v6 bool, subnet netip.Prefix) dataplane.Link {
 		MAC:         b.mac4,
 		Local:       b.underlay.LocalIP,
 		ParentIndex: b.underlay.Index,
+		TxChecksum:  b.txCsum,
 	}
 	if v6 {
 		d.MAC, d.Local = b.mac6, b.underlay.LocalIPv6
