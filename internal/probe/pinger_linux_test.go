@@ -18,7 +18,7 @@ import (
 	"github.com/weft-net/weft/internal/nsrun"
 )
 
-func run(t *testing.T, args ...string) {
+func run(t testing.TB, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
@@ -27,7 +27,7 @@ func run(t *testing.T, args ...string) {
 
 // testNS makes a namespace (wtpb-…) with its loopback up and returns its
 // name and handle; both go with the test.
-func testNS(t *testing.T) (string, netns.NsHandle) {
+func testNS(t testing.TB) (string, netns.NsHandle) {
 	t.Helper()
 	name := "wtpb-" + strings.ToLower(rand.Text()[:8])
 	run(t, "ip", "netns", "add", name)
@@ -60,7 +60,7 @@ func blackHole(t *testing.T, ns string, addrs ...string) {
 }
 
 // openIn opens a Pinger inside ns.
-func openIn(t *testing.T, ns netns.NsHandle, pingOnly bool) *Pinger {
+func openIn(t testing.TB, ns netns.NsHandle, pingOnly bool) *Pinger {
 	t.Helper()
 	var p *Pinger
 	if err := nsrun.Do(ns, func() (err error) { p, err = open(pingOnly); return err }); err != nil {
