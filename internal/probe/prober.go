@@ -97,6 +97,14 @@ func (p *Prober[K]) Run(ctx context.Context) error {
 	for {
 		start := time.Now()
 		targets := p.begin(start)
+		if len(targets) == 0 {
+			// Nothing to probe yet (a daemon before its first pass):
+			// look again soon rather than an interval later.
+			if err := sleepUntil(ctx, t, start.Add(min(p.cfg.Interval, time.Second))); err != nil {
+				return err
+			}
+			continue
+		}
 		gap := p.cfg.Interval / time.Duration(max(len(targets), 1))
 		for i, tg := range targets {
 			if err := sleepUntil(ctx, t, start.Add(time.Duration(i)*gap)); err != nil {
