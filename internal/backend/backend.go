@@ -190,6 +190,27 @@ type Backend interface {
 	PlanBase(self lease.Lease) *dataplane.State
 	// MTU is the MTU pods should use (FLANNEL_MTU).
 	MTU() int
+	// ProbeAddr is the address that answers for a peer through the path
+	// our plan gives it, for the reachability prober: one the peer's own
+	// daemon assigns (its PlanBase puts the same address on its device
+	// as ours does on ours), so it answers whether or not the peer runs
+	// pods. The zero Addr: this backend's peers are not probed. It is
+	// pure, and called from the prober's goroutine.
+	ProbeAddr(peer lease.Lease) netip.Addr
+}
+
+// OverlayAddr is the address a peer's daemon puts on its overlay device
+// (vxlan, ipip, wireguard: its subnet's network address as a /32 or
+// /128): the IPv4 one when IPv4 is enabled and the peer has it, else the
+// IPv6 one. Those backends' ProbeAddr.
+func OverlayAddr(n *config.Network, peer lease.Lease) netip.Addr {
+	if n.EnableIPv4 && peer.Subnet.IsValid() {
+		return peer.Subnet.Addr()
+	}
+	if n.EnableIPv6 && peer.IPv6Subnet.IsValid() {
+		return peer.IPv6Subnet.Addr()
+	}
+	return netip.Addr{}
 }
 
 // Kernel is what a backend may ask of the kernel while it is made: an

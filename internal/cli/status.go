@@ -196,6 +196,7 @@ func printStatus(w io.Writer, rep statusReport) {
 			fmt.Fprintf(w, ", error: %s", p.Error)
 		}
 		fmt.Fprintln(w)
+		printHealth(w, st.Health)
 	}
 	fmt.Fprintf(w, "healthz   %s\nreadyz    %s\n", rep.Healthz, strings.ReplaceAll(rep.Readyz, "\n", "\n          "))
 	if d := rep.Drift; d != nil {
@@ -292,4 +293,53 @@ func isPrintable(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// maxUnreachableShown bounds the unreachable peers printed (all are in
+// --json).
+const maxUnreachableShown = 20
+
+// printHealth prints the peers' reachability: "cluster health: 4,998/5,000
+// reachable", then the unreachable peers with since when and why.
+func printHealth(w io.Writer, h *daemon.HealthStatus) {
+	if h == nil {
+		return
+	}
+	if h.Off != "" {
+		fmt.Fprintf(w, "cluster health: not probed: %s\n", h.Off)
+		return
+	}
+	fmt.Fprintf(w, "cluster health: %s/%s reachable", thousands(h.Reachable), thousands(h.Peers))
+	if pending := h.Peers - h.Reachable - h.Unreachable; pending > 0 {
+		fmt.Fprintf(w, " (%s not probed yet)", thousands(pending))
+	}
+	fmt.Fprintf(w, ", probed every %s\n", h.Interval)
+	for i, u := range h.UnreachablePeers {
+		if i == maxUnreachableShown {
+			fmt.Fprintf(w, "          … %d more unreachable (--json lists all)\n", len(h.UnreachablePeers)-i)
+			break
+		}
+		name := u.Subnet
+		if name == "" {
+			name = u.IPv6Subnet
+		}
+		pub := u.PublicIP
+		if pub == "" {
+			pub = u.PublicIPv6
+		}
+		fmt.Fprintf(w, "          UNREACHABLE %s (public %s, probed %s) since %s (%s ago): %s\n",
+			name, dash(pub), u.Probed, u.Since.Format(time.RFC3339), time.Since(u.Since).Round(time.Second), u.LastError)
+	}
+}
+
+// thousands renders n with a comma every three digits.
+func thousands(n int) string {
+	s := strconv.Itoa(n)
+	if n < 0 {
+		return "-" + thousands(-n)
+	}
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }

@@ -71,6 +71,10 @@ type Options struct {
 	// ResyncPeriod is how often the dataplane is compared with the kernel
 	// and repaired (weft only; upstream has no periodic vxlan resync).
 	ResyncPeriod time.Duration
+	// ProbeInterval is how often every peer is probed through the overlay
+	// (ICMP echo, spread over the interval; weft status "cluster
+	// health"); 0 turns probing off.
+	ProbeInterval time.Duration
 
 	Version   bool
 	Verbosity int
@@ -229,6 +233,10 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	o.ResyncPeriod = 10 * time.Second
 	fs.DurationVar(&o.ResyncPeriod, "resync-period", o.ResyncPeriod, "how often the dataplane is checked against the kernel and repaired")
 
+	o.ProbeInterval = 30 * time.Second
+	fs.DurationVar(&o.ProbeInterval, "probe-interval", o.ProbeInterval,
+		"probe every peer through the overlay once per this interval (ICMP echo, spread evenly; weft status shows the unreachable ones); 0 turns it off")
+
 	fs.BoolVar(&o.Version, "version", false, "print the version and exit")
 	fs.IntVar(&o.Verbosity, "v", 0, "log verbosity: 0 info, 1 and above adds per-lease debug lines")
 	ignoredKlog := klogFlags(fs)
@@ -297,6 +305,9 @@ func ParseOptions(args []string, getenv func(string) string, out io.Writer) (Opt
 	if m := o.SubnetLeaseRenewMargin; m < minRenewMargin || m > maxRenewMargin {
 		return o, fmt.Errorf("flags: %s: %d minutes is outside %d..%d", flagOrigin("subnet-lease-renew-margin", fromEnv),
 			int64(m/time.Minute), int64(minRenewMargin/time.Minute), int64(maxRenewMargin/time.Minute))
+	}
+	if o.ProbeInterval < 0 {
+		return o, fmt.Errorf("flags: %s: must not be negative, got %s", flagOrigin("probe-interval", fromEnv), o.ProbeInterval)
 	}
 	if o.ResyncPeriod <= 0 {
 		return o, fmt.Errorf("flags: --resync-period: must be positive, got %s", o.ResyncPeriod)

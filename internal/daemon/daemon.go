@@ -146,6 +146,8 @@ type daemon struct {
 	lapses      chan int64
 	// runnerPeers feeds a backend.PeerRunner (runner.go); nil without.
 	runnerPeers chan iter.Seq[lease.Lease]
+	// probe probes the peers' reachability (probe.go).
+	probe *prober
 }
 
 func (d *daemon) run(ctx context.Context) error {
@@ -257,6 +259,7 @@ func (d *daemon) loop(ctx context.Context) error {
 	self := d.self
 	g.Go(func() error { return d.keepLease(gctx, self, updates, d.lapses) })
 	d.startRunner(gctx, self, g.Go)
+	closeProber := d.startProber(gctx, g.Go)
 	// The control loop always ends with an error (ctx's, at the least),
 	// which makes the group cancel gctx and stop the watchers. It must not
 	// cancel them itself before returning: a watcher's context.Canceled
@@ -264,6 +267,7 @@ func (d *daemon) loop(ctx context.Context) error {
 	// (ErrOwnLeaseLost), turning a fatal exit into a clean one.
 	g.Go(func() error { return d.control(gctx, batches, kicks, updates) })
 	err := g.Wait()
+	closeProber()
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		return nil
 	}
@@ -579,6 +583,7 @@ func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) erro
 	d.last, d.lastAt = p, time.Now()
 	d.publish()
 	d.feedRunner()
+	d.feedProber()
 	d.cfg.Metrics.Pass(full, p.Took, ch, err, repair)
 	d.cfg.Metrics.SetPeers(d.backend.Type(), d.peers.Len())
 	d.cfg.Health.PassDone(err == nil)

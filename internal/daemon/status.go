@@ -37,6 +37,9 @@ type Status struct {
 	// the process, so only the daemon can show them.
 	UDP   []dataplane.UDPStatus `json:"udp,omitempty"`
 	Extra map[string]any        `json:"extra,omitempty"`
+	// Health is the peers' reachability, probed through the overlay
+	// (probe.go); nil before the daemon holds its lease.
+	Health *HealthStatus `json:"health,omitempty"`
 }
 
 // LeaseStatus is this host's lease.
@@ -145,10 +148,11 @@ type Board struct {
 	// Status.UDP. Set it before use.
 	UDP func() []dataplane.UDPStatus
 
-	mu    sync.Mutex
-	rules string
-	snap  *snapshot // nil when no loop publishes
-	gen   uint64    // bumped by every change of the above
+	mu     sync.Mutex
+	rules  string
+	prober *prober   // nil until the loop starts probing (or not)
+	snap   *snapshot // nil when no loop publishes
+	gen    uint64    // bumped by every change of the above
 
 	rendering sync.Mutex // held while rendering: one at a time
 	last      *rendered  // guarded by rendering
@@ -177,6 +181,7 @@ type snapshot struct {
 
 type rendered struct {
 	gen    uint64
+	probes uint64    // the prober's version it was made with
 	down   time.Time // Board.StoreDown's answer it was made with
 	at     time.Time // when the rendering started
 	status Status
@@ -219,6 +224,17 @@ func (b *Board) setRules(mode string) {
 	b.gen++
 }
 
+// setProber makes the status show pr's results.
+func (b *Board) setProber(pr *prober) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.prober = pr
+	b.gen++
+}
+
 // publish makes s the current snapshot; nil withdraws it (the loop ended).
 func (b *Board) publish(s *snapshot) {
 	if b == nil {
@@ -245,21 +261,25 @@ func (b *Board) current() *rendered {
 	b.rendering.Lock()
 	defer b.rendering.Unlock()
 	b.mu.Lock()
-	snap, gen, rules := b.snap, b.gen, b.rules
+	snap, gen, rules, pr := b.snap, b.gen, b.rules, b.prober
 	b.mu.Unlock()
+	probes := pr.version()
 	var down time.Time
 	if b.StoreDown != nil {
 		down = b.StoreDown()
 	}
 	// (With no snapshot, since the loop ended, there is nothing to wait
 	// for: an empty status costs nothing.)
-	if r := b.last; r != nil && r.down.Equal(down) && (r.gen == gen || (snap != nil && time.Since(r.at) < b.minRender())) {
+	if r := b.last; r != nil && r.down.Equal(down) && ((r.gen == gen && r.probes == probes) || (snap != nil && time.Since(r.at) < b.minRender())) {
 		return r
 	}
-	r := &rendered{gen: gen, down: down, at: time.Now()}
+	r := &rendered{gen: gen, probes: probes, down: down, at: time.Now()}
 	b.renders++
 	r.status = snap.render()
 	r.status.Rules = rules
+	if snap != nil {
+		r.status.Health = pr.health(snap)
+	}
 	r.status.Store = StoreStatus{Reachable: down.IsZero(), UnreachableSince: down}
 	if b.UDP != nil {
 		r.status.UDP = b.UDP()

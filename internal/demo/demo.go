@@ -15,19 +15,21 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/nsrun"
 	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/probe"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
 
@@ -177,7 +179,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, fmt.Errorf("%s not found in %s: run `make build` first", b, o.BinDir)
 		}
 	}
-	for _, t := range []string{"ip", "ping", "iperf3"} {
+	for _, t := range []string{"ip", "iperf3"} {
 		if _, err := exec.LookPath(t); err != nil {
 			return nil, fmt.Errorf("%s not found: run `make demo` (it installs them) or `bash tools/deps.sh`", t)
 		}
@@ -444,72 +446,93 @@ func (r *run) checkPods(ctx context.Context) error {
 	return nil
 }
 
-var rttRE = regexp.MustCompile(`time=([0-9.]+) ms`)
-
+// pingMatrix pings every pod from every other, through the same Go
+// prober the daemons use (internal/probe): one Pinger per source pod,
+// opened inside its namespace, all its probes concurrent.
 func (r *run) pingMatrix(ctx context.Context) {
 	type job struct {
-		from, to Pod
+		to       Pod
 		fam, dst string
 	}
-	var jobs []job
-	for _, a := range r.res.PodList {
-		for _, b := range r.res.PodList {
+	pods := r.res.PodList
+	perPod := make([][]Ping, len(pods))
+	var wg sync.WaitGroup
+	for i, a := range pods {
+		var jobs []job
+		for _, b := range pods {
 			if a.Name == b.Name {
 				continue
 			}
 			if b.IPv4 != "" {
-				jobs = append(jobs, job{a, b, "ipv4", b.IPv4})
+				jobs = append(jobs, job{b, "ipv4", b.IPv4})
 			}
 			if b.IPv6 != "" {
-				jobs = append(jobs, job{a, b, "ipv6", b.IPv6})
+				jobs = append(jobs, job{b, "ipv6", b.IPv6})
 			}
 		}
-	}
-	out := make([]Ping, len(jobs))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 8)
-	for i, j := range jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
-			out[i] = ping(ctx, j.from, j.to, j.fam, j.dst)
-		}()
+		out := make([]Ping, len(jobs))
+		perPod[i] = out
+		pinger, err := openPinger(a.ns)
+		for k, j := range jobs {
+			out[k] = Ping{From: a.Name, To: j.to.Name, Family: j.fam}
+			if err != nil {
+				out[k].Error = err.Error()
+			}
+		}
+		if err != nil {
+			continue
+		}
+		wg.Go(func() {
+			defer pinger.Close()
+			var jw sync.WaitGroup
+			for k, j := range jobs {
+				jw.Go(func() { ping(ctx, pinger, &out[k], j.dst) })
+			}
+			jw.Wait()
+		})
 	}
 	wg.Wait()
-	r.res.Pings = out
-	for _, p := range out {
+	r.res.Pings = nil
+	for _, out := range perPod {
+		r.res.Pings = append(r.res.Pings, out...)
+	}
+	for _, p := range r.res.Pings {
 		if !p.OK {
 			r.res.Failed++
 		}
 	}
 }
 
-func ping(ctx context.Context, from, to Pod, fam, dst string) Ping {
-	p := Ping{From: from.Name, To: to.Name, Family: fam}
-	var last string
-	// A few tries: the first packet to a new neighbour can race its setup.
-	for try := 0; try < 3; try++ {
-		out, err := exec.CommandContext(ctx, "ip", "netns", "exec", from.ns, "ping", "-c", "1", "-W", "2", dst).CombinedOutput()
-		if err == nil {
-			p.OK = true
-			if m := rttRE.FindSubmatch(out); m != nil {
-				p.RTTms, _ = strconv.ParseFloat(string(m[1]), 64)
-			}
-			return p
-		}
-		last = strings.TrimSpace(string(out))
+// openPinger opens a probe.Pinger inside the pod's namespace.
+func openPinger(ns string) (*probe.Pinger, error) {
+	h, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
 	}
-	p.Error = lastLine(last)
-	return p
+	defer h.Close()
+	var p *probe.Pinger
+	err = nsrun.Do(h, func() (err error) { p, err = probe.Open(); return err })
+	return p, err
 }
 
-func lastLine(s string) string {
-	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
-		return s[i+1:]
+func ping(ctx context.Context, pinger *probe.Pinger, p *Ping, dst string) {
+	addr, err := netip.ParseAddr(dst)
+	if err != nil {
+		p.Error = err.Error()
+		return
 	}
-	return s
+	// A few tries: the first packet to a new neighbour can race its setup.
+	for range 3 {
+		rtt, err := pinger.Ping(ctx, addr, probe.Options{Timeout: 2 * time.Second})
+		if err == nil {
+			p.OK, p.RTTms, p.Error = true, float64(rtt.Microseconds())/1000, ""
+			return
+		}
+		p.Error = err.Error()
+		if ctx.Err() != nil {
+			return
+		}
+	}
 }
 
 // Down removes a demo left running with --keep.

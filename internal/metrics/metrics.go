@@ -36,6 +36,10 @@ type Metrics struct {
 	leaseConflict     prometheus.Gauge
 	commands          *prometheus.CounterVec
 	commandSeconds    *prometheus.HistogramVec
+	peersReachable    prometheus.Gauge
+	peersUnreachable  prometheus.Gauge
+	probeRTT          prometheus.Histogram
+	reachChanges      prometheus.Counter
 }
 
 // New creates and registers the metrics; version labels flannel_build_info.
@@ -106,11 +110,26 @@ func New(version string) *Metrics {
 			Help:    "How long the extension backend's commands took, by config field.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 9), // 1ms … 65s
 		}, []string{"command"}),
+		peersReachable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flannel_peers_reachable", Help: "Peers whose last probe through the overlay was answered (--probe-interval).",
+		}),
+		peersUnreachable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "flannel_peers_unreachable", Help: "Peers whose last probe through the overlay went unanswered (twice); weft status names them.",
+		}),
+		probeRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "flannel_peer_probe_rtt_seconds",
+			Help:    "Round-trip time of answered peer probes (ICMP echo through the overlay).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 8), // 100µs … 1.6s
+		}),
+		reachChanges: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "flannel_peer_reachability_changes_total", Help: "Peers going from reachable to unreachable or back.",
+		}),
 	}
 	m.Registry.MustRegister(
 		m.peers, m.leaseExpiry, m.renewals, m.watchRestarts, m.passes, m.passDuration,
 		m.objects, m.repaired, m.skipped, m.skippedNow, m.masqRepairs, m.masqSyncs, m.buildInfo, m.subnetFileWritten,
 		m.subnetFileErrors, m.reclaims, m.leaseConflict, m.commands, m.commandSeconds,
+		m.peersReachable, m.peersUnreachable, m.probeRTT, m.reachChanges,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -288,4 +307,28 @@ func (m *Metrics) CommandRan(command string, took time.Duration, err error) {
 	}
 	m.commands.WithLabelValues(command, result).Inc()
 	m.commandSeconds.WithLabelValues(command).Observe(took.Seconds())
+}
+
+// ProbeRTT records an answered peer probe (probe.Observer).
+func (m *Metrics) ProbeRTT(rtt time.Duration) {
+	if m != nil {
+		m.probeRTT.Observe(rtt.Seconds())
+	}
+}
+
+// ReachabilityChanged counts a peer going unreachable or back
+// (probe.Observer).
+func (m *Metrics) ReachabilityChanged() {
+	if m != nil {
+		m.reachChanges.Inc()
+	}
+}
+
+// SetReachable records how many peers are reachable and unreachable
+// (probe.Observer).
+func (m *Metrics) SetReachable(reachable, unreachable int) {
+	if m != nil {
+		m.peersReachable.Set(float64(reachable))
+		m.peersUnreachable.Set(float64(unreachable))
+	}
 }

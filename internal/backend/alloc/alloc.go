@@ -14,6 +14,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
+	"net/netip"
 )
 
 // Backend is the alloc planner.
@@ -61,3 +62,6 @@ func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 
 // PlanBase implements backend.Backend: alloc owns no device.
 func (b *Backend) PlanBase(lease.Lease) *dataplane.State { return dataplane.NewState() }
+
+// ProbeAddr implements backend.Backend: alloc has no peers.
+func (b *Backend) ProbeAddr(lease.Lease) netip.Addr { return netip.Addr{} }

@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"net/netip"
 	"time"
 
 	"github.com/weft-net/weft/internal/backend"
@@ -138,6 +139,10 @@ func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 
 // PlanBase implements backend.Backend: no device of ours.
 func (b *Backend) PlanBase(lease.Lease) *dataplane.State { return dataplane.NewState() }
+
+// ProbeAddr implements backend.Backend: what answers for a peer is the
+// operator's commands' business, so peers are not probed.
+func (b *Backend) ProbeAddr(lease.Lease) netip.Addr { return netip.Addr{} }
 
 // Serve implements backend.PeerRunner.
 func (b *Backend) Serve(ctx context.Context, self lease.Lease, peers <-chan iter.Seq[lease.Lease]) error {

@@ -6,6 +6,8 @@
 package hostgw
 
 import (
+	"net/netip"
+
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
@@ -69,6 +71,20 @@ func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 		o.AddRoute(dataplane.Route{Dst: p.IPv6Subnet, Gw: p.Attrs.PublicIPv6, Dev: b.underlay.Name})
 	}
 	return o, nil
+}
+
+// ProbeAddr implements backend.Backend. host-gw puts no address of its
+// own anywhere (a peer's subnet has one only on its CNI bridge, once it
+// runs a pod), so the probe goes to what our route names as the gateway:
+// the peer's public address, on the underlay link the route uses.
+func (b *Backend) ProbeAddr(p lease.Lease) netip.Addr {
+	if b.net.EnableIPv4 && p.Subnet.IsValid() {
+		return p.Attrs.PublicIP
+	}
+	if b.net.EnableIPv6 && p.IPv6Subnet.IsValid() {
+		return p.Attrs.PublicIPv6
+	}
+	return netip.Addr{}
 }
 
 // PlanBase implements backend.Backend: host-gw owns no device.

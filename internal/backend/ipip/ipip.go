@@ -84,6 +84,11 @@ func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 	return o, nil
 }
 
+// ProbeAddr implements backend.Backend: the peer's address on its
+// flannel.ipip, reached through the tunnel (or, with DirectRouting, over
+// the underlay).
+func (b *Backend) ProbeAddr(p lease.Lease) netip.Addr { return backend.OverlayAddr(b.net, p) }
+
 // PlanBase implements backend.Backend: the tunnel device, with our
 // subnet's network address as a /32 (a source for the host's own traffic
 // into the overlay, and no broadcast routes).

@@ -108,6 +108,10 @@ func (b *Backend) Attrs() lease.Attrs {
 // public IP.
 func (b *Backend) Resume(lease.Lease) lease.Attrs { return b.Attrs() }
 
+// ProbeAddr implements backend.Backend: the peer's flannel0 address,
+// which its forwarder delivers to its own kernel.
+func (b *Backend) ProbeAddr(p lease.Lease) netip.Addr { return backend.OverlayAddr(b.net, p) }
+
 // PlanBase implements backend.Backend: flannel0 and the route for the
 // cluster network through it.
 func (b *Backend) PlanBase(self lease.Lease) *dataplane.State {

@@ -282,6 +282,11 @@ func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 	return o, nil
 }
 
+// ProbeAddr implements backend.Backend: the peer's address on its
+// flannel.<VNI> (the gateway our route names), reached through the
+// tunnel, or over the underlay with DirectRouting.
+func (b *Backend) ProbeAddr(p lease.Lease) netip.Addr { return backend.OverlayAddr(b.net, p) }
+
 // PlanBase implements backend.Backend: our VXLAN device per family.
 func (b *Backend) PlanBase(self lease.Lease) *dataplane.State {
 	s := dataplane.NewStateSized(2, 0)

@@ -180,6 +180,10 @@ func (b *Backend) Attrs() lease.Attrs {
 // the new key is published and peers follow, as with upstream.
 func (b *Backend) Resume(lease.Lease) lease.Attrs { return b.Attrs() }
 
+// ProbeAddr implements backend.Backend: the peer's address on its
+// WireGuard device, inside its AllowedIPs, so a reply proves a session.
+func (b *Backend) ProbeAddr(p lease.Lease) netip.Addr { return backend.OverlayAddr(b.net, p) }
+
 // PlanBase implements backend.Backend: our device(s) and the routes for
 // the cluster network(s) over them.
 func (b *Backend) PlanBase(self lease.Lease) *dataplane.State {

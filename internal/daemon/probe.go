@@ -1,0 +1,141 @@
+package daemon
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/probe"
+)
+
+// Peer reachability (--probe-interval): a probe.Prober on a goroutine of
+// its own sends an ICMP echo to every peer's ProbeAddr once per interval,
+// spread evenly over it. It never asks the control loop for anything:
+// after every pass the loop stores an O(1) snapshot of the peers
+// (probePeers), which the prober reads at the start of each round. Its
+// results reach the status Board (the "health" part of the status) and
+// the metrics; /readyz does not depend on them, since other hosts'
+// trouble is no reason to take this one out of service.
+
+// HealthStatus is the "cluster health" part of the status.
+type HealthStatus struct {
+	// Off says why peers are not probed ("--probe-interval 0", the
+	// backend has no probe address, ICMP sockets refused); the rest is
+	// then empty.
+	Off      string `json:"off,omitempty"`
+	Interval string `json:"interval,omitempty"`
+	// Peers is how many peers are probed; Reachable and Unreachable
+	// those with a result (the rest await their first probe).
+	Peers       int `json:"peers"`
+	Reachable   int `json:"reachable"`
+	Unreachable int `json:"unreachable"`
+	// UnreachablePeers lists the unreachable peers by subnet.
+	UnreachablePeers []UnreachablePeer `json:"unreachablePeers,omitempty"`
+}
+
+// UnreachablePeer is a peer whose probes went unanswered.
+type UnreachablePeer struct {
+	Subnet     string `json:"subnet,omitempty"`
+	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
+	PublicIP   string `json:"publicIP,omitempty"`
+	PublicIPv6 string `json:"publicIPv6,omitempty"`
+	// Probed is the address probed (the backend's ProbeAddr).
+	Probed string `json:"probed"`
+	// Since is the first unanswered probe since its last reply (or since
+	// probing began).
+	Since     time.Time `json:"since"`
+	LastError string    `json:"lastError"`
+}
+
+// prober is the daemon's side of probing: the snapshot it probes from
+// and the Prober, or why there is none.
+type prober struct {
+	peers atomic.Pointer[cowmap.Snapshot[lease.ID, peer]]
+	p     *probe.Prober[lease.ID]
+	off   string
+}
+
+// startProber opens the ICMP sockets and starts probing under goFn. It
+// returns a function closing the sockets once the group is done. Failing
+// to open them is not fatal: the daemon runs unprobed and says why.
+func (d *daemon) startProber(ctx context.Context, goFn func(func() error)) (closeFn func()) {
+	pr := &prober{}
+	d.probe = pr
+	defer func() { d.cfg.Status.setProber(pr) }()
+	interval := d.opts.ProbeInterval
+	switch {
+	case interval <= 0:
+		pr.off = "off (--probe-interval 0)"
+		return func() {}
+	case !d.backend.ProbeAddr(d.self).IsValid():
+		pr.off = "not probed with the " + d.backend.Type() + " backend"
+		return func() {}
+	}
+	pinger, err := probe.Open()
+	if err != nil {
+		pr.off = "cannot probe: " + err.Error()
+		d.log.Warn("peer reachability not probed", "err", err)
+		return func() {}
+	}
+	b := d.backend
+	pr.p = probe.New(probe.Config[lease.ID]{
+		Pinger: pinger, Interval: interval, Observer: d.cfg.Metrics, Log: d.log,
+		Targets: func() []probe.Target[lease.ID] {
+			snap := pr.peers.Load()
+			if snap == nil {
+				return nil
+			}
+			out := make([]probe.Target[lease.ID], 0, snap.Len())
+			for id, p := range snap.All() {
+				if a := b.ProbeAddr(p.lease); a.IsValid() {
+					out = append(out, probe.Target[lease.ID]{Key: id, Addr: a})
+				}
+			}
+			return out
+		},
+	})
+	goFn(func() error { return pr.p.Run(ctx) })
+	d.log.Info("probing peers", "interval", interval, "privileged", pinger.Privileged())
+	return func() { pinger.Close() }
+}
+
+// feedProber hands the prober the peers after a pass (O(1)).
+func (d *daemon) feedProber() {
+	if d.probe == nil || d.probe.p == nil {
+		return
+	}
+	s := d.peers.Snapshot()
+	d.probe.peers.Store(&s)
+}
+
+// probeVersion is what a status rendering depends on of the prober.
+func (pr *prober) version() uint64 {
+	if pr == nil || pr.p == nil {
+		return 0
+	}
+	return pr.p.Version()
+}
+
+// health renders the prober's report, naming peers from the snapshot.
+func (pr *prober) health(s *snapshot) *HealthStatus {
+	if pr == nil {
+		return nil
+	}
+	if pr.p == nil {
+		return &HealthStatus{Off: pr.off}
+	}
+	r := pr.p.Report()
+	h := &HealthStatus{Interval: r.Interval.String(), Peers: r.Targets, Reachable: r.Reachable, Unreachable: r.Unreachable}
+	for _, d := range r.Down {
+		u := UnreachablePeer{Subnet: str(d.Key.V4), IPv6Subnet: str(d.Key.V6), Probed: d.Addr.String(), Since: d.Since, LastError: d.LastError}
+		if s != nil {
+			if p, ok := s.peers.Get(d.Key); ok {
+				u.PublicIP, u.PublicIPv6 = str(p.lease.Attrs.PublicIP), str(p.lease.Attrs.PublicIPv6)
+			}
+		}
+		h.UnreachablePeers = append(h.UnreachablePeers, u)
+	}
+	return h
+}
