@@ -2,7 +2,6 @@ package doctor
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -223,9 +222,6 @@ func probeMTU(ctx context.Context, e *Env, podMTU int) []Finding {
 	var lost []string
 	for _, p := range peers {
 		answered, err := e.Reach.DF(ctx, p, podMTU)
-		if errors.Is(err, ErrNotBuilt) {
-			return []Finding{skip("path MTU probe (don't-fragment ICMP at the pod MTU) not built yet: waits for internal/probe (issue 18 part 1)")}
-		}
 		if err != nil {
 			return []Finding{{Level: Warn, Message: fmt.Sprintf("path MTU probe: %v", err)}}
 		}

@@ -95,8 +95,7 @@ type Reach interface {
 	UDP(ctx context.Context, dst netip.Addr) (bool, error)
 	// DF sends an ICMP echo of size bytes (IP header included) with
 	// don't-fragment set and reports whether it was answered.
-	// Implemented by internal/probe (issue 18 part 1); until it is
-	// wired in, DF returns ErrNotBuilt.
+	// SysReach's is internal/probe's Pinger, the daemon's own prober.
 	DF(ctx context.Context, dst netip.Addr, size int) (bool, error)
 }
 

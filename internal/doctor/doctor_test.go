@@ -239,18 +239,3 @@ func fixedMessages(r Report) string {
 	}
 	return strings.Join(s, "\n")
 }
-
-func TestDFProbeNotBuiltIsSaidSo(t *testing.T) {
-	h, st := healthy()
-	e := &Env{Host: h, Status: st, Reach: fakeReach{udp: map[netip.Addr]bool{}}}
-	rep := Run(context.Background(), e, []Check{{"mtu", checkMTU}}, false)
-	var found bool
-	for _, f := range rep.Findings {
-		if f.Level == Skip && strings.Contains(f.Message, "not built yet") {
-			found = true
-		}
-	}
-	if !found || !rep.OK {
-		t.Errorf("DF probe not built: %+v", rep.Findings)
-	}
-}

@@ -79,13 +79,10 @@ func (s fakeStore) Clock(context.Context) (time.Time, time.Duration, error) {
 // fakeReach answers UDP from the peers in udp and DF probes up to mtu.
 type fakeReach struct {
 	udp map[netip.Addr]bool
-	mtu int // 0: DF not built
+	mtu int
 }
 
 func (r fakeReach) UDP(_ context.Context, dst netip.Addr) (bool, error) { return r.udp[dst], nil }
 func (r fakeReach) DF(_ context.Context, _ netip.Addr, size int) (bool, error) {
-	if r.mtu == 0 {
-		return false, ErrNotBuilt
-	}
 	return size <= r.mtu, nil
 }

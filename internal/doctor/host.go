@@ -1,7 +1,6 @@
 package doctor
 
 import (
-	"errors"
 	"net/netip"
 )
 
@@ -62,6 +61,3 @@ type Chain struct {
 	Policy string
 	Rules  []string
 }
-
-// ErrNotBuilt is returned by a probe that is not implemented yet.
-var ErrNotBuilt = errors.New("not built yet")

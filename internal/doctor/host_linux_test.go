@@ -100,6 +100,15 @@ func TestRealNamespace(t *testing.T) {
 	expect("tx-checksum", OK, "reached 1/1 sampled peers intact", false)
 	expect("routes", OK, "no foreign route", false)
 	expect("mtu", OK, "pod MTU 1450 fits underlay eth0", false)
+	expect("mtu", OK, "don't-fragment probes of 1450 bytes reached 1/1 sampled peers", false)
+
+	// A path narrower than our underlay (b's end of the link carries
+	// 1400): nothing on a says so; the don't-fragment probe at the pod
+	// MTU (1450 + VXLAN's 50 on the wire) goes unanswered.
+	sh("ip", "-n", b, "link", "set", "eth0", "mtu", "1400")
+	expect("mtu", Fail, "don't-fragment probes of 1450 bytes got no answer from 1/1 sampled peers (10.99.2.0)", false)
+	sh("ip", "-n", b, "link", "set", "eth0", "mtu", "1500")
+	expect("mtu", OK, "don't-fragment probes of 1450 bytes reached 1/1 sampled peers", false)
 
 	sh("ip", "netns", "exec", a, "sysctl", "-qw", "net.ipv4.ip_forward=0")
 	expect("ip_forward", Fail, "ip_forward is 0", false)

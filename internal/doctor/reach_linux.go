@@ -3,11 +3,14 @@ package doctor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/weft-net/weft/internal/probe"
 )
 
 // SysReach is the real Reach over a SysHost's namespace.
@@ -36,10 +39,39 @@ func (r SysReach) UDP(ctx context.Context, dst netip.Addr) (bool, error) {
 	})
 }
 
-// DF implements Reach: not built here. The don't-fragment ICMP prober is
-// internal/probe (issue 18 part 1); checkMTU reports the probe as not
-// built until it is wired in.
-func (SysReach) DF(context.Context, netip.Addr, int) (bool, error) { return false, ErrNotBuilt }
+// DF implements Reach with the daemon's own prober (internal/probe), an
+// echo of size bytes with don't-fragment set, from the host's namespace:
+// answered, or not (no reply, the kernel refusing a packet above a path
+// MTU it already knows, or a router's "fragmentation needed"). Two
+// tries, so one lost packet is not a finding.
+func (r SysReach) DF(ctx context.Context, dst netip.Addr, size int) (bool, error) {
+	var p *probe.Pinger
+	if err := r.Host.in(func() (err error) { p, err = probe.Open(); return err }); err != nil {
+		return false, fmt.Errorf("open an ICMP socket: %w", err)
+	}
+	defer p.Close()
+	wait := r.Wait
+	if wait == 0 {
+		wait = 300 * time.Millisecond
+	}
+	for range 2 {
+		_, err := p.Ping(ctx, dst, probe.Options{PacketSize: size, DontFragment: true, Timeout: 2 * wait})
+		if err == nil {
+			return true, nil
+		}
+		var ue *probe.UnreachableError
+		if errors.As(err, &ue) || errors.Is(err, syscall.EMSGSIZE) {
+			return false, nil // does not fit the path: the finding itself
+		}
+		if !errors.Is(err, probe.ErrTimeout) {
+			return false, err
+		}
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+	}
+	return false, nil
+}
 
 func isRefused(err error) bool {
 	var se *os.SyscallError
