@@ -139,3 +139,15 @@ func TestFakeConformanceUDP(t *testing.T) {
 		return &fakeHarness{t: t, f: f, u: u}
 	})
 }
+
+// TestLinesDefaultVXLANPort: a VXLAN device declared with the kernel's
+// default port (8472) renders as the kernel reports it (0), so `weft
+// status` finds no drift on a config that spells the default out.
+func TestLinesDefaultVXLANPort(t *testing.T) {
+	a, b := dataplane.NewState(), dataplane.NewState()
+	a.Links["flannel.1"] = dataplane.Link{Name: "flannel.1", VNI: 1, Port: 8472}
+	b.Links["flannel.1"] = dataplane.Link{Name: "flannel.1", VNI: 1}
+	if a.String() != b.String() {
+		t.Errorf("port 8472: %s\nport 0:    %s", a, b)
+	}
+}

@@ -140,7 +140,8 @@ func linkLine(l Link) string {
 		}
 		line = fmt.Sprintf("link %s wireguard listen-port %d mtu %d public-key %s", l.Name, l.Port, l.MTU, pub)
 	} else {
-		line = fmt.Sprintf("link %s vxlan id %d dstport %d local %s dev#%d mtu %d mac %s", l.Name, l.VNI, l.Port, l.Local, l.ParentIndex, l.MTU, l.MAC)
+		// The kernel default port reads back as 0: 8472 and 0 are one device.
+		line = fmt.Sprintf("link %s vxlan id %d dstport %d local %s dev#%d mtu %d mac %s", l.Name, l.VNI, normPort(l.Port), l.Local, l.ParentIndex, l.MTU, l.MAC)
 		if l.GBP {
 			line += " gbp"
 		}
