@@ -199,6 +199,21 @@ type Backend interface {
 	ProbeAddr(peer lease.Lease) netip.Addr
 }
 
+// PublicAttrs are lease attributes of type typ naming the addresses v4
+// and v6, each only when its family is enabled: what most backends
+// publish (with u.PublicIP/PublicIPv6; extension, as upstream's, with the
+// interface's own).
+func PublicAttrs(n *config.Network, typ string, v4, v6 netip.Addr) lease.Attrs {
+	a := lease.Attrs{BackendType: typ}
+	if n.EnableIPv4 {
+		a.PublicIP = v4
+	}
+	if n.EnableIPv6 {
+		a.PublicIPv6 = v6
+	}
+	return a
+}
+
 // OverlayAddr is the address a peer's daemon puts on its overlay device
 // (vxlan, ipip, wireguard: its subnet's network address as a /32 or
 // /128): the IPv4 one when IPv4 is enabled and the peer has it, else the

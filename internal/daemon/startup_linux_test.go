@@ -19,30 +19,26 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 )
 
-// TestDaemonExitsWhenKernelRefusesDevice runs the daemon against the real
-// kernel in a scratch namespace where a foreign VXLAN device already holds
-// VNI 1 on port 8472 over the same underlay address, so the kernel refuses
-// to create flannel.1. The daemon must stop with a one-line error naming
-// the device, not run on with no overlay and no subnet.env (upstream exits
-// when it cannot register its backend).
-func TestDaemonExitsWhenKernelRefusesDevice(t *testing.T) {
-	name := "wt-dm-" + strings.ToLower(rand.Text()[:10])
-	ip := func(args ...string) {
-		t.Helper()
-		args = append([]string{"-n", name}, args...)
-		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-	}
+// scratchHost makes a namespace with an underlay eth0 (a bridge: it needs
+// no peer) holding addr, runs the extra `ip` commands in it, and returns a
+// Netlink over it; everything is removed at the end of the test.
+func scratchHost(t *testing.T, prefix, addr string, extra ...[]string) (*dataplane.Netlink, *slog.Logger) {
+	t.Helper()
+	name := prefix + strings.ToLower(rand.Text()[:10])
 	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
 		t.Fatalf("ip netns add: %v\n%s", err, out)
 	}
 	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	ip("link", "add", "eth0", "type", "bridge") // a bridge needs no peer
-	ip("addr", "add", "192.168.77.10/24", "dev", "eth0")
-	ip("link", "set", "eth0", "up")
-	ip("link", "add", "other", "type", "vxlan", "id", "1", "local", "192.168.77.10", "dev", "eth0", "dstport", "8472", "nolearning")
-
+	cmds := append([][]string{
+		{"link", "add", "eth0", "type", "bridge"},
+		{"addr", "add", addr, "dev", "eth0"},
+		{"link", "set", "eth0", "up"},
+	}, extra...)
+	for _, args := range cmds {
+		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
 	ns, err := netns.GetFromName(name)
 	if err != nil {
 		t.Fatal(err)
@@ -54,6 +50,18 @@ func TestDaemonExitsWhenKernelRefusesDevice(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(dp.Close)
+	return dp, log
+}
+
+// TestDaemonExitsWhenKernelRefusesDevice runs the daemon against the real
+// kernel in a scratch namespace where a foreign VXLAN device already holds
+// VNI 1 on port 8472 over the same underlay address, so the kernel refuses
+// to create flannel.1. The daemon must stop with a one-line error naming
+// the device, not run on with no overlay and no subnet.env (upstream exits
+// when it cannot register its backend).
+func TestDaemonExitsWhenKernelRefusesDevice(t *testing.T) {
+	dp, log := scratchHost(t, "wt-dm-", "192.168.77.10/24",
+		[]string{"link", "add", "other", "type", "vxlan", "id", "1", "local", "192.168.77.10", "dev", "eth0", "dstport", "8472", "nolearning"})
 
 	store := lease.NewFake(nil)
 	store.SetNetworkConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"vxlan"}}`))
@@ -65,7 +73,7 @@ func TestDaemonExitsWhenKernelRefusesDevice(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	err = Run(ctx, Config{Options: opts, Log: log, Store: store, Dataplane: dp, System: dp})
+	err := Run(ctx, Config{Options: opts, Log: log, Store: store, Dataplane: dp, System: dp})
 	if ctx.Err() != nil {
 		t.Fatal("daemon kept running with its device refused")
 	}
@@ -84,31 +92,7 @@ func TestDaemonExitsWhenKernelRefusesDevice(t *testing.T) {
 // kernel with the module it runs, and the test says the refusal could not
 // be seen here.
 func TestDaemonIPIPWithoutModule(t *testing.T) {
-	name := "wt-ip-" + strings.ToLower(rand.Text()[:10])
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("ip", "netns", "del", name).Run() })
-	for _, args := range [][]string{
-		{"link", "add", "eth0", "type", "bridge"},
-		{"addr", "add", "192.168.78.10/24", "dev", "eth0"},
-		{"link", "set", "eth0", "up"},
-	} {
-		if out, err := exec.Command("ip", append([]string{"-n", name}, args...)...).CombinedOutput(); err != nil {
-			t.Fatalf("ip %v: %v\n%s", args, err, out)
-		}
-	}
-	ns, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ns.Close() })
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
-	dp, err := dataplane.NewNetlink(log, ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(dp.Close)
+	dp, log := scratchHost(t, "wt-ip-", "192.168.78.10/24")
 	store := lease.NewFake(nil)
 	store.SetNetworkConfig([]byte(`{"Network":"10.5.0.0/16","Backend":{"Type":"ipip"}}`))
 	opts := config.Options{
@@ -117,7 +101,7 @@ func TestDaemonIPIPWithoutModule(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err = Run(ctx, Config{Options: opts, Log: log, Store: store, Dataplane: dp, System: dp})
+	err := Run(ctx, Config{Options: opts, Log: log, Store: store, Dataplane: dp, System: dp})
 	if ctx.Err() != nil {
 		if _, statErr := os.Stat(opts.SubnetFile); statErr != nil {
 			t.Fatalf("the daemon neither stopped nor wrote subnet.env: %v", statErr)

@@ -40,14 +40,7 @@ func (b *Backend) MTU() int { return b.underlay.MTU }
 // Attrs implements backend.Backend: the public addresses and no backend
 // type or data, as upstream writes them.
 func (b *Backend) Attrs() lease.Attrs {
-	var a lease.Attrs
-	if b.net.EnableIPv4 {
-		a.PublicIP = b.underlay.PublicIP
-	}
-	if b.net.EnableIPv6 {
-		a.PublicIPv6 = b.underlay.PublicIPv6
-	}
-	return a
+	return backend.PublicAttrs(b.net, "", b.underlay.PublicIP, b.underlay.PublicIPv6)
 }
 
 // Resume implements backend.Backend: nothing to keep.

@@ -111,13 +111,8 @@ func (b *Backend) MTU() int { return b.underlay.MTU }
 // Attrs implements backend.Backend. As upstream's, the addresses are the
 // interface's own (not --public-ip's), one per enabled family.
 func (b *Backend) Attrs() lease.Attrs {
-	a := lease.Attrs{BackendType: config.BackendExtension, BackendData: b.data}
-	if b.net.EnableIPv4 {
-		a.PublicIP = b.underlay.LocalIP
-	}
-	if b.net.EnableIPv6 {
-		a.PublicIPv6 = b.underlay.LocalIPv6
-	}
+	a := backend.PublicAttrs(b.net, config.BackendExtension, b.underlay.LocalIP, b.underlay.LocalIPv6)
+	a.BackendData = b.data
 	return a
 }
 

@@ -38,14 +38,7 @@ func (b *Backend) MTU() int { return b.underlay.MTU }
 
 // Attrs implements backend.Backend: host-gw publishes no backend data.
 func (b *Backend) Attrs() lease.Attrs {
-	a := lease.Attrs{BackendType: config.BackendHostGW}
-	if b.net.EnableIPv4 {
-		a.PublicIP = b.underlay.PublicIP
-	}
-	if b.net.EnableIPv6 {
-		a.PublicIPv6 = b.underlay.PublicIPv6
-	}
-	return a
+	return backend.PublicAttrs(b.net, config.BackendHostGW, b.underlay.PublicIP, b.underlay.PublicIPv6)
 }
 
 // Resume implements backend.Backend: nothing to keep.
