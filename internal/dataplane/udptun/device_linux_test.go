@@ -106,7 +106,13 @@ func TestForwardsBothWays(t *testing.T) {
 	if err := ping(s[0].name, far, "-c", "1", "-s", "1444", "-M", "do"); err != nil {
 		t.Fatalf("ping with a full-MTU packet: %v", err)
 	}
+	// The counters are bumped after the syscall that moved the packets,
+	// so the reply can reach ping before its request is counted: wait.
 	st := s[0].dev.Stats()
+	for deadline := time.Now().Add(2 * time.Second); (st.TxPackets < 4 || st.RxPackets < 4) && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		st = s[0].dev.Stats()
+	}
 	if st.TxPackets < 4 || st.RxPackets < 4 {
 		t.Errorf("stats %+v: want ≥ 4 packets each way", st)
 	}
