@@ -54,6 +54,10 @@ type peer struct {
 	// identity of its object in the kernel.
 	pub   dataplane.WGKey
 	lease clientv3.LeaseID
+	// publicIP and data are what value encodes, for stores that publish
+	// them otherwise (Kubernetes mode: node annotations).
+	publicIP netip.Addr
+	data     string
 }
 
 // subnetAt returns the i-th /24 of 10.0.0.0/9.
@@ -102,6 +106,8 @@ func makePeers(backend string, n int, self netip.Prefix) ([]peer, error) {
 			value: string(v),
 			dst:   dst,
 			pub:   key,
+			publicIP: pub,
+			data:     string(a.BackendData),
 		})
 	}
 	return out, nil
