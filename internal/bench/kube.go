@@ -229,4 +229,3 @@ func (c *kernelCounter) n() int {
 }
 
 func (c *kernelCounter) close() { close(c.done) }
-

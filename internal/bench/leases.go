@@ -102,10 +102,10 @@ func makePeers(backend string, n int, self netip.Prefix) ([]peer, error) {
 			return nil, fmt.Errorf("encode lease %s: %w", dst, err)
 		}
 		out = append(out, peer{
-			key:   prefix + "/subnets/" + lease.MakeKey(dst, netip.Prefix{}),
-			value: string(v),
-			dst:   dst,
-			pub:   key,
+			key:      prefix + "/subnets/" + lease.MakeKey(dst, netip.Prefix{}),
+			value:    string(v),
+			dst:      dst,
+			pub:      key,
 			publicIP: pub,
 			data:     string(a.BackendData),
 		})
