@@ -49,8 +49,19 @@ var _ API = (*client)(nil)
 
 // NewClient returns an API for the server of cfg. It keeps cfg's
 // transport, credentials, user agent, rate limits and timeout, as
-// kubernetes.NewForConfig would; cfg is not modified.
-func NewClient(cfg *rest.Config) (API, error) {
+// kubernetes.NewForConfig would; cfg is not modified. Nodes listed and
+// watched are slim (slim.go): name, resourceVersion, podCIDR(s) and the
+// annotations of annotationPrefix (--kube-annotation-prefix; "" keeps
+// them all).
+func NewClient(cfg *rest.Config, annotationPrefix string) (API, error) {
+	keep := ""
+	if annotationPrefix != "" {
+		a, err := NewAnnotations(annotationPrefix)
+		if err != nil {
+			return nil, err
+		}
+		keep = a.prefix
+	}
 	// A scheme of our own, not client-go's global one: core/v1's
 	// AddToScheme also registers the metav1 types every group version
 	// carries (ListOptions and the other options, Status for errors,
@@ -60,10 +71,20 @@ func NewClient(cfg *rest.Config) (API, error) {
 		return nil, fmt.Errorf("kubernetes client scheme: %w", err)
 	}
 	c := rest.CopyConfig(cfg)
+	// HTTP/1.1: a watch event is then read by the watch's goroutine
+	// straight off the connection, where HTTP/2 has its connection's read
+	// loop hand every frame over (a goroutine wake-up per event) and
+	// answer it with a WINDOW_UPDATE (a write per event). With the node
+	// status churn of a large cluster fanned out to every node, that was
+	// most of the daemon's CPU (docs/PERFORMANCE.md). The watch and the
+	// other requests then take a connection each.
+	if len(c.TLSClientConfig.NextProtos) == 0 {
+		c.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
 	gv := corev1.SchemeGroupVersion
 	c.GroupVersion = &gv
 	c.APIPath = "/api"
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	c.NegotiatedSerializer = newSlimNegotiator(serializer.NewCodecFactory(scheme).WithoutConversion(), keep)
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
