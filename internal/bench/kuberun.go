@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -86,7 +87,8 @@ func (x *runner) churn(ctx context.Context, pid int) error {
 		return err
 	}
 	defer kc.close()
-	x.progress("status churn")
+	x.last = time.Time{} // shown even right after the last single's line
+	x.progress(fmt.Sprintf("status churn: %d heartbeats over %s", (x.k+1)*x.o.ChurnRounds, time.Duration(x.o.ChurnRounds)*heartbeatPeriod))
 	req0 := x.requests()
 	_, cpu0 := procStats(pid)
 	k0 := kc.n()

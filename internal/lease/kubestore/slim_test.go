@@ -141,3 +141,70 @@ func TestSlimDecodeMalformed(t *testing.T) {
 		t.Error("a truncated node list decoded without error")
 	}
 }
+
+// FuzzSlimDecode: any bytes as a watch event's object or a list: no
+// panic, and whenever the full protobuf decoder accepts them too, the slim
+// result is exactly the full result slimmed.
+func FuzzSlimDecode(f *testing.F) {
+	const prefix = "flannel.alpha.coreos.com/"
+	scheme := runtime.NewScheme()
+	if err := corev1.AddToScheme(scheme); err != nil {
+		f.Fatal(err)
+	}
+	cf := serializer.NewCodecFactory(scheme).WithoutConversion()
+	var full runtime.Serializer
+	for _, info := range cf.SupportedMediaTypes() {
+		if info.MediaType == runtime.ContentTypeProtobuf {
+			full = info.Serializer
+		}
+	}
+	ns := newSlimNegotiator(cf, prefix)
+	var slim runtime.Decoder
+	for _, info := range ns.SupportedMediaTypes() {
+		if info.MediaType == runtime.ContentTypeProtobuf {
+			slim = info.Serializer
+		}
+	}
+	enc := cf.EncoderForVersion(full, corev1.SchemeGroupVersion)
+	for _, obj := range []runtime.Object{fullNode("a"), &corev1.NodeList{Items: []corev1.Node{*fullNode("b")}}} {
+		b, err := runtime.Encode(enc, obj)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, _, serr := slim.Decode(b, nil, nil)
+		want, _, ferr := full.Decode(b, nil, nil)
+		if serr == nil && ferr == nil {
+			if n, ok := want.(*corev1.Node); ok {
+				g := *got.(*corev1.Node)
+				g.TypeMeta, n.TypeMeta = metav1.TypeMeta{}, metav1.TypeMeta{} // cleared by the client (WithoutVersionDecoder) either way
+				if d := cmp.Diff(slimmed(*n, prefix), g); d != "" && !cmp.Equal(*n, g) {
+					t.Errorf("slim node differs (-full slimmed +slim):\n%s", d)
+				}
+			}
+		}
+		gotList := &corev1.NodeList{}
+		_, _, serr = slim.Decode(b, nil, gotList)
+		wantList := &corev1.NodeList{}
+		_, _, ferr = full.Decode(b, nil, wantList)
+		if serr == nil && ferr == nil {
+			w := corev1.NodeList{ListMeta: metav1.ListMeta{ResourceVersion: wantList.ResourceVersion, Continue: wantList.Continue}}
+			for _, n := range wantList.Items {
+				w.Items = append(w.Items, slimmed(n, prefix))
+			}
+			if len(w.Items) == 0 {
+				w.Items = gotList.Items[:0:0]
+				if gotList.Items == nil {
+					w.Items = nil
+				}
+			}
+			gotList.TypeMeta, wantList.TypeMeta = metav1.TypeMeta{}, metav1.TypeMeta{} // as above
+			// What is not a v1 NodeList by its envelope is decoded whole.
+			if d := cmp.Diff(w, *gotList); d != "" && !cmp.Equal(*wantList, *gotList) {
+				t.Errorf("slim list differs (-full slimmed +slim):\n%s", d)
+			}
+		}
+	})
+}
