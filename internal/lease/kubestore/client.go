@@ -2,6 +2,7 @@ package kubestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -43,6 +44,9 @@ type API interface {
 type client struct {
 	rest   *rest.RESTClient
 	params runtime.ParameterCodec
+	// watchDec decodes a watch event's object (slim.go), as client-go's
+	// watch would with the negotiated protobuf decoder.
+	watchDec runtime.Decoder
 }
 
 var _ API = (*client)(nil)
@@ -92,7 +96,16 @@ func NewClient(cfg *rest.Config, annotationPrefix string) (API, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return &client{rest: rc, params: runtime.NewParameterCodec(scheme)}, nil
+	cl := &client{rest: rc, params: runtime.NewParameterCodec(scheme)}
+	for _, info := range c.NegotiatedSerializer.SupportedMediaTypes() {
+		if info.MediaType == runtime.ContentTypeProtobuf {
+			cl.watchDec = c.NegotiatedSerializer.DecoderToVersion(info.Serializer, gv)
+		}
+	}
+	if cl.watchDec == nil {
+		return nil, errors.New("kubernetes client: no protobuf decoder")
+	}
+	return cl, nil
 }
 
 func (c *client) GetNode(ctx context.Context, name string) (*corev1.Node, error) {
@@ -118,13 +131,20 @@ func (c *client) ListNodes(ctx context.Context, opts metav1.ListOptions) (*corev
 	return l, err
 }
 
+// WatchNodes asks for a protobuf watch stream only (kube-apiserver serves
+// every built-in type so) and reads it with streamWatch.
 func (c *client) WatchNodes(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 	opts.Watch = true
-	return c.rest.Get().UseProtobufAsDefault().MaxRetries(0).
+	body, err := c.rest.Get().MaxRetries(0).
+		SetHeader("Accept", runtime.ContentTypeProtobuf+";stream=watch").
 		Resource("nodes").
 		VersionedParams(&opts, c.params).
 		Timeout(timeout(opts)).
-		Watch(ctx)
+		Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newStreamWatch(body, c.watchDec), nil
 }
 
 func (c *client) PatchNodeStatus(ctx context.Context, name string, patch []byte) (*corev1.Node, error) {
