@@ -33,7 +33,7 @@ func openKube(ctx context.Context, log *slog.Logger, opts *config.Options, m *me
 	// Not kubernetes.NewForConfig: linking the clientset costs every
 	// start (etcd mode too) the registration of all API groups; see
 	// kubestore.API.
-	client, err := kubestore.NewClient(cfg)
+	client, err := kubestore.NewClient(cfg, opts.KubeAnnotationPrefix)
 	if err != nil {
 		return nil, err
 	}

@@ -76,6 +76,17 @@ type Options struct {
 	Keep bool
 	// Name prefixes the lab's namespaces (≤ 6 characters).
 	Name string
+	// Underlay is the lab's underlay network (default 172.31.250.0/24).
+	Underlay netip.Prefix
+	// Store is where leases live: StoreEtcd (default: upstream's etcd
+	// layout) or StoreKube (Node objects in a real kube-apiserver, the
+	// daemon run with --kube-subnet-mgr).
+	Store string
+	// KubeAPIServer is the kube-apiserver binary (StoreKube).
+	KubeAPIServer string
+	// ChurnRounds is how many heartbeat periods (10 s, kubelet's default)
+	// of node status churn StoreKube measures (default 2).
+	ChurnRounds int
 	// Progress, if set, receives a progress line that is rewritten in
 	// place (\r).
 	Progress io.Writer
@@ -107,10 +118,30 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if len(o.Backends) == 0 {
 		o.Backends = []string{config.BackendVXLAN}
 	}
+	if !o.Underlay.IsValid() {
+		o.Underlay = netip.MustParsePrefix("172.31.250.0/24")
+	}
+	switch o.Store {
+	case "":
+		o.Store = StoreEtcd
+	case StoreEtcd:
+	case StoreKube:
+		if len(o.Backends) != 1 || o.Backends[0] != config.BackendVXLAN {
+			return nil, fmt.Errorf("--store kube measures the vxlan backend only")
+		}
+		if o.KubeAPIServer == "" {
+			return nil, fmt.Errorf("--store kube needs a kube-apiserver binary")
+		}
+		if o.ChurnRounds < 1 {
+			o.ChurnRounds = 2
+		}
+	default:
+		return nil, fmt.Errorf("store %q: the bench knows etcd and kube", o.Store)
+	}
 	if err := checkBackends(ctx, o); err != nil {
 		return nil, err
 	}
-	res := &Result{CPUs: cpus(), Daemons: o.Daemons, Backends: o.Backends, Leases: o.Leases, Samples: o.Samples}
+	res := &Result{CPUs: cpus(), Store: o.Store, Daemons: o.Daemons, Backends: o.Backends, Leases: o.Leases, Samples: o.Samples}
 	for _, k := range o.Leases {
 		for run := 1; run <= o.Runs; run++ {
 			for _, b := range o.Backends {
@@ -145,6 +176,7 @@ type runner struct {
 	probe   *dataplane.Probe
 	obs     observer
 	ns      netns.NsHandle
+	kube    *kubeStore // nil in etcd mode
 	r       *RunResult
 	last    time.Time // last progress line
 }
@@ -157,11 +189,20 @@ func runOne(ctx context.Context, o Options, d Daemon, backend string, k, run int
 	x := &runner{o: o, d: d, backend: backend, k: k,
 		label: fmt.Sprintf("K=%d %s %s run %d", k, d.Name, backend, run),
 		r:     &RunResult{Daemon: d.Name, Path: d.Path, Backend: backend, Leases: k, Run: run}}
+	hub := o.Underlay.Masked().Addr().Next()
+	if o.Store == StoreKube {
+		x.progress("starting kube-apiserver")
+		x.kube, err = startKube(ctx, o.KubeAPIServer, filepath.Join(dir, "kube"), hub)
+		if err != nil {
+			return nil, err
+		}
+		defer x.kube.close()
+	}
 	x.progress("building lab")
 	// Building the lab may take a few seconds; it must not outlive a
 	// Ctrl-C, but Close runs regardless.
 	x.c, err = lab.New(ctx, lab.Options{
-		Name: o.Name, Hosts: 1, Underlay: netip.MustParsePrefix("172.31.250.0/24"),
+		Name: o.Name, Hosts: 1, Underlay: o.Underlay,
 		Dir: dir, Flanneld: d.Path, Log: o.Log,
 	})
 	if err != nil {
@@ -176,6 +217,16 @@ func runOne(ctx context.Context, o Options, d Daemon, backend string, k, run int
 	defer x.cli.Close()
 	if _, err := x.cli.Put(ctx, prefix+"/config", netConfig(backend)); err != nil {
 		return nil, fmt.Errorf("write network config: %w", err)
+	}
+	if x.kube != nil {
+		addr, err := x.c.Expose(6443, x.kube.srv.Addr)
+		if err != nil {
+			return nil, err
+		}
+		if err := x.kube.expose(dir, addr, netConfig(backend)); err != nil {
+			return nil, err
+		}
+		x.h.Env = []string{"NODE_NAME=" + x.kube.selfName}
 	}
 	x.ns, err = netns.GetFromName(x.h.NS)
 	if err != nil {
@@ -207,10 +258,28 @@ func runOne(ctx context.Context, o Options, d Daemon, backend string, k, run int
 
 func (x *runner) measure(ctx context.Context) error {
 	r := x.r
+	var ps []peer
+	if x.kube != nil {
+		// Every node registered, its subnet allocated, before the daemon
+		// starts; none runs flannel yet.
+		var err error
+		if ps, err = makePeers(x.backend, x.k+x.o.Samples, kubeSelf); err != nil {
+			return err
+		}
+		x.progress(fmt.Sprintf("creating %d nodes", len(ps)+1))
+		t0 := time.Now()
+		if err := x.kube.createSelf(ctx, x.h.IP); err != nil {
+			return err
+		}
+		if err := createNodes(ctx, x.kube.admin, ps); err != nil {
+			return err
+		}
+		r.Kube = &KubeResult{NodesCreate: secs(time.Since(t0)), NodeBytes: nodeSize()}
+	}
 	// Start the daemon with no peers and wait until it holds its lease and
 	// has made its device.
 	x.progress("starting daemon")
-	if err := x.c.Start(x.h); err != nil {
+	if err := x.startDaemon(); err != nil {
 		return fmt.Errorf("start daemon: %w", err)
 	}
 	self, err := x.waitSubnetEnv(ctx)
@@ -224,21 +293,24 @@ func (x *runner) measure(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ps, err := makePeers(x.backend, x.k+x.o.Samples, self)
-	if err != nil {
-		return err
+	if x.kube == nil {
+		if ps, err = makePeers(x.backend, x.k+x.o.Samples, self); err != nil {
+			return err
+		}
+		x.progress("granting etcd leases")
+		if err := grant(ctx, x.cli, ps); err != nil {
+			return err
+		}
+	} else if self != kubeSelf {
+		return fmt.Errorf("daemon leased %s, its node's podCIDR is %s", self, kubeSelf)
 	}
 	peers, singles := ps[:x.k], ps[x.k:]
-	x.progress("granting etcd leases")
-	if err := grant(ctx, x.cli, ps); err != nil {
-		return err
-	}
 
 	// 1. Join burst.
 	log0 := fileSize(x.h.LogFile)
 	x.progress("join burst")
 	t0 := time.Now()
-	if err := writeAll(ctx, x.cli, peers, false); err != nil {
+	if err := x.writeAll(ctx, peers, 0, false); err != nil {
 		return err
 	}
 	tw := time.Now()
@@ -275,8 +347,9 @@ func (x *runner) measure(ctx context.Context) error {
 		return fmt.Errorf("remove subnet.env: %w", err)
 	}
 	log1 := fileSize(x.h.LogFile)
+	req0 := x.requests()
 	t0 = time.Now()
-	if err := x.c.Start(x.h); err != nil {
+	if err := x.startDaemon(); err != nil {
 		return fmt.Errorf("restart daemon: %w", err)
 	}
 	var (
@@ -295,6 +368,9 @@ func (x *runner) measure(ctx context.Context) error {
 		return err
 	}
 	r.ColdStart = secs(time.Since(t0))
+	if x.kube != nil {
+		r.Kube.ColdStartRequests = x.requests().sub(req0)
+	}
 	_ = g.Wait()
 	if envErr != nil {
 		return envErr
@@ -309,7 +385,11 @@ func (x *runner) measure(ctx context.Context) error {
 
 	// 3. Single joins and leaves at scale.
 	log2 := fileSize(x.h.LogFile)
+	req0 = x.requests()
 	join, leave, lowJoin, lowLeave, acks, err := x.singles(ctx, singles)
+	if x.kube != nil {
+		r.Kube.SinglesRequests = x.requests().sub(req0)
+	}
 	r.SingleJoin, r.SingleLeave, r.SinglePutAck = summarize(join), summarize(leave), summarize(acks)
 	if x.backend == config.BackendWireGuard {
 		lj, ll := summarize(lowJoin), summarize(lowLeave)
@@ -319,10 +399,17 @@ func (x *runner) measure(ctx context.Context) error {
 		return err
 	}
 
+	// Kubernetes mode: status churn.
+	if x.kube != nil {
+		if err := x.churn(ctx, pid2); err != nil {
+			return err
+		}
+	}
+
 	// 4. Mass leave.
 	x.progress("mass leave")
 	t0 = time.Now()
-	if err := writeAll(ctx, x.cli, peers, true); err != nil {
+	if err := x.writeAll(ctx, peers, 0, true); err != nil {
 		return err
 	}
 	tw = time.Now()
@@ -342,6 +429,9 @@ func (x *runner) measure(ctx context.Context) error {
 	r.CPUSeconds = cpu1 + cpu2
 	r.LogBytes = fileSize(x.h.LogFile)
 	events := 2*x.k + 2*len(singles)
+	if x.kube != nil {
+		r.Kube.Requests = x.requests()
+	}
 	r.LogBytesPerEvent = float64(logBurst+fileSize(x.h.LogFile)-log2) / float64(max(events, 1))
 	// A clean stop, so a daemon that profiles itself (WEFT_CPUPROFILE)
 	// gets to write its profile.

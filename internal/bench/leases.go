@@ -54,6 +54,10 @@ type peer struct {
 	// identity of its object in the kernel.
 	pub   dataplane.WGKey
 	lease clientv3.LeaseID
+	// publicIP and data are what value encodes, for stores that publish
+	// them otherwise (Kubernetes mode: node annotations).
+	publicIP netip.Addr
+	data     string
 }
 
 // subnetAt returns the i-th /24 of 10.0.0.0/9.
@@ -98,10 +102,12 @@ func makePeers(backend string, n int, self netip.Prefix) ([]peer, error) {
 			return nil, fmt.Errorf("encode lease %s: %w", dst, err)
 		}
 		out = append(out, peer{
-			key:   prefix + "/subnets/" + lease.MakeKey(dst, netip.Prefix{}),
-			value: string(v),
-			dst:   dst,
-			pub:   key,
+			key:      prefix + "/subnets/" + lease.MakeKey(dst, netip.Prefix{}),
+			value:    string(v),
+			dst:      dst,
+			pub:      key,
+			publicIP: pub,
+			data:     string(a.BackendData),
 		})
 	}
 	return out, nil

@@ -12,7 +12,9 @@ import (
 
 // Result is a whole benchmark: every run of every daemon at every K.
 type Result struct {
-	CPUs    int      `json:"cpus"`
+	CPUs int `json:"cpus"`
+	// Store is etcd or kube (absent in results from before kube: etcd).
+	Store   string   `json:"store,omitempty"`
 	Daemons []Daemon `json:"daemons"`
 	// Backends are the backends measured (absent in results from before
 	// wireguard: vxlan alone).
@@ -93,6 +95,9 @@ type RunResult struct {
 	// waits for it.
 	SingleGet *Stats `json:"singleGetMs,omitempty"`
 
+	// Kube holds the Kubernetes-mode figures.
+	Kube *KubeResult `json:"kube,omitempty"`
+
 	// Correctness: counts when each phase ended.
 	JoinInstalled  Counts   `json:"joinInstalled"`
 	ColdInstalled  Counts   `json:"coldInstalled"`
@@ -137,39 +142,64 @@ type row struct {
 	name string
 	get  func(*RunResult) float64
 	unit string
-	// wg marks figures shown only when wireguard was measured.
-	wg bool
+	// only, if set, names the measurement the figure belongs to: "wg"
+	// (shown when wireguard was measured), "kube" (Kubernetes mode).
+	only string
 }
 
 // tableRows are the figures, in table order.
 func tableRows() []row {
+	kube := func(f func(*KubeResult) float64) func(*RunResult) float64 {
+		return func(r *RunResult) float64 {
+			if r.Kube == nil {
+				return math.NaN()
+			}
+			return f(r.Kube)
+		}
+	}
+	perEvent := func(r *RunResult) float64 {
+		if r.Kube == nil {
+			return math.NaN()
+		}
+		return float64(r.Kube.SinglesRequests.Total()) / float64(max(1, r.SingleJoin.N+r.SingleLeave.N))
+	}
 	return []row{
-		{"join burst: writes took", func(r *RunResult) float64 { return r.JoinWrites }, "s", false},
-		{"join burst: first write → all K present", func(r *RunResult) float64 { return r.JoinBurst }, "s", false},
-		{"join burst: lag after last write", func(r *RunResult) float64 { return r.JoinBurstLag }, "s", false},
-		{"cold start → all K present", func(r *RunResult) float64 { return r.ColdStart }, "s", false},
-		{"cold start → subnet.env", func(r *RunResult) float64 { return r.ColdStartSubnetEnv }, "s", false},
-		{"single join median", func(r *RunResult) float64 { return r.SingleJoin.Median }, "ms", false},
-		{"single join p90", func(r *RunResult) float64 { return r.SingleJoin.P90 }, "ms", false},
-		{"single join p99", func(r *RunResult) float64 { return r.SingleJoin.P99 }, "ms", false},
-		{"single join max", func(r *RunResult) float64 { return r.SingleJoin.Max }, "ms", false},
-		{"  lower bound (median)", func(r *RunResult) float64 { return r.SingleJoinLow.median() }, "ms", true},
-		{"  of which etcd Put ack (median)", func(r *RunResult) float64 { return r.SinglePutAck.Median }, "ms", false},
-		{"single leave median", func(r *RunResult) float64 { return r.SingleLeave.Median }, "ms", false},
-		{"single leave p90", func(r *RunResult) float64 { return r.SingleLeave.P90 }, "ms", false},
-		{"single leave p99", func(r *RunResult) float64 { return r.SingleLeave.P99 }, "ms", false},
-		{"single leave max", func(r *RunResult) float64 { return r.SingleLeave.Max }, "ms", false},
-		{"  lower bound (median)", func(r *RunResult) float64 { return r.SingleLeaveLow.median() }, "ms", true},
-		{"mass leave: deletes took", func(r *RunResult) float64 { return r.LeaveWrites }, "s", false},
-		{"mass leave: first delete → all gone", func(r *RunResult) float64 { return r.MassLeave }, "s", false},
-		{"mass leave: lag after last delete", func(r *RunResult) float64 { return r.MassLeaveLag }, "s", false},
-		{"peak RSS (VmHWM)", func(r *RunResult) float64 { return r.PeakRSSMB }, "MiB", false},
-		{"CPU seconds (whole run)", func(r *RunResult) float64 { return r.CPUSeconds }, "s", false},
-		{"log bytes per lease event", func(r *RunResult) float64 { return r.LogBytesPerEvent }, "B", false},
-		{"log bytes at cold start", func(r *RunResult) float64 { return float64(r.ColdStartLogBytes) }, "B", false},
-		{"UAPI gets served for the bench", func(r *RunResult) float64 { return float64(r.ObserverGets) }, "", true},
-		{"  their wall time", func(r *RunResult) float64 { return r.ObserverGetSeconds }, "s", true},
-		{"  one get while sampling singles (median)", func(r *RunResult) float64 { return r.SingleGet.median() }, "ms", true},
+		{"nodes: create K+samples+1 (before the daemon)", kube(func(k *KubeResult) float64 { return k.NodesCreate }), "s", "kube"},
+		{"  one node's JSON", kube(func(k *KubeResult) float64 { return float64(k.NodeBytes) }), "B", "kube"},
+		{"join burst: writes took", func(r *RunResult) float64 { return r.JoinWrites }, "s", ""},
+		{"join burst: first write → all K present", func(r *RunResult) float64 { return r.JoinBurst }, "s", ""},
+		{"join burst: lag after last write", func(r *RunResult) float64 { return r.JoinBurstLag }, "s", ""},
+		{"cold start → all K present", func(r *RunResult) float64 { return r.ColdStart }, "s", ""},
+		{"cold start → subnet.env", func(r *RunResult) float64 { return r.ColdStartSubnetEnv }, "s", ""},
+		{"single join median", func(r *RunResult) float64 { return r.SingleJoin.Median }, "ms", ""},
+		{"single join p90", func(r *RunResult) float64 { return r.SingleJoin.P90 }, "ms", ""},
+		{"single join p99", func(r *RunResult) float64 { return r.SingleJoin.P99 }, "ms", ""},
+		{"single join max", func(r *RunResult) float64 { return r.SingleJoin.Max }, "ms", ""},
+		{"  lower bound (median)", func(r *RunResult) float64 { return r.SingleJoinLow.median() }, "ms", "wg"},
+		{"  of which the write's ack (median)", func(r *RunResult) float64 { return r.SinglePutAck.Median }, "ms", ""},
+		{"single leave median", func(r *RunResult) float64 { return r.SingleLeave.Median }, "ms", ""},
+		{"single leave p90", func(r *RunResult) float64 { return r.SingleLeave.P90 }, "ms", ""},
+		{"single leave p99", func(r *RunResult) float64 { return r.SingleLeave.P99 }, "ms", ""},
+		{"single leave max", func(r *RunResult) float64 { return r.SingleLeave.Max }, "ms", ""},
+		{"  lower bound (median)", func(r *RunResult) float64 { return r.SingleLeaveLow.median() }, "ms", "wg"},
+		{"mass leave: deletes took", func(r *RunResult) float64 { return r.LeaveWrites }, "s", ""},
+		{"mass leave: first delete → all gone", func(r *RunResult) float64 { return r.MassLeave }, "s", ""},
+		{"mass leave: lag after last delete", func(r *RunResult) float64 { return r.MassLeaveLag }, "s", ""},
+		{"status churn: node status updates", kube(func(k *KubeResult) float64 { return float64(k.ChurnUpdates) }), "", "kube"},
+		{"  they took", kube(func(k *KubeResult) float64 { return k.ChurnSeconds }), "s", "kube"},
+		{"  daemon CPU meanwhile", kube(func(k *KubeResult) float64 { return k.ChurnCPU }), "s", "kube"},
+		{"  kernel changes meanwhile", kube(func(k *KubeResult) float64 { return float64(k.ChurnKernelChanges) }), "", "kube"},
+		{"  daemon API requests meanwhile", kube(func(k *KubeResult) float64 { return float64(k.ChurnRequests.Total()) }), "", "kube"},
+		{"API requests: whole run", kube(func(k *KubeResult) float64 { return float64(k.Requests.Total()) }), "", "kube"},
+		{"API requests: cold start", kube(func(k *KubeResult) float64 { return float64(k.ColdStartRequests.Total()) }), "", "kube"},
+		{"API requests per single join/leave", perEvent, "", "kube"},
+		{"peak RSS (VmHWM)", func(r *RunResult) float64 { return r.PeakRSSMB }, "MiB", ""},
+		{"CPU seconds (whole run)", func(r *RunResult) float64 { return r.CPUSeconds }, "s", ""},
+		{"log bytes per lease event", func(r *RunResult) float64 { return r.LogBytesPerEvent }, "B", ""},
+		{"log bytes at cold start", func(r *RunResult) float64 { return float64(r.ColdStartLogBytes) }, "B", ""},
+		{"UAPI gets served for the bench", func(r *RunResult) float64 { return float64(r.ObserverGets) }, "", "wg"},
+		{"  their wall time", func(r *RunResult) float64 { return r.ObserverGetSeconds }, "s", "wg"},
+		{"  one get while sampling singles (median)", func(r *RunResult) float64 { return r.SingleGet.median() }, "ms", "wg"},
 	}
 }
 
@@ -195,6 +225,9 @@ func (res *Result) columns() []column {
 // median over its runs) and, with two columns, the ratio second/first.
 func (res *Result) Print(w io.Writer) {
 	fmt.Fprintf(w, "weft bench: %d CPUs, %d single samples per run\n", res.CPUs, res.Samples)
+	if res.Store == StoreKube {
+		fmt.Fprintln(w, "  Kubernetes mode: --kube-subnet-mgr against a real kube-apiserver; joins annotate a node, leaves delete it")
+	}
 	for _, d := range res.Daemons {
 		fmt.Fprintf(w, "  %s = %s\n", d.Name, d.Path)
 	}
@@ -218,7 +251,7 @@ func (res *Result) Print(w io.Writer) {
 		}
 		fmt.Fprintln(tw)
 		for _, rw := range tableRows() {
-			if rw.wg && !wg {
+			if rw.only == "wg" && !wg || rw.only == "kube" && res.Store != StoreKube {
 				continue
 			}
 			fmt.Fprintf(tw, "%s\t%s\t", rw.name, rw.unit)
@@ -229,7 +262,7 @@ func (res *Result) Print(w io.Writer) {
 					v = math.NaN()
 				}
 				vals = append(vals, v)
-				if ok && rw.unit == "" {
+				if ok && rw.unit == "" && v == math.Trunc(v) {
 					fmt.Fprintf(tw, "%.0f\t", v)
 				} else if ok {
 					fmt.Fprintf(tw, "%s\t", format(v))

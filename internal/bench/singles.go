@@ -5,13 +5,12 @@ import (
 	"fmt"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/weft-net/weft/internal/ctxsleep"
 )
 
-// singles measures one Put (then one Delete) at a time: the time from just
-// before the etcd request to the moment the observer sees that peer's
+// singles measures one Put (then one Delete) at a time — in Kubernetes
+// mode, one node annotated (then deleted) — : the time from just before
+// the request to the moment the observer sees that peer's
 // object appear (go): vxlan, the route notification's arrival; wireguard,
 // the end of the first poll that shows the change (an upper bound).
 // With polling (wireguard), lowJoin and lowLeave are the lower bounds:
@@ -27,19 +26,15 @@ func (x *runner) singles(ctx context.Context, ps []peer) (join, leave, lowJoin, 
 			err = werr
 		}
 	}()
-	one := func(p peer, added bool) (hi, lo float64, err error) {
+	one := func(i int, p peer, added bool) (hi, lo float64, err error) {
 		wait := w.expect(p, added)
 		t0 := time.Now()
-		if added {
-			_, err = x.cli.Put(ctx, p.key, p.value, clientv3.WithLease(p.lease))
-		} else {
-			_, err = x.cli.Delete(ctx, p.key)
-		}
+		err = x.writeOne(ctx, i, p, added)
 		if err != nil {
 			cctx, cancel := context.WithCancel(ctx)
 			cancel()
 			_, _ = wait(cctx)
-			return 0, 0, fmt.Errorf("write %s: %w", p.key, err)
+			return 0, 0, fmt.Errorf("write %s: %w", p.dst, err)
 		}
 		if added {
 			acks = append(acks, ms(time.Since(t0)))
@@ -56,7 +51,7 @@ func (x *runner) singles(ctx context.Context, ps []peer) (join, leave, lowJoin, 
 	for i, added := range []bool{true, false} {
 		for j, p := range ps {
 			x.progress(fmt.Sprintf("single %s %d/%d", []string{"join", "leave"}[i], j+1, len(ps)))
-			hi, lo, err := one(p, added)
+			hi, lo, err := one(x.k+j, p, added)
 			if err != nil {
 				return join, leave, lowJoin, lowLeave, acks, err
 			}

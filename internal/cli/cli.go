@@ -228,6 +228,10 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	keep := fs.Bool("keep", false, "keep --dir afterwards (logs)")
 	name := fs.String("name", "wtbn", "prefix of the bench's namespaces (at most 6 characters)")
 	report := fs.String("report", "", "print the table of an earlier --json result `file` instead of measuring")
+	store := fs.String("store", "etcd", "where leases live: etcd, or kube (Node objects in a real kube-apiserver, the daemon run with --kube-subnet-mgr)")
+	kubeAPIServer := fs.String("kube-apiserver", "", "kube-apiserver binary for --store kube (default: $WEFT_KUBE_APISERVER, else the one tools/kube-apiserver/build.sh cached)")
+	churn := fs.Int("churn-rounds", 2, "--store kube: heartbeat periods (10 s each) of node status churn")
+	underlay := fs.String("underlay", "172.31.250.0/24", "the lab's underlay network")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -279,6 +283,19 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		o.Daemons[0].Name, o.Daemons[1].Name = "A-"+o.Daemons[0].Name, "B-"+o.Daemons[1].Name
 	}
 	o.Samples, o.Runs, o.Keep, o.Name = *samples, *runs, *keep, *name
+	o.Store, o.ChurnRounds = *store, *churn
+	u, err := netip.ParsePrefix(*underlay)
+	if err != nil {
+		fmt.Fprintln(stderr, "weft bench: --underlay:", err)
+		return 2
+	}
+	o.Underlay = u
+	if o.Store == bench.StoreKube {
+		if o.KubeAPIServer = kubeAPIServerPath(*kubeAPIServer); o.KubeAPIServer == "" {
+			fmt.Fprintln(stderr, "weft bench: --store kube: no kube-apiserver: give --kube-apiserver or $WEFT_KUBE_APISERVER, or build one with tools/kube-apiserver/build.sh")
+			return 1
+		}
+	}
 	o.Dir = *dir
 	if o.Dir == "" {
 		base := ""
@@ -316,6 +333,30 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	return 0
+}
+
+// kubeAPIServerPath is flag, else $WEFT_KUBE_APISERVER, else the newest
+// kube-apiserver tools/kube-apiserver/build.sh cached, else "".
+func kubeAPIServerPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if p := os.Getenv("WEFT_KUBE_APISERVER"); p != "" {
+		return p
+	}
+	base := os.Getenv("WEFT_CACHE_DIR")
+	if base == "" {
+		c, err := os.UserCacheDir()
+		if err != nil {
+			return ""
+		}
+		base = filepath.Join(c, "weft")
+	}
+	m, _ := filepath.Glob(filepath.Join(base, "kube-apiserver-*", "kube-apiserver"))
+	if len(m) == 0 {
+		return ""
+	}
+	return m[len(m)-1]
 }
 
 func benchReport(path string, stdout io.Writer) error {

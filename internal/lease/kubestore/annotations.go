@@ -32,6 +32,8 @@ type Annotations struct {
 	// the underlay interface at startup, like --public-ip.
 	NodePublicIP   string
 	NodePublicIPv6 string
+	// prefix is what every key above starts with.
+	prefix string
 }
 
 // prefixPattern is upstream's rule for a finished prefix: a DNS-style name,
@@ -68,5 +70,6 @@ func NewAnnotations(prefix string) (Annotations, error) {
 		PublicIPv6Overwrite: p + "public-ipv6-overwrite",
 		NodePublicIP:        p + "node-public-ip",
 		NodePublicIPv6:      p + "node-public-ipv6",
+		prefix:              p,
 	}, nil
 }

@@ -2,6 +2,7 @@ package kubestore
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -43,14 +44,28 @@ type API interface {
 type client struct {
 	rest   *rest.RESTClient
 	params runtime.ParameterCodec
+	// watchDec decodes a watch event's object (slim.go), as client-go's
+	// watch would with the negotiated protobuf decoder.
+	watchDec runtime.Decoder
 }
 
 var _ API = (*client)(nil)
 
 // NewClient returns an API for the server of cfg. It keeps cfg's
 // transport, credentials, user agent, rate limits and timeout, as
-// kubernetes.NewForConfig would; cfg is not modified.
-func NewClient(cfg *rest.Config) (API, error) {
+// kubernetes.NewForConfig would; cfg is not modified. Nodes listed and
+// watched are slim (slim.go): name, resourceVersion, podCIDR(s) and the
+// annotations of annotationPrefix (--kube-annotation-prefix; "" keeps
+// them all).
+func NewClient(cfg *rest.Config, annotationPrefix string) (API, error) {
+	keep := ""
+	if annotationPrefix != "" {
+		a, err := NewAnnotations(annotationPrefix)
+		if err != nil {
+			return nil, err
+		}
+		keep = a.prefix
+	}
 	// A scheme of our own, not client-go's global one: core/v1's
 	// AddToScheme also registers the metav1 types every group version
 	// carries (ListOptions and the other options, Status for errors,
@@ -60,10 +75,20 @@ func NewClient(cfg *rest.Config) (API, error) {
 		return nil, fmt.Errorf("kubernetes client scheme: %w", err)
 	}
 	c := rest.CopyConfig(cfg)
+	// HTTP/1.1: a watch event is then read by the watch's goroutine
+	// straight off the connection, where HTTP/2 has its connection's read
+	// loop hand every frame over (a goroutine wake-up per event) and
+	// answer it with a WINDOW_UPDATE (a write per event). With the node
+	// status churn of a large cluster fanned out to every node, that was
+	// most of the daemon's CPU (docs/PERFORMANCE.md). The watch and the
+	// other requests then take a connection each.
+	if len(c.TLSClientConfig.NextProtos) == 0 {
+		c.TLSClientConfig.NextProtos = []string{"http/1.1"}
+	}
 	gv := corev1.SchemeGroupVersion
 	c.GroupVersion = &gv
 	c.APIPath = "/api"
-	c.NegotiatedSerializer = serializer.NewCodecFactory(scheme).WithoutConversion()
+	c.NegotiatedSerializer = newSlimNegotiator(serializer.NewCodecFactory(scheme).WithoutConversion(), keep)
 	if c.UserAgent == "" {
 		c.UserAgent = rest.DefaultKubernetesUserAgent()
 	}
@@ -71,7 +96,16 @@ func NewClient(cfg *rest.Config) (API, error) {
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	return &client{rest: rc, params: runtime.NewParameterCodec(scheme)}, nil
+	cl := &client{rest: rc, params: runtime.NewParameterCodec(scheme)}
+	for _, info := range c.NegotiatedSerializer.SupportedMediaTypes() {
+		if info.MediaType == runtime.ContentTypeProtobuf {
+			cl.watchDec = c.NegotiatedSerializer.DecoderToVersion(info.Serializer, gv)
+		}
+	}
+	if cl.watchDec == nil {
+		return nil, errors.New("kubernetes client: no protobuf decoder")
+	}
+	return cl, nil
 }
 
 func (c *client) GetNode(ctx context.Context, name string) (*corev1.Node, error) {
@@ -97,13 +131,20 @@ func (c *client) ListNodes(ctx context.Context, opts metav1.ListOptions) (*corev
 	return l, err
 }
 
+// WatchNodes asks for a protobuf watch stream only (kube-apiserver serves
+// every built-in type so) and reads it with streamWatch.
 func (c *client) WatchNodes(ctx context.Context, opts metav1.ListOptions) (watch.Interface, error) {
 	opts.Watch = true
-	return c.rest.Get().UseProtobufAsDefault().MaxRetries(0).
+	body, err := c.rest.Get().MaxRetries(0).
+		SetHeader("Accept", runtime.ContentTypeProtobuf+";stream=watch").
 		Resource("nodes").
 		VersionedParams(&opts, c.params).
 		Timeout(timeout(opts)).
-		Watch(ctx)
+		Stream(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return newStreamWatch(body, c.watchDec), nil
 }
 
 func (c *client) PatchNodeStatus(ctx context.Context, name string, patch []byte) (*corev1.Node, error) {

@@ -146,7 +146,7 @@ func testManifests(t *testing.T, srv *kubetest.Server) {
 // with kube-flannel's permissions.
 func flannelAPI(t testing.TB, srv *kubetest.Server, url string) API {
 	t.Helper()
-	c, err := NewClient(srv.ConfigAt(url, srv.FlannelToken))
+	c, err := NewClient(srv.ConfigAt(url, srv.FlannelToken), "")
 	if err != nil {
 		t.Fatal(err)
 	}
