@@ -38,7 +38,7 @@ type Netlink struct {
 
 	eth *ethtool.Ethtool // opened on first use, under pass (txcsum_linux.go)
 	// greet are peers written to a new WireGuard device, to be greeted
-	// once a pass's routes are in (greetWGPeers): the first allowed
+	// once a pass's routes are in (settled): the first allowed
 	// address of each. Used under pass.
 	greet []netip.Addr
 }
