@@ -43,22 +43,67 @@ func queueAdds[K comparable, V comparable](p *pass, m func(*instIndex) map[K]V, 
 	}
 }
 
+// differ is a desired entry the index does not have as wanted, with the
+// entry the index has (had false: none).
+type differ[K comparable, V any, I any] struct {
+	k   K
+	v   V
+	old I
+	had bool
+}
+
+// scanRun is how many unchanged entries differing compares under one
+// hold of the index lock.
+const scanRun = 256
+
+// differing yields the entries of desired that pass check and that the
+// index (m) does not have as wanted (same). It compares them under one
+// hold of the index lock per run of unchanged entries, released around
+// each yield (where the caller resolves devices and queues writes) and
+// every scanRun entries, so an unchanged object costs one map lookup
+// while notifications still get the lock. It stops, once ctx ends, before
+// the next write.
+func differing[K comparable, V any, I any](p *pass, desired iter.Seq2[K, V], m func(*instIndex) map[K]I, check func(K, V) error, same func(I, V) bool) iter.Seq[differ[K, V, I]] {
+	return func(yield func(differ[K, V, I]) bool) {
+		e := p.e
+		if p.stopped() {
+			return
+		}
+		e.mu.Lock()
+		idx := m(e.idx) // replaced only by a full read, under pass
+		n := 0
+		for k, v := range desired {
+			if n++; n%scanRun == 0 {
+				e.mu.Unlock()
+				if p.stopped() {
+					return
+				}
+				e.mu.Lock()
+			}
+			if err := check(k, v); err != nil {
+				p.fail(err)
+				continue
+			}
+			old, had := idx[k]
+			if had && same(old, v) {
+				continue
+			}
+			e.mu.Unlock()
+			if p.stopped() || !yield(differ[K, V, I]{k, v, old, had}) {
+				return
+			}
+			e.mu.Lock()
+		}
+		e.mu.Unlock()
+	}
+}
+
 func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
-	e := p.e
 	var items []added[FDBKey, instFDB]
 	var reqs []request
-	for k, f := range desired {
-		if p.stopped() {
-			break
-		}
-		if err := checkFDB(k, f); err != nil {
-			p.fail(err)
-			continue
-		}
-		old, had := lookup(e, func(x *instIndex) map[FDBKey]instFDB { return x.fdb }, k)
-		if had && old.FDB == f {
-			continue
-		}
+	for d := range differing(p, desired, func(x *instIndex) map[FDBKey]instFDB { return x.fdb },
+		checkFDB, func(old instFDB, f FDB) bool { return old.FDB == f }) {
+		k, f, old, had := d.k, d.v, d.old, d.had
 		ifi, err := p.resolve(f.Dev)
 		if err != nil {
 			p.fail(fmt.Errorf("add fdb %s dst %s: %w", f.MAC, f.Dst, err))
@@ -86,21 +131,11 @@ func (p *pass) queueFDB(items []added[FDBKey, instFDB], reqs []request) ([]added
 }
 
 func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
-	e := p.e
 	var items []added[NeighKey, instNeigh]
 	var reqs []request
-	for k, nb := range desired {
-		if p.stopped() {
-			break
-		}
-		if err := checkNeigh(k, nb); err != nil {
-			p.fail(err)
-			continue
-		}
-		old, had := lookup(e, func(x *instIndex) map[NeighKey]instNeigh { return x.neighs }, k)
-		if had && old.Neigh == nb {
-			continue
-		}
+	for d := range differing(p, desired, func(x *instIndex) map[NeighKey]instNeigh { return x.neighs },
+		checkNeigh, func(old instNeigh, nb Neigh) bool { return old.Neigh == nb }) {
+		k, nb, old, had := d.k, d.v, d.old, d.had
 		ifi, err := p.resolve(nb.Dev)
 		if err != nil {
 			p.fail(fmt.Errorf("add neighbour %s: %w", nb.IP, err))
@@ -134,19 +169,12 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	var items []added[RouteKey, instRoute]
 	var nhReqs []request
 	var nhItems []int // index in items of each nexthop request
-	for k, r := range desired {
-		if p.stopped() {
-			break
-		}
-		if err := checkRoute(k, r); err != nil {
-			p.fail(err)
-			continue
-		}
+	for d := range differing(p, desired, func(x *instIndex) map[RouteKey]instRoute { return x.routes }, checkRoute,
+		func(old instRoute, r Route) bool {
+			return old.Route == r && old.proto == RouteProtocol && old.prio == routePriority(r)
+		}) {
+		k, r, old, had := d.k, d.v, d.old, d.had
 		prio := routePriority(r)
-		old, had := lookup(e, func(x *instIndex) map[RouteKey]instRoute { return x.routes }, k)
-		if had && old.Route == r && old.proto == RouteProtocol && old.prio == prio {
-			continue
-		}
 		ifi := 0 // a blackhole has no device
 		if !r.Blackhole {
 			var err error

@@ -41,17 +41,8 @@ func (p *pass) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer]) {
 	e := p.e
 	byDev := map[string][]WGPeer{}
 	links := map[string]instLink{}
-	for k, pr := range desired {
-		if p.stopped() {
-			break
-		}
-		if err := checkWGPeer(k, pr); err != nil {
-			p.fail(err)
-			continue
-		}
-		if old, had := lookup(e, wgPeers, k); had && old.is(pr) {
-			continue
-		}
+	for d := range differing(p, desired, wgPeers, checkWGPeer, instWGPeer.is) {
+		pr := d.v
 		l, err := e.ourWGLink(pr.Dev)
 		if err != nil {
 			p.fail(fmt.Errorf("set wireguard peer %s dev %s: %w", pr.PublicKey, pr.Dev, err))
@@ -121,14 +112,8 @@ func udpPeers(x *instIndex) map[UDPPeerKey]UDPPeer { return x.udpPeers }
 func (p *pass) addUDPPeers(desired iter.Seq2[UDPPeerKey, UDPPeer]) {
 	e := p.e
 	byDev := map[string][]UDPPeer{}
-	for k, pr := range desired {
-		if err := checkUDPPeer(k, pr); err != nil {
-			p.fail(err)
-			continue
-		}
-		if old, had := lookup(e, udpPeers, k); had && old == pr {
-			continue
-		}
+	for d := range differing(p, desired, udpPeers, checkUDPPeer, func(old, pr UDPPeer) bool { return old == pr }) {
+		pr := d.v
 		byDev[pr.Dev] = append(byDev[pr.Dev], pr)
 	}
 	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
