@@ -192,8 +192,10 @@ type pass struct {
 	// for delNexthops; full says the pass read the kernel.
 	unusedNH []uint32
 	full     bool
-	// q are the writes queued for the next flush.
-	q []queued
+	// q are the writes queued for the next flush, and done what to do
+	// with each one's outcome.
+	q    []request
+	done []func(error)
 }
 
 func (p *pass) fail(err error) { p.errs = append(p.errs, err) }
@@ -256,14 +258,12 @@ func (p *pass) exec(reqs []request) []error {
 	return errs
 }
 
-// queued is a write waiting for the pass's next flush, and what to do
-// with its outcome.
-type queued struct {
-	req  request
-	done func(error)
+// enqueue queues a write for the pass's next flush, and what to do with
+// its outcome.
+func (p *pass) enqueue(req request, done func(error)) {
+	p.q = append(p.q, req)
+	p.done = append(p.done, done)
 }
-
-func (p *pass) enqueue(req request, done func(error)) { p.q = append(p.q, queued{req, done}) }
 
 // passChunk bounds how many objects a pass prepares before writing them:
 // a pass over 20,000 peers would otherwise hold every prepared write of a
@@ -288,14 +288,10 @@ func (p *pass) flush() {
 	if len(p.q) == 0 {
 		return
 	}
-	q := p.q
-	p.q = nil
-	reqs := make([]request, len(q))
-	for i := range q {
-		reqs[i] = q[i].req
-	}
+	reqs, done := p.q, p.done
+	p.q, p.done = nil, nil
 	for i, err := range p.exec(reqs) {
-		q[i].done(err)
+		done[i](err)
 	}
 }
 

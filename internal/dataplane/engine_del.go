@@ -22,7 +22,7 @@ import (
 func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, touched map[RouteKey]struct{}) {
 	e := p.e
 	stale := takeStale(e, func(x *instIndex) map[RouteKey]instRoute { return x.routes },
-		func(k RouteKey) bool { _, ok := desired.Routes[k]; return ok },
+		desired.Routes,
 		func(r instRoute) string { return r.Dev }, gone, touched)
 	type del struct {
 		k     RouteKey
@@ -125,7 +125,7 @@ func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) ma
 func (p *pass) delNeighs(desired *State, gone map[string]bool, touched map[NeighKey]struct{}) {
 	m := func(x *instIndex) map[NeighKey]instNeigh { return x.neighs }
 	stale := takeStale(p.e, m,
-		func(k NeighKey) bool { _, ok := desired.Neighs[k]; return ok },
+		desired.Neighs,
 		func(v instNeigh) string { return v.Dev }, gone, touched)
 	delStale(p, stale, m,
 		func(nb instNeigh) request { return request{op: reqNeighDel, neigh: nb} },
@@ -138,7 +138,7 @@ func (p *pass) delNeighs(desired *State, gone map[string]bool, touched map[Neigh
 func (p *pass) delFDB(desired *State, gone map[string]bool, touched map[FDBKey]struct{}) {
 	m := func(x *instIndex) map[FDBKey]instFDB { return x.fdb }
 	stale := takeStale(p.e, m,
-		func(k FDBKey) bool { _, ok := desired.FDB[k]; return ok },
+		desired.FDB,
 		func(v instFDB) string { return v.Dev }, gone, touched)
 	delStale(p, stale, m,
 		func(f instFDB) request { return request{op: reqFDBDel, fdb: f} },

@@ -201,22 +201,24 @@ func alreadyGone(err error) bool {
 // lacks and that are not on a device about to be deleted, and returns them.
 // With touched non-nil only those keys are considered (a delta pass), so
 // the cost follows the change rather than the index.
-func takeStale[K comparable, V any](e *engine, m func(*instIndex) map[K]V, want func(K) bool, dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
+func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) map[K]V, desired map[K]D, dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := map[K]V{}
 	idx := m(e.idx)
 	if touched != nil {
 		for k := range touched {
-			if v, ok := idx[k]; ok && !want(k) && !gone[dev(v)] {
-				out[k] = v
-				delete(idx, k)
+			if v, ok := idx[k]; ok {
+				if _, want := desired[k]; !want && !gone[dev(v)] {
+					out[k] = v
+					delete(idx, k)
+				}
 			}
 		}
 		return out
 	}
 	for k, v := range idx {
-		if !want(k) && !gone[dev(v)] {
+		if _, want := desired[k]; !want && !gone[dev(v)] {
 			out[k] = v
 			delete(idx, k)
 		}

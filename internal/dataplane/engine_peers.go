@@ -72,7 +72,7 @@ func (p *pass) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer]) {
 func (p *pass) delWGPeers(desired *State, gone map[string]bool, touched map[WGPeerKey]struct{}) {
 	e := p.e
 	stale := takeStale(e, wgPeers,
-		func(k WGPeerKey) bool { _, ok := desired.WGPeers[k]; return ok },
+		desired.WGPeers,
 		func(v instWGPeer) string { return v.Dev }, gone, touched)
 	byDev := map[string][]instWGPeer{}
 	for _, v := range stale {
@@ -140,7 +140,7 @@ func (p *pass) addUDPPeers(desired iter.Seq2[UDPPeerKey, UDPPeer]) {
 func (p *pass) delUDPPeers(desired *State, gone map[string]bool, touched map[UDPPeerKey]struct{}) {
 	e := p.e
 	stale := takeStale(e, udpPeers,
-		func(k UDPPeerKey) bool { _, ok := desired.UDPPeers[k]; return ok },
+		desired.UDPPeers,
 		func(v UDPPeer) string { return v.Dev }, gone, touched)
 	byDev := map[string][]UDPPeer{}
 	for _, v := range stale {
