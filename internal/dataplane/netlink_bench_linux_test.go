@@ -42,31 +42,12 @@ func benchNetlink(b *testing.B, peers int) (*Netlink, *State) {
 // writes nothing.
 func BenchmarkNetlinkReconcileNoop5000(b *testing.B) {
 	n, desired := benchNetlink(b, 5000)
-	ctx := context.Background()
-	b.ReportAllocs()
-	for b.Loop() {
-		if ch, err := n.Reconcile(ctx, desired, false); err != nil || ch.Total() != 0 {
-			b.Fatalf("no-op pass wrote %d objects: %v", ch.Total(), err)
-		}
-	}
+	benchNoop(b, n, desired)
 }
 
 // BenchmarkNetlinkReconcileOneJoin5000 alternates 5,000 and 5,001 peers
 // over the kernel: one join or leave per pass, its writes included.
 func BenchmarkNetlinkReconcileOneJoin5000(b *testing.B) {
 	n, small := benchNetlink(b, 5000)
-	big := benchState(5001)
-	ctx := context.Background()
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		want := big
-		if i%2 == 1 {
-			want = small
-		}
-		i++
-		if _, err := n.Reconcile(ctx, want, false); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchOneJoin(b, n, small, benchState(5001))
 }
