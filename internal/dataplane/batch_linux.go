@@ -57,11 +57,48 @@ func (w *nlWriter) close() { w.s.Close() }
 // overflowed): whether the kernel applied it is unknown.
 var errAckLost = errors.New("netlink ack lost")
 
-// request builds one netlink request. Requests are built only as their
-// datagram is filled and dropped once it is sent, so a pass over
-// thousands of objects never holds thousands of built requests (each a
-// dozen small allocations).
-type request = func() *nl.NetlinkRequest
+// netlinkRequest builds the netlink message for req. Messages are built
+// only as their datagram is filled and dropped once it is sent, so a pass
+// over thousands of objects never holds thousands of built messages (each
+// a dozen small allocations).
+func netlinkRequest(req *request) *nl.NetlinkRequest {
+	switch req.op {
+	case reqRouteReplace:
+		r := &req.route
+		return routeRequest(r.netlink(), r.nhid, unix.RTM_NEWROUTE, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	case reqRouteDel:
+		r := &req.route
+		return routeRequest(r.netlink(), r.nhid, unix.RTM_DELROUTE, 0)
+	case reqNeighReplace:
+		return neighRequest(req.neigh.netlink(), unix.RTM_NEWNEIGH, unix.NLM_F_CREATE|unix.NLM_F_REPLACE)
+	case reqNeighDel:
+		return neighRequest(req.neigh.netlink(), unix.RTM_DELNEIGH, 0)
+	case reqFDBAdd:
+		return neighRequest(req.fdb.netlink(), unix.RTM_NEWNEIGH, fdbAddFlags(req.fdb.MAC))
+	case reqFDBDel:
+		return neighRequest(req.fdb.netlink(), unix.RTM_DELNEIGH, 0)
+	case reqNexthopAdd:
+		r := &req.route
+		return nexthopRequest(r.nhid, r.ifindex, r.Gw, r.OnLink)
+	}
+	return nexthopDelRequest(req.route.nhid) // reqNexthopDel
+}
+
+// fdbAddFlags are the flags that add f: the VXLAN driver keeps one remote
+// per unicast MAC, and `bridge fdb append` of a unicast MAC it already
+// has is a silent no-op. So a peer that kept its VTEP MAC but moved to
+// another public address would keep the old remote, and the deletion of
+// the old entry that follows in the same pass would remove the MAC
+// altogether until the next full pass: a unicast MAC is replaced
+// (`bridge fdb replace`; the later deletion of the old remote then finds
+// nothing to remove). Only the all-zero and multicast MACs, which flood,
+// can have several remotes, appended.
+func fdbAddFlags(mac MAC) int {
+	if mac.IsZero() || mac[0]&1 == 1 {
+		return unix.NLM_F_CREATE | unix.NLM_F_APPEND
+	}
+	return unix.NLM_F_CREATE | unix.NLM_F_REPLACE
+}
 
 // exec sends reqs in order, in as few datagrams as the limits allow, and
 // returns each request's outcome (nil: acknowledged without error). It
@@ -73,7 +110,7 @@ func (w *nlWriter) exec(reqs []request) (errs []error, lost bool) {
 		first := w.seq + 1
 		end := start
 		for end < len(reqs) && end-start < batchMaxMsgs {
-			req := reqs[end]()
+			req := netlinkRequest(&reqs[end])
 			req.Seq = first + uint32(end-start)
 			b := req.Serialize()
 			if end > start && len(buf)+len(b) > batchMaxBytes {
@@ -200,7 +237,7 @@ func (w *nlWriter) collect(first uint32, errs []error) (lost bool) {
 
 // routeRequest builds the request netlink.Handle.RouteReplace (typ
 // RTM_NEWROUTE, flags NLM_F_CREATE|NLM_F_REPLACE) or RouteDel (typ
-// RTM_DELROUTE, flags 0) sends for r, for the fields nlRoute.netlink
+// RTM_DELROUTE, flags 0) sends for r, for the fields instRoute.netlink
 // sets: destination, gateway, table, priority, protocol, type, flags,
 // scope and output device.
 //
@@ -267,7 +304,7 @@ func ipData(ip net.IP, family int) []byte {
 // neighRequest builds the request netlink.Handle.NeighSet (typ
 // RTM_NEWNEIGH, flags NLM_F_CREATE|NLM_F_REPLACE), NeighAppend
 // (RTM_NEWNEIGH, NLM_F_CREATE|NLM_F_APPEND) or NeighDel (RTM_DELNEIGH, 0)
-// sends for nb, for the fields nlNeigh.netlink and nlFDB.netlink set.
+// sends for nb, for the fields instNeigh.netlink and instFDB.netlink set.
 func neighRequest(nb *netlink.Neigh, typ, flags int) *nl.NetlinkRequest {
 	req := nl.NewNetlinkRequest(typ, flags|unix.NLM_F_ACK)
 	family := nb.Family

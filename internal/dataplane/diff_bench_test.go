@@ -28,27 +28,38 @@ func benchState(n int) *State {
 func BenchmarkReconcileNoop5000(b *testing.B) {
 	f := NewFake()
 	desired := benchState(5000)
-	ctx := context.Background()
-	if _, err := f.Reconcile(ctx, desired, true); err != nil {
+	if _, err := f.Reconcile(context.Background(), desired, true); err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if ch, err := f.Reconcile(ctx, desired, false); err != nil || ch.Total() != 0 {
-			b.Fatalf("no-op pass wrote %d objects: %v", ch.Total(), err)
-		}
-	}
+	benchNoop(b, f, desired)
 }
 
 // BenchmarkReconcileOneJoin5000 alternates 5,000 and 5,001 peers: one
 // join or leave per pass at scale.
 func BenchmarkReconcileOneJoin5000(b *testing.B) {
 	f := NewFake()
-	small, big := benchState(5000), benchState(5001)
-	ctx := context.Background()
-	if _, err := f.Reconcile(ctx, small, true); err != nil {
+	small := benchState(5000)
+	if _, err := f.Reconcile(context.Background(), small, true); err != nil {
 		b.Fatal(err)
 	}
+	benchOneJoin(b, f, small, benchState(5001))
+}
+
+// benchNoop times non-full passes of r to desired, which r has.
+func benchNoop(b *testing.B, r Reconciler, desired *State) {
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		if ch, err := r.Reconcile(ctx, desired, false); err != nil || ch.Total() != 0 {
+			b.Fatalf("no-op pass wrote %d objects: %v", ch.Total(), err)
+		}
+	}
+}
+
+// benchOneJoin times non-full passes of r alternating between big and
+// small (which r has).
+func benchOneJoin(b *testing.B, r Reconciler, small, big *State) {
+	ctx := context.Background()
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {
@@ -57,7 +68,7 @@ func BenchmarkReconcileOneJoin5000(b *testing.B) {
 			want = small
 		}
 		i++
-		if _, err := f.Reconcile(ctx, want, false); err != nil {
+		if _, err := r.Reconcile(ctx, want, false); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"cmp"
 	"fmt"
-	"iter"
 	"net/netip"
 	"slices"
 	"time"
@@ -28,10 +27,10 @@ type fakeWGPeer struct {
 const fakeWGPortBase = 40000
 
 // newFakeLink is a device as the simulated kernel creates it for want,
-// before fixLink-style writes: no address, and for WireGuard no key and a
-// port of its own.
-func newFakeLink(want Link, index int) fakeLink {
-	l := fakeLink{Link: want, index: index}
+// down, before the engine fixes it: no address, and for WireGuard no key
+// and a port of its own.
+func newFakeLink(want Link, index int) instLink {
+	l := instLink{Link: want, index: index}
 	l.Addr, l.Addr2 = netip.Prefix{}, netip.Prefix{}
 	if want.Kind == KindWireGuard {
 		l.PrivateKey, l.Port = WGKey{}, uint16(fakeWGPortBase+index)
@@ -62,31 +61,6 @@ func newFakeLink(want Link, index int) fakeLink {
 	return l
 }
 
-// fixFakeWG sets a WireGuard device's listen port and private key where
-// want asks for them; it reports whether it wrote.
-func fixFakeWG(want Link, have *fakeLink) (wrote bool) {
-	if want.Port != 0 && want.Port != have.Port {
-		have.Port, wrote = want.Port, true
-	}
-	if want.PrivateKey != (WGKey{}) && want.PrivateKey != have.PrivateKey {
-		have.PrivateKey, wrote = want.PrivateKey, true
-	}
-	return wrote
-}
-
-// ourWGLink reports why f may not write peers of dev: it must be a
-// WireGuard device of ours (in the index), as for Netlink.
-func (f *Fake) ourWGLink(dev string) error {
-	l, ok := f.idx.links[dev]
-	switch {
-	case !ok:
-		return fmt.Errorf("device %s: %w", dev, ErrNoDevice)
-	case l.Kind != KindWireGuard:
-		return fmt.Errorf("device %s is not a WireGuard device", dev)
-	}
-	return nil
-}
-
 // setWGPeer adds or updates a peer on a WireGuard device of the simulated
 // kernel; an update keeps the peer's session and counters.
 func (k *fakeKernel) setWGPeer(p WGPeer) error {
@@ -103,43 +77,23 @@ func (k *fakeKernel) setWGPeer(p WGPeer) error {
 	return nil
 }
 
-func (f *Fake) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer], c *Changes) (errs []error) {
-	for key, p := range desired {
-		if old, ok := f.idx.wgPeers[key]; ok && old.WGPeer == normWGPeer(p) {
-			continue
+// setWGPeers implements kernel: peers are written to (or removed from)
+// WireGuard device l one by one.
+func (k *fakeKernel) setWGPeers(l instLink, peers []WGPeer, remove bool) []error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	errs := make([]error, len(peers))
+	for i, p := range peers {
+		switch {
+		case !k.on(l.Name, l.index):
+			errs[i] = errNoPeerDevice(l.Name)
+		case remove:
+			delete(k.t.wgPeers, p.Key())
+		default:
+			errs[i] = k.setWGPeer(p)
 		}
-		err := checkWGPeer(key, p)
-		if err == nil {
-			err = f.ourWGLink(p.Dev)
-		}
-		if err == nil {
-			err = f.k.setWGPeer(p)
-		}
-		if err != nil {
-			errs = append(errs, fmt.Errorf("set wireguard peer %s dev %s: %w", p.PublicKey, p.Dev, err))
-			continue
-		}
-		f.idx.wgPeers[key] = f.k.t.wgPeers[key]
-		c.WGPeersAdded++
 	}
 	return errs
-}
-
-// delWGPeers removes the peers in the index that desired lacks (only the
-// touched ones in a delta pass), except on devices about to be deleted.
-// Like Netlink, it counts what the index had: WireGuard removes an absent
-// peer without an error, so Netlink cannot tell the difference.
-func (f *Fake) delWGPeers(desired *State, gone map[string]bool, touched map[WGPeerKey]struct{}, c *Changes) {
-	for key, p := range entries(f.idx.wgPeers, touched) {
-		if _, ok := desired.WGPeers[key]; ok || gone[p.Dev] {
-			continue
-		}
-		delete(f.idx.wgPeers, key)
-		if l, ok := f.k.t.links[p.Dev]; ok && l.Kind == KindWireGuard {
-			delete(f.k.t.wgPeers, key)
-		}
-		c.WGPeersRemoved++
-	}
 }
 
 // DeleteWGPeer removes a peer behind the Reconciler's back, as `wg set DEV

@@ -24,10 +24,10 @@ func (n *Netlink) addIPIPLink(want Link) error {
 	return nil
 }
 
-func fromIPIP(v *netlink.Iptun) nlLink {
+func fromIPIP(v *netlink.Iptun) instLink {
 	a := v.Attrs()
 	local, _ := addrFromIP(v.Local)
-	return nlLink{
+	return instLink{
 		Link:  Link{Kind: KindIPIP, Name: a.Name, MTU: a.MTU, Local: local},
 		index: a.Index,
 		up:    a.Flags&net.FlagUp != 0,

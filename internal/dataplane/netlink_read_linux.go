@@ -12,141 +12,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The index is what Netlink believes it has installed, with the kernel
-// detail needed to recognise (and delete) exactly that object again: the
-// ifindex it lives on, and for routes the protocol and metric. Keys are the
-// State keys, so the diff against a desired State is map lookups.
-type (
-	nlLink struct {
-		Link  // as the kernel reports it; Addr is unused (see addrs)
-		index int
-		up    bool
-		addrs []netip.Prefix // global-scope addresses on the device
-		user  bool           // a userspace WireGuard device (its TUN)
-	}
-	nlRoute struct {
-		Route
-		ifindex int
-		proto   netlink.RouteProtocol
-		prio    int
-		nhid    uint32 // the nexthop object it uses; 0: a plain route
-	}
-	nlNeigh struct {
-		Neigh
-		ifindex int
-	}
-	nlFDB struct {
-		FDB
-		ifindex int
-	}
-	nlIndex struct {
-		links   map[string]nlLink
-		routes  map[RouteKey]nlRoute
-		neighs  map[NeighKey]nlNeigh
-		fdb     map[FDBKey]nlFDB
-		wgPeers map[WGPeerKey]nlWGPeer
-		// udpPeers are the tables of our udp devices (udp_linux.go).
-		udpPeers map[UDPPeerKey]UDPPeer
-	}
-)
-
-func newIndex() *nlIndex {
-	return &nlIndex{
-		links:    map[string]nlLink{},
-		routes:   map[RouteKey]nlRoute{},
-		neighs:   map[NeighKey]nlNeigh{},
-		fdb:      map[FDBKey]nlFDB{},
-		wgPeers:  map[WGPeerKey]nlWGPeer{},
-		udpPeers: map[UDPPeerKey]UDPPeer{},
-	}
-}
-
-// dropDev forgets every object on dev: the kernel removes routes,
-// neighbours and FDB entries together with their device.
-func (x *nlIndex) dropDev(dev string) {
-	for k, r := range x.routes {
-		if r.Dev == dev {
-			delete(x.routes, k)
-		}
-	}
-	for k, n := range x.neighs {
-		if n.Dev == dev {
-			delete(x.neighs, k)
-		}
-	}
-	for k, f := range x.fdb {
-		if f.Dev == dev {
-			delete(x.fdb, k)
-		}
-	}
-	for k := range x.wgPeers {
-		if k.Dev == dev {
-			delete(x.wgPeers, k)
-		}
-	}
-	for k := range x.udpPeers {
-		if k.Dev == dev {
-			delete(x.udpPeers, k)
-		}
-	}
-}
-
-// devName returns the name of our link with the given ifindex, or "".
-func (x *nlIndex) devName(ifindex int) string {
-	for name, l := range x.links {
-		if l.index == ifindex {
-			return name
-		}
-	}
-	return ""
-}
-
-func (x *nlIndex) state() *State {
-	s := NewState()
-	for name, l := range x.links {
-		s.Links[name] = withAddrs(l.Link, l.addrs)
-	}
-	for k, r := range x.routes {
-		s.Routes[k] = r.Route
-	}
-	for k, n := range x.neighs {
-		s.Neighs[k] = n.Neigh
-	}
-	for k, f := range x.fdb {
-		s.FDB[k] = f.FDB
-	}
-	for k, p := range x.wgPeers {
-		s.WGPeers[k] = p.WGPeer
-	}
-	for k, p := range x.udpPeers {
-		s.UDPPeers[k] = p
-	}
-	return s
-}
-
-// defaultPriority is the metric the kernel gives a route added without
-// one: 0 for IPv4, IP6_RT_PRIO_USER (1024) for IPv6. Recording it lets the
-// index match what a dump reports.
-func defaultPriority(dst netip.Prefix) int {
-	if dst.Addr().Is4() {
-		return 0
-	}
-	return 1024
-}
-
-// routePriority is the metric Reconcile installs r with.
-func routePriority(r Route) int {
-	if r.Blackhole {
-		return metricInt(BlackholeMetric)
-	}
-	return defaultPriority(r.Dst)
-}
-
-// metricInt converts a metric to the library's int. The kernel's is a
-// u32; on 32-bit platforms a large one wraps negative, the same way the
-// library converts what it reads back, so index and dump still agree.
-func metricInt(m uint32) int { return int(m) }
-
 // maxDumpAttempts bounds retries of a dump the kernel flagged as
 // interrupted (NLM_F_DUMP_INTR: the table changed while it was being read,
 // so the result may be inconsistent). Under constant churn we give up
@@ -175,22 +40,8 @@ func dump[T any](what string, f func() (T, error)) (T, error) {
 // permanent neighbours and FDB entries; plus main-table routes carrying
 // RouteProtocol on any device. strays are duplicates of an indexed route
 // key (same destination, another metric) that a full pass deletes.
-// byName maps every device name to its ifindex.
-// kernelRead is what a full read found besides the index.
-type kernelRead struct {
-	// strays are routes of ours that duplicate an indexed one's key.
-	strays []nlRoute
-	// byName maps every device's name to its ifindex.
-	byName map[string]int
-	// nhStrays are nexthop objects of ours no route uses.
-	nhStrays []uint32
-	// nhForeign are the IDs of other programs' nexthop objects; nhMax is
-	// the highest ID of ours (0: none).
-	nhForeign map[uint32]struct{}
-	nhMax     uint32
-}
-
-func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err error) {
+// byName maps every device name to its ifindex. It implements kernel.
+func (n *Netlink) read(names map[string]bool) (x *instIndex, kr kernelRead, err error) {
 	x, kr.strays, kr.byName, err = n.readObjects(names)
 	if err != nil {
 		return nil, kr, err
@@ -199,7 +50,7 @@ func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err er
 	// (made by a run that used them): those must be told from others'.
 	nhs, err := n.dumpNexthops()
 	if err != nil {
-		if n.nhOK {
+		if n.useNH {
 			return nil, kr, err
 		}
 		nhs = nil // no nexthop objects on this kernel: no route names one
@@ -217,7 +68,7 @@ func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err er
 		ours[nh.id] = false
 		kr.nhMax = max(kr.nhMax, nh.id)
 	}
-	claim := func(r *nlRoute) {
+	claim := func(r *instRoute) {
 		if _, mine := ours[r.nhid]; !mine {
 			r.nhid = 0
 			return
@@ -241,7 +92,7 @@ func (n *Netlink) read(names map[string]bool) (x *nlIndex, kr kernelRead, err er
 
 // readObjects reads our links and the routes, neighbours and FDB entries
 // that concern us.
-func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRoute, byName map[string]int, err error) {
+func (n *Netlink) readObjects(names map[string]bool) (x *instIndex, strays []instRoute, byName map[string]int, err error) {
 	links, err := dump("links", n.h.LinkList)
 	if err != nil {
 		return nil, nil, nil, err
@@ -328,10 +179,10 @@ func (n *Netlink) readObjects(names map[string]bool) (x *nlIndex, strays []nlRou
 			}
 			if nb.Family == unix.AF_BRIDGE {
 				f := FDB{Dev: dev, MAC: mac, Dst: ip}
-				x.fdb[f] = nlFDB{f, nb.LinkIndex}
+				x.fdb[f] = instFDB{f, nb.LinkIndex}
 			} else {
 				nn := Neigh{Dev: dev, IP: ip, MAC: mac}
-				x.neighs[nn.Key()] = nlNeigh{nn, nb.LinkIndex}
+				x.neighs[nn.Key()] = instNeigh{nn, nb.LinkIndex}
 			}
 		}
 	}
@@ -387,26 +238,26 @@ func rawDump[T any](n *Netlink, what string, typ int, hdr nl.NetlinkRequestData,
 // readLink reads one device by name. found is false when it does not
 // exist; known is false when it exists but is not of a kind we manage
 // (ourLink).
-func (n *Netlink) readLink(name string) (l nlLink, found, known bool, err error) {
+func (n *Netlink) readLink(name string) (l instLink, found, known bool, err error) {
 	link, err := n.h.LinkByName(name)
 	if errors.As(err, &netlink.LinkNotFoundError{}) {
-		return nlLink{}, false, false, nil
+		return instLink{}, false, false, nil
 	}
 	if err != nil {
-		return nlLink{}, false, false, fmt.Errorf("look up link %s: %w", name, err)
+		return instLink{}, false, false, fmt.Errorf("look up link %s: %w", name, err)
 	}
 	l, ok := n.ourLink(link)
 	if !ok {
-		return nlLink{Link: Link{Name: name}, index: link.Attrs().Index}, true, false, nil
+		return instLink{Link: Link{Name: name}, index: link.Attrs().Index}, true, false, nil
 	}
 	if l.Kind == KindWireGuard {
 		if _, err := n.readWGLink(&l); err != nil {
-			return nlLink{}, false, false, err
+			return instLink{}, false, false, err
 		}
 	}
 	addrs, err := dump("addresses of "+name, func() ([]netlink.Addr, error) { return n.h.AddrList(link, netlink.FAMILY_ALL) })
 	if err != nil {
-		return nlLink{}, false, false, err
+		return instLink{}, false, false, err
 	}
 	for _, a := range addrs {
 		if p, ok := prefixFromIPNet(a.IPNet); ok && isGlobal(p) {
@@ -416,11 +267,11 @@ func (n *Netlink) readLink(name string) (l nlLink, found, known bool, err error)
 	return l, true, true, nil
 }
 
-func fromVxlan(v *netlink.Vxlan) nlLink {
+func fromVxlan(v *netlink.Vxlan) instLink {
 	a := v.Attrs()
 	local, _ := addrFromIP(v.SrcAddr)
 	mac, _ := macFrom(a.HardwareAddr)
-	return nlLink{
+	return instLink{
 		Link: Link{
 			Name:        a.Name,
 			VNI:         uint32(v.VxlanId),
@@ -441,34 +292,34 @@ func fromVxlan(v *netlink.Vxlan) nlLink {
 // what a State cannot express and Reconcile never installs: types other
 // than unicast and blackhole, multipath routes, other tables, devices we
 // cannot name.
-func routeFromKernel(r netlink.Route, byIndex map[int]string) (nlRoute, bool) {
+func routeFromKernel(r netlink.Route, byIndex map[int]string) (instRoute, bool) {
 	if r.Type == unix.RTN_BLACKHOLE && len(r.MultiPath) == 0 && (r.Table == 0 || r.Table == unix.RT_TABLE_MAIN) {
 		// No device: the kernel reports none for IPv4 and lo for IPv6
 		// (where every reject-type route hangs off the loopback device),
 		// neither of which identifies the route. The index keeps ifindex 0.
 		dst, ok := routeDst(r)
 		if !ok {
-			return nlRoute{}, false
+			return instRoute{}, false
 		}
-		return nlRoute{Route: Route{Dst: dst, Blackhole: true}, proto: r.Protocol, prio: r.Priority}, true
+		return instRoute{Route: Route{Dst: dst, Blackhole: true}, proto: int(r.Protocol), prio: r.Priority}, true
 	}
 	if r.Type != unix.RTN_UNICAST || r.LinkIndex == 0 || len(r.MultiPath) > 0 ||
 		(r.Table != 0 && r.Table != unix.RT_TABLE_MAIN) {
-		return nlRoute{}, false
+		return instRoute{}, false
 	}
 	dev, ok := byIndex[r.LinkIndex]
 	if !ok {
-		return nlRoute{}, false
+		return instRoute{}, false
 	}
 	dst, ok := routeDst(r)
 	if !ok {
-		return nlRoute{}, false
+		return instRoute{}, false
 	}
 	gw, _ := addrFromIP(r.Gw)
-	return nlRoute{
+	return instRoute{
 		Route:   Route{Dst: dst, Gw: gw, Dev: dev, OnLink: r.Flags&int(netlink.FLAG_ONLINK) != 0},
 		ifindex: r.LinkIndex,
-		proto:   r.Protocol,
+		proto:   int(r.Protocol),
 		prio:    r.Priority,
 	}, true
 }
@@ -488,14 +339,14 @@ func routeDst(r netlink.Route) (netip.Prefix, bool) {
 	return netip.Prefix{}, false
 }
 
-func (r nlRoute) netlink() *netlink.Route {
+func (r instRoute) netlink() *netlink.Route {
 	if r.Blackhole {
 		// `ip route add blackhole DST proto 87 metric M`: no device, scope
 		// universe, as iproute2 sends it.
 		return &netlink.Route{
 			Dst:      ipNet(r.Dst),
 			Table:    unix.RT_TABLE_MAIN,
-			Protocol: r.proto,
+			Protocol: netlink.RouteProtocol(r.proto),
 			Priority: r.prio,
 			Type:     unix.RTN_BLACKHOLE,
 		}
@@ -504,7 +355,7 @@ func (r nlRoute) netlink() *netlink.Route {
 		LinkIndex: r.ifindex,
 		Dst:       ipNet(r.Dst),
 		Table:     unix.RT_TABLE_MAIN,
-		Protocol:  r.proto,
+		Protocol:  netlink.RouteProtocol(r.proto),
 		Priority:  r.prio,
 		Type:      unix.RTN_UNICAST,
 	}
@@ -521,7 +372,7 @@ func (r nlRoute) netlink() *netlink.Route {
 	return nr
 }
 
-func (nb nlNeigh) netlink() *netlink.Neigh {
+func (nb instNeigh) netlink() *netlink.Neigh {
 	return &netlink.Neigh{
 		LinkIndex:    nb.ifindex,
 		Family:       family(nb.IP),
@@ -534,7 +385,7 @@ func (nb nlNeigh) netlink() *netlink.Neigh {
 // netlink returns the FDB entry as `bridge fdb replace MAC dev D dst IP
 // self permanent` sends it (fdbAddFlags): NTF_SELF addresses the VXLAN
 // driver's own table rather than a bridge master.
-func (f nlFDB) netlink() *netlink.Neigh {
+func (f instFDB) netlink() *netlink.Neigh {
 	return &netlink.Neigh{
 		LinkIndex:    f.ifindex,
 		Family:       unix.AF_BRIDGE,

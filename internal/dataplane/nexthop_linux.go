@@ -43,17 +43,9 @@ import (
 // tools reading routes, treat it like any other; with compat mode off we
 // install plain routes.
 
-// nexthopIDBase is where the IDs we allocate start: the kernel's nexthop
-// ID space is shared by every program in the namespace (FRR allocates its
-// own from low numbers), and ours are created exclusively (NLM_F_EXCL), so
-// a clash is an error on our side, never an overwrite.
-const (
-	// rtaNHID is RTA_NH_ID from <linux/rtnetlink.h>, which x/sys lacks.
-	rtaNHID = 30
-
-	nexthopIDBase uint32 = 0x57000000
-	nexthopIDSpan uint32 = 1 << 24
-)
+// rtaNHID is RTA_NH_ID from <linux/rtnetlink.h>, which x/sys lacks. The
+// IDs we allocate are engine.allocNexthop's.
+const rtaNHID = 30
 
 // nlNexthop is one nexthop object as read from the kernel.
 type nlNexthop struct {
@@ -83,12 +75,6 @@ func (m *nhMsg) Serialize() []byte {
 	b[0], b[1], b[2], b[3] = m.family, m.scope, m.protocol, m.resvd
 	binary.NativeEndian.PutUint32(b[4:], m.flags)
 	return b
-}
-
-// usesNexthop reports whether Reconcile installs r through a nexthop
-// object when nexthops are enabled.
-func usesNexthop(r Route) bool {
-	return !r.Blackhole && r.Dst.Addr().Is4() && r.Gw.IsValid() && r.Gw.Is4()
 }
 
 // nexthopRequest builds `ip nexthop add id ID via GW dev IFINDEX [onlink]
@@ -185,19 +171,4 @@ func readSysctlIn(ns netns.NsHandle, path string) (string, error) {
 		err = read()
 	}
 	return strings.TrimSpace(string(b)), err
-}
-
-// allocNexthop returns the next ID of our range that no other program's
-// object had at the last full read. IDs are handed out in sequence from
-// past the highest of ours found, so one of ours is met again only after
-// 2^24 allocations; the exclusive create then fails and the route is
-// retried with the next ID on the following pass. Called under pass.
-func (n *Netlink) allocNexthop() uint32 {
-	for {
-		id := nexthopIDBase + n.nextNH%nexthopIDSpan
-		n.nextNH++
-		if _, used := n.nhForeign[id]; !used {
-			return id
-		}
-	}
 }

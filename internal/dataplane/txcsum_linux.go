@@ -31,8 +31,8 @@ func (n *Netlink) ethtool() (*ethtool.Ethtool, error) {
 	return n.eth, nil
 }
 
-// readTxChecksum returns the TX checksum offload of device name.
-func (n *Netlink) readTxChecksum(name string) (Offload, error) {
+// txChecksum implements kernel: it returns the TX checksum offload of device name.
+func (n *Netlink) txChecksum(name string) (Offload, error) {
 	e, err := n.ethtool()
 	if err != nil {
 		return OffloadAsIs, err

@@ -3,7 +3,6 @@ package dataplane
 import (
 	"errors"
 	"fmt"
-	"iter"
 	"maps"
 	"net"
 	"net/netip"
@@ -80,39 +79,37 @@ func (n *Netlink) closeUDP() {
 	}
 }
 
-// reapUDP forgets the devices that ended on their own (their netdev was
-// deleted): this pass makes them again.
-func (n *Netlink) reapUDP() {
+// reapUDP reports the devices that ended on their own (their netdev was
+// deleted), for the engine to forget: this pass makes them again.
+func (n *Netlink) reapUDP() []instLink {
 	u := n.udp
 	u.mu.Lock()
-	var gone []string
+	var gone []instLink
 	for name, s := range u.devs {
 		if isDone(s.dev.Done()) {
-			gone = append(gone, name)
+			gone = append(gone, instLink{Link: Link{Kind: KindUDP, Name: name}})
 			delete(u.devs, name)
 		}
 	}
 	u.mu.Unlock()
-	for _, name := range gone {
-		if l, ok := lookup(n, func(x *nlIndex) map[string]nlLink { return x.links }, name); ok && l.Kind == KindUDP {
-			n.forgetLink(name)
-		}
-		n.log.Warn("udp device ended; making it again", "link", name)
+	for _, l := range gone {
+		n.log.Warn("udp device ended; making it again", "link", l.Name)
 	}
+	return gone
 }
 
 // udpLink returns the index entry for a TUN that is one of our served
 // udp devices.
-func (n *Netlink) udpLink(a *netlink.LinkAttrs) (nlLink, bool) {
+func (n *Netlink) udpLink(a *netlink.LinkAttrs) (instLink, bool) {
 	var spec UDPSpec
 	if s, ok := n.udp.served(a.Name); ok {
 		spec = s.spec
 	} else if v, ok := n.udp.view[a.Name]; ok {
 		spec = UDPSpec{Name: a.Name, Local: v.Local, Port: v.Port}
 	} else {
-		return nlLink{}, false
+		return instLink{}, false
 	}
-	return nlLink{
+	return instLink{
 		Link:  Link{Kind: KindUDP, Name: a.Name, MTU: a.MTU, Port: spec.Port, Local: spec.Local},
 		index: a.Index,
 		up:    a.Flags&net.FlagUp != 0,
@@ -161,7 +158,7 @@ func (n *Netlink) removeUDPLink(name string) (ok bool, err error) {
 }
 
 // readUDP completes a full read: the tables of the udp devices in x.
-func (n *Netlink) readUDP(x *nlIndex) {
+func (n *Netlink) readUDP(x *instIndex) {
 	for name, l := range x.links {
 		if l.Kind != KindUDP {
 			continue
@@ -179,79 +176,13 @@ func (n *Netlink) readUDP(x *nlIndex) {
 	}
 }
 
-func udpPeers(x *nlIndex) map[UDPPeerKey]UDPPeer { return x.udpPeers }
-
-// addUDPPeers writes the desired entries the index does not have as
-// declared: one Update per device.
-func (p *pass) addUDPPeers(desired iter.Seq2[UDPPeerKey, UDPPeer]) {
-	n := p.n
-	byDev := map[string][]UDPPeer{}
-	for k, pr := range desired {
-		if err := checkUDPPeer(k, pr); err != nil {
-			p.fail(err)
-			continue
-		}
-		if old, had := lookup(n, udpPeers, k); had && old == pr {
-			continue
-		}
-		byDev[pr.Dev] = append(byDev[pr.Dev], pr)
+// setUDPPeers implements kernel: one Update of our device dev's table.
+func (n *Netlink) setUDPPeers(dev string, set map[netip.Prefix]netip.AddrPort, del []netip.Prefix) error {
+	s, ok := n.udp.served(dev)
+	if !ok {
+		return ErrNoDevice
 	}
-	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
-		peers := byDev[dev]
-		s, ok := n.udp.served(dev)
-		if !ok {
-			p.fail(fmt.Errorf("set %d udp peers dev %s: %w", len(peers), dev, ErrNoDevice))
-			continue
-		}
-		set := make(map[netip.Prefix]netip.AddrPort, len(peers))
-		for _, pr := range peers {
-			set[pr.Subnet] = pr.Endpoint
-		}
-		if err := s.dev.Update(set, nil); err != nil {
-			p.fail(fmt.Errorf("set %d udp peers dev %s: %w", len(peers), dev, err))
-			continue
-		}
-		n.withIndex(func(x *nlIndex) {
-			for _, pr := range peers {
-				x.udpPeers[pr.Key()] = pr
-			}
-		})
-		p.changes.UDPPeersAdded += len(peers)
-	}
-}
-
-// delUDPPeers removes the entries desired lacks (in a delta pass, only
-// touched ones), except on devices about to be deleted.
-func (p *pass) delUDPPeers(desired *State, gone map[string]bool, touched map[UDPPeerKey]struct{}) {
-	n := p.n
-	stale := takeStale(n, udpPeers,
-		func(k UDPPeerKey) bool { _, ok := desired.UDPPeers[k]; return ok },
-		func(v UDPPeer) string { return v.Dev }, gone, touched)
-	byDev := map[string][]UDPPeer{}
-	for _, v := range stale {
-		byDev[v.Dev] = append(byDev[v.Dev], v)
-	}
-	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
-		olds := byDev[dev]
-		s, ok := n.udp.served(dev)
-		if !ok {
-			continue // the device is gone, and its table with it
-		}
-		del := make([]netip.Prefix, len(olds))
-		for i, v := range olds {
-			del[i] = v.Subnet
-		}
-		if err := s.dev.Update(nil, del); err != nil {
-			n.withIndex(func(x *nlIndex) {
-				for _, v := range olds {
-					x.udpPeers[v.Key()] = v
-				}
-			})
-			p.fail(fmt.Errorf("remove %d udp peers dev %s: %w", len(olds), dev, err))
-			continue
-		}
-		p.changes.UDPPeersRemoved += len(olds)
-	}
+	return s.dev.Update(set, del)
 }
 
 // UDPView makes a Netlink that serves no udp devices (weft status) see

@@ -76,7 +76,7 @@ type wgState struct {
 	user map[string]WGDevice // userspace devices we made, by name
 
 	// fresh are devices we created that have had no peers written yet:
-	// the first peers written there are greeted (greetWGPeers). Only
+	// the first peers written there are greeted (settled). Only
 	// passes use it, under Netlink.pass.
 	fresh map[string]bool
 }
@@ -189,29 +189,24 @@ func ended(d WGDevice) bool {
 	}
 }
 
-// reapWG forgets the userspace devices that ended on their own (their TUN
-// was deleted): the link and what was on it leave the index, so this pass
-// makes the device again.
-func (n *Netlink) reapWG() {
+// reapWG reports the userspace devices that ended on their own (their
+// TUN was deleted), for the engine to forget, so the pass makes them
+// again.
+func (n *Netlink) reapWG() []instLink {
 	w := n.wg
 	w.mu.Lock()
-	var gone []string
+	var gone []instLink
 	for name, d := range w.user {
 		if ended(d) {
-			gone = append(gone, name)
+			gone = append(gone, instLink{Link: Link{Kind: KindWireGuard, Name: name}, user: true})
 			delete(w.user, name)
 		}
 	}
 	w.mu.Unlock()
-	for _, name := range gone {
-		n.mu.Lock()
-		l, ok := n.idx.links[name]
-		n.mu.Unlock()
-		if ok && l.Kind == KindWireGuard && l.user {
-			n.forgetLink(name)
-		}
-		n.log.Warn("userspace wireguard device ended; making it again", "link", name)
+	for _, l := range gone {
+		n.log.Warn("userspace wireguard device ended; making it again", "link", l.Name)
 	}
+	return gone
 }
 
 // servedWG reports whether a userspace WireGuard device name is served:
@@ -233,7 +228,7 @@ func (n *Netlink) servedWG(name string) bool {
 // VXLAN device, a kernel WireGuard device, or the TUN of a served
 // userspace WireGuard device. A WireGuard device's key and port are not
 // read here (readWGLink).
-func (n *Netlink) ourLink(l netlink.Link) (nlLink, bool) {
+func (n *Netlink) ourLink(l netlink.Link) (instLink, bool) {
 	switch v := l.(type) {
 	case *netlink.Vxlan:
 		return fromVxlan(v), true
@@ -249,11 +244,11 @@ func (n *Netlink) ourLink(l netlink.Link) (nlLink, bool) {
 			return fromWG(l.Attrs(), true), true
 		}
 	}
-	return nlLink{}, false
+	return instLink{}, false
 }
 
-func fromWG(a *netlink.LinkAttrs, user bool) nlLink {
-	return nlLink{
+func fromWG(a *netlink.LinkAttrs, user bool) instLink {
+	return instLink{
 		Link:  Link{Kind: KindWireGuard, Name: a.Name, MTU: a.MTU},
 		index: a.Index,
 		up:    a.Flags&net.FlagUp != 0,
@@ -262,7 +257,7 @@ func fromWG(a *netlink.LinkAttrs, user bool) nlLink {
 }
 
 // readWGLink fills in a WireGuard device's listen port and private key.
-func (n *Netlink) readWGLink(l *nlLink) (*wgtypes.Device, error) {
+func (n *Netlink) readWGLink(l *instLink) (*wgtypes.Device, error) {
 	d, err := n.wgDevice(l.Name, !l.user)
 	if err != nil {
 		return nil, err
@@ -271,9 +266,9 @@ func (n *Netlink) readWGLink(l *nlLink) (*wgtypes.Device, error) {
 	return d, nil
 }
 
-// wgFits reports whether an existing WireGuard device is of the
+// fits implements kernel: whether an existing WireGuard device is of the
 // implementation the mode asks for (any other device passes).
-func (n *Netlink) wgFits(l nlLink) bool {
+func (n *Netlink) fits(l instLink) bool {
 	switch {
 	case l.Kind != KindWireGuard:
 		return true
@@ -289,7 +284,11 @@ func (n *Netlink) wgFits(l nlLink) bool {
 func (n *Netlink) addLink(want Link) error {
 	switch want.Kind {
 	case KindWireGuard:
-		return n.addWGLink(want)
+		err := n.addWGLink(want)
+		if err == nil {
+			n.wg.fresh[want.Name] = true
+		}
+		return err
 	case KindIPIP:
 		return n.addIPIPLink(want)
 	}
@@ -352,7 +351,7 @@ func (n *Netlink) addWGLink(want Link) error {
 // removeLink deletes device l: a userspace WireGuard device of ours is
 // closed (which deletes its TUN), anything else deleted through netlink
 // (a userspace device's TUN too: wireguard-go then ends by itself).
-func (n *Netlink) removeLink(name string, l nlLink) error {
+func (n *Netlink) removeLink(name string, l instLink) error {
 	if l.Kind == KindUDP {
 		if ok, err := n.removeUDPLink(name); ok {
 			return err
@@ -373,31 +372,18 @@ func (n *Netlink) removeLink(name string, l nlLink) error {
 	return n.h.LinkDel(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: l.index, Name: name}})
 }
 
-// fixWG sets a WireGuard device's listen port and private key where they
-// differ from want's (zero in want: leave as is), in one write that names
-// no peers, so the peers and their sessions stay.
-func (p *pass) fixWG(want Link, have *nlLink) (wrote bool) {
+// setWG sets a WireGuard device's listen port and private key (zero in
+// w: leave as is) in one write that names no peers, so the peers and
+// their sessions stay.
+func (n *Netlink) setWG(l instLink, w linkWrite) error {
 	var cfg wgtypes.Config
-	if want.Port != 0 && want.Port != have.Port {
-		port := int(want.Port)
+	if w.port != 0 {
+		port := int(w.port)
 		cfg.ListenPort = &port
 	}
-	if want.PrivateKey != (WGKey{}) && want.PrivateKey != have.PrivateKey {
-		key := want.PrivateKey
+	if w.key != (WGKey{}) {
+		key := w.key
 		cfg.PrivateKey = &key
 	}
-	if cfg.ListenPort == nil && cfg.PrivateKey == nil {
-		return false
-	}
-	if err := p.n.configureWG(want.Name, !have.user, cfg); err != nil {
-		p.fail(fmt.Errorf("set listen port and private key of %s: %w", want.Name, err))
-		return false
-	}
-	if cfg.ListenPort != nil {
-		have.Port = want.Port
-	}
-	if cfg.PrivateKey != nil {
-		have.PrivateKey = want.PrivateKey
-	}
-	return true
+	return n.configureWG(l.Name, !l.user, cfg)
 }

@@ -3,12 +3,9 @@ package dataplane
 import (
 	"errors"
 	"fmt"
-	"iter"
-	"maps"
 	"net"
 	"net/netip"
 	"os"
-	"slices"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -34,19 +31,7 @@ import (
 // whose packets come from a new address) to the lease's: the declared
 // endpoint is where the peer says it listens.
 
-// nlWGPeer is a peer as read back or written, normalised (normWGPeer).
-// more is set when the device holds allowed IPs a WGPeer cannot express
-// (more than two, or an unparseable one): such a peer never equals a
-// declared one, and the next write replaces its allowed IPs.
-type nlWGPeer struct {
-	WGPeer
-	more bool
-}
-
-// is reports whether the device's peer h is the declared peer p.
-func (h nlWGPeer) is(p WGPeer) bool { return !h.more && h.WGPeer == normWGPeer(p) }
-
-func peerFromWG(dev string, p wgtypes.Peer) nlWGPeer {
+func peerFromWG(dev string, p wgtypes.Peer) instWGPeer {
 	w := WGPeer{
 		Dev: dev, PublicKey: p.PublicKey, PSK: p.PresharedKey,
 		Keepalive: uint16(min(p.PersistentKeepaliveInterval/time.Second, 1<<16-1)),
@@ -65,7 +50,7 @@ func peerFromWG(dev string, p wgtypes.Peer) nlWGPeer {
 		w.AllowedIPs[n] = pf
 		n++
 	}
-	return nlWGPeer{normWGPeer(w), more}
+	return instWGPeer{normWGPeer(w), more}
 }
 
 // peerConfig is the write that makes the device's peer p.PublicKey p (or,
@@ -94,7 +79,7 @@ func peerConfig(p WGPeer, remove bool) wgtypes.PeerConfig {
 
 // readWG completes a full read: the listen port, private key and peers of
 // the WireGuard devices in x.
-func (n *Netlink) readWG(x *nlIndex) error {
+func (n *Netlink) readWG(x *instIndex) error {
 	for name, l := range x.links {
 		if l.Kind != KindWireGuard {
 			continue
@@ -112,124 +97,35 @@ func (n *Netlink) readWG(x *nlIndex) error {
 	return nil
 }
 
-// ourWGLink returns our WireGuard device dev, which the peers written to
-// it must be on: peers elsewhere could not be told apart from others' and
-// garbage-collected.
-func (n *Netlink) ourWGLink(dev string) (nlLink, error) {
-	l, ok := lookup(n, func(x *nlIndex) map[string]nlLink { return x.links }, dev)
-	switch {
-	case !ok:
-		return nlLink{}, fmt.Errorf("device %s: %w", dev, ErrNoDevice)
-	case l.Kind != KindWireGuard:
-		return nlLink{}, fmt.Errorf("device %s is not a WireGuard device", dev)
-	}
-	return l, nil
-}
-
-func wgPeers(x *nlIndex) map[WGPeerKey]nlWGPeer { return x.wgPeers }
-
-// addWGPeers writes the desired peers the index does not have as
-// declared.
-func (p *pass) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer]) {
-	n := p.n
-	byDev := map[string][]WGPeer{}
-	user := map[string]bool{}
-	for k, pr := range desired {
-		if p.stopped() {
-			break
-		}
-		if err := checkWGPeer(k, pr); err != nil {
-			p.fail(err)
-			continue
-		}
-		if old, had := lookup(n, wgPeers, k); had && old.is(pr) {
-			continue
-		}
-		l, err := n.ourWGLink(pr.Dev)
-		if err != nil {
-			p.fail(fmt.Errorf("set wireguard peer %s dev %s: %w", pr.PublicKey, pr.Dev, err))
-			continue
-		}
-		byDev[pr.Dev] = append(byDev[pr.Dev], pr)
-		user[pr.Dev] = l.user
-	}
-	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
-		peers := byDev[dev]
-		defer delete(n.wg.fresh, dev) // greeted below, or never to be
-		for i, err := range p.writeWGPeers(dev, !user[dev], peers, false) {
-			pr := peers[i]
-			if err != nil {
-				p.fail(fmt.Errorf("set wireguard peer %s dev %s: %w", pr.PublicKey, dev, err))
-				continue
-			}
-			n.withIndex(func(x *nlIndex) { x.wgPeers[pr.Key()] = nlWGPeer{WGPeer: normWGPeer(pr)} })
-			p.changes.WGPeersAdded++
-			if n.wg.fresh[dev] {
-				if a := pr.Allowed(); len(a) > 0 {
-					p.greet = append(p.greet, a[0].Addr())
-				}
-			}
-		}
-	}
-}
-
-// delWGPeers removes the peers of our devices that desired lacks (in a
-// delta pass, only touched ones), except on devices about to be deleted.
-// WireGuard removes an absent peer without complaint, so a removal is
-// counted by the index, not by what the device still had.
-func (p *pass) delWGPeers(desired *State, gone map[string]bool, touched map[WGPeerKey]struct{}) {
-	n := p.n
-	stale := takeStale(n, wgPeers,
-		func(k WGPeerKey) bool { _, ok := desired.WGPeers[k]; return ok },
-		func(v nlWGPeer) string { return v.Dev }, gone, touched)
-	byDev := map[string][]nlWGPeer{}
-	for _, v := range stale {
-		byDev[v.Dev] = append(byDev[v.Dev], v)
-	}
-	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
-		l, _ := lookup(n, func(x *nlIndex) map[string]nlLink { return x.links }, dev)
-		olds := byDev[dev]
-		peers := make([]WGPeer, len(olds))
-		for i, v := range olds {
-			peers[i] = v.WGPeer
-		}
-		for i, err := range p.writeWGPeers(dev, !l.user, peers, true) {
-			switch {
-			case err == nil:
-				p.changes.WGPeersRemoved++
-			case errors.Is(err, os.ErrNotExist):
-				// The device is gone, and its peers with it.
-			default:
-				v := olds[i]
-				n.withIndex(func(x *nlIndex) {
-					if _, ok := x.wgPeers[v.Key()]; !ok {
-						x.wgPeers[v.Key()] = v
-					}
-				})
-				p.fail(fmt.Errorf("remove wireguard peer %s dev %s: %w", v.PublicKey, dev, err))
-			}
-		}
-	}
-}
-
-// writeWGPeers writes peers to device dev in one ConfigureDevice and
-// returns each one's outcome; if the device refuses the batch, each peer
-// is written alone to find out which failed.
-func (p *pass) writeWGPeers(dev string, kernel bool, peers []WGPeer, remove bool) []error {
+// setWGPeers implements kernel: it writes peers to device l in one
+// ConfigureDevice and returns each one's outcome; if the device refuses
+// the batch, each peer is written alone to find out which failed. Peers
+// written to a device this process just created are greeted once the
+// pass's routes are in (settled).
+func (n *Netlink) setWGPeers(l instLink, peers []WGPeer, remove bool) []error {
+	dev, kernel := l.Name, !l.user
 	cfgs := make([]wgtypes.PeerConfig, len(peers))
 	for i, pr := range peers {
 		cfgs[i] = peerConfig(pr, remove)
 	}
 	errs := make([]error, len(peers))
-	err := p.n.configureWG(dev, kernel, wgtypes.Config{Peers: cfgs})
+	err := n.configureWG(dev, kernel, wgtypes.Config{Peers: cfgs})
 	if err == nil || len(peers) == 1 || errors.Is(err, os.ErrNotExist) {
 		for i := range errs {
 			errs[i] = err
 		}
-		return errs
+	} else {
+		for i := range cfgs {
+			errs[i] = n.configureWG(dev, kernel, wgtypes.Config{Peers: cfgs[i : i+1]})
+		}
 	}
-	for i := range cfgs {
-		errs[i] = p.n.configureWG(dev, kernel, wgtypes.Config{Peers: cfgs[i : i+1]})
+	if !remove && n.wg.fresh[dev] {
+		delete(n.wg.fresh, dev) // greeted below, or never to be
+		for i, pr := range peers {
+			if a := pr.Allowed(); errs[i] == nil && len(a) > 0 {
+				n.greet = append(n.greet, a[0].Addr())
+			}
+		}
 	}
 	return errs
 }
@@ -285,7 +181,7 @@ func (n *Netlink) WireGuard(name string) (WGStatus, bool, error) {
 	return st, true, nil
 }
 
-// greetWGPeers sends one empty UDP datagram (to the discard port) through
+// settled implements kernel: it sends one empty UDP datagram (to the discard port) through
 // our WireGuard devices to each peer written on a device this pass
 // created, so that the device starts a handshake with every peer at once.
 //
@@ -296,12 +192,12 @@ func (n *Netlink) WireGuard(name string) (WGStatus, bool, error) {
 // answer (WireGuard's keepalive plus rekey timeouts). Our handshake
 // replaces their session at once. The datagram itself reaches the peer's
 // own overlay address and is discarded there.
-func (p *pass) greetWGPeers() {
-	if len(p.greet) == 0 {
+func (n *Netlink) settled() {
+	if len(n.greet) == 0 {
 		return
 	}
-	addrs := p.greet
-	p.greet = nil
+	addrs := n.greet
+	n.greet = nil
 	send := func() error {
 		var errs []error
 		for _, a := range addrs {
@@ -318,16 +214,16 @@ func (p *pass) greetWGPeers() {
 		return errors.Join(errs...)
 	}
 	var err error
-	if p.n.ns.IsOpen() {
-		err = nsrun.Do(p.n.ns, send)
+	if n.ns.IsOpen() {
+		err = nsrun.Do(n.ns, send)
 	} else {
 		err = send()
 	}
 	// Only a courtesy: without it, sessions recover on WireGuard's own
 	// timers.
 	if err != nil {
-		p.n.log.Debug("greeting new wireguard peers", "peers", len(addrs), "err", err)
+		n.log.Debug("greeting new wireguard peers", "peers", len(addrs), "err", err)
 	} else {
-		p.n.log.Debug("greeted new wireguard peers", "peers", len(addrs))
+		n.log.Debug("greeted new wireguard peers", "peers", len(addrs))
 	}
 }
