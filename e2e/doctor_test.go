@@ -181,4 +181,26 @@ func TestDoctorOnLabHost(t *testing.T) {
 			t.Errorf("duplicate PublicIP: %+v", by["duplicate-leases"])
 		}
 	})
+
+	t.Run("two leases with one VTEP MAC", func(t *testing.T) {
+		// Host 2's lease's VTEP MAC, copied into a lease of another
+		// (made-up) host: two VTEPs answering for one MAC.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		l := c.leaseOf(c.Hosts[1])
+		var data struct{ VtepMAC string }
+		if err := json.Unmarshal(l.Attrs.BackendData, &data); err != nil || data.VtepMAC == "" {
+			t.Fatalf("host 2's backend data %s: %v", l.Attrs.BackendData, err)
+		}
+		key := fmt.Sprintf("/coreos.com/network/subnets/10.%d.252.0-24", n)
+		val := fmt.Sprintf(`{"PublicIP":"198.18.%d.99","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":%q}}`, n, data.VtepMAC)
+		if _, err := c.etcd.Put(ctx, key, val); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.etcd.Delete(context.Background(), key) })
+		by, _ := c.doctor(h)
+		if w := worst(by["duplicate-leases"]); (w != "warn" && w != "fail") || !strings.Contains(fmt.Sprint(by["duplicate-leases"]), data.VtepMAC) {
+			t.Errorf("duplicate VTEP MAC %s: %+v", data.VtepMAC, by["duplicate-leases"])
+		}
+	})
 }

@@ -124,6 +124,17 @@ func TestRealNamespace(t *testing.T) {
 		t.Errorf("after --fix eth0 rp_filter = %s", v)
 	}
 
+	// Kubernetes mode: bridged pod traffic must pass iptables. The sysctl
+	// is per namespace (br_netfilter is loaded on this machine).
+	st.Host.Kube = true
+	sh("ip", "netns", "exec", a, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=0")
+	expect("br_netfilter", Fail, "net.bridge.bridge-nf-call-iptables is 0", false)
+	expect("br_netfilter", OK, "net.bridge.bridge-nf-call-iptables is 0", true)
+	if v := sysctl("net/bridge/bridge-nf-call-iptables"); v != "1" {
+		t.Errorf("after --fix bridge-nf-call-iptables = %s", v)
+	}
+	st.Host.Kube = false
+
 	sh("ip", "-n", a, "route", "add", "10.99.7.0/24", "dev", "eth0")
 	expect("routes", Fail, "route 10.99.7.0/24 dev eth0 proto 3 is inside the cluster network 10.99.0.0/16", false)
 	sh("ip", "-n", a, "route", "del", "10.99.7.0/24", "dev", "eth0")
