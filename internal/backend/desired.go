@@ -1,6 +1,8 @@
 package backend
 
 import (
+	"iter"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -8,12 +10,12 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 )
 
-// Desired is the desired dataplane.State kept up to date incrementally:
+// Desired is the desired dataplane state kept up to date incrementally:
 // the base (links and objects of our own, from PlanBase), each peer's
-// contribution (from PlanPeer) and fallback objects (the daemon's
-// blackhole routes) are added and removed one source at a time, and every
-// key whose value may have changed is recorded in a dataplane.Delta, so a
-// lease event costs what that lease contributes, not what all K peers do.
+// contribution (from Peer) and fallback objects (the daemon's blackhole
+// routes) are added and removed one source at a time, and every key whose
+// value may have changed is recorded in a dataplane.Delta, so a lease
+// event costs what that lease contributes, not what all K peers do.
 //
 // Two sources may declare the same key (two leases naming one VTEP MAC
 // and public IP give identical FDB entries; overlapping leases the same
@@ -22,16 +24,22 @@ import (
 // base first, then peers by subnet (v4, then v6, as their store keys
 // sort), then the fallback. The losers are remembered, and when the
 // winner goes its place is taken by the next in that order — the entry a
-// departing lease shared with another is not deleted. Plan (Compose) uses
-// the same rule, so incremental and from-scratch planning agree.
+// departing lease shared with another is not deleted. Compose uses the
+// same rule, so incremental and from-scratch planning agree.
+//
+// Each object is held once: in the contribution that declared it, in a
+// slab indexed by a small handle. The per-kind tables map a key to a
+// reference into the slab (8 bytes), which is also the key's owner; they
+// are what the dataplane reads (Desired is a dataplane.Wanted), so the
+// desired state is never copied into maps of values.
 //
 // Desired is not safe for concurrent use; the daemon's control goroutine
-// owns it. State returns the live map set, which is mutated in place.
+// owns it, and Reconcile reads it on that goroutine.
 type Desired struct {
-	state    *dataplane.State
-	base     contribution
-	fallback contribution
-	peers    map[lease.ID]*contribution
+	srcs  []contribution // the slab: [hBase], [hFallback], then peers
+	free  []uint32       // peer handles to reuse
+	peers map[lease.ID]uint32
+	links map[string]dataplane.Link
 
 	routes claims[dataplane.RouteKey, dataplane.Route]
 	neighs claims[dataplane.NeighKey, dataplane.Neigh]
@@ -40,18 +48,10 @@ type Desired struct {
 	udp    claims[dataplane.UDPPeerKey, dataplane.UDPPeer]
 }
 
-// source identifies who declared an object; see Desired for the order.
-// Each source exists once, inside its contribution, and the claims refer
-// to it by pointer: a key's owner then costs 8 bytes in the claim maps
-// instead of the 72 of the value (three maps of K keys each).
-type source struct {
-	rank uint8 // rankBase, rankPeer or rankFallback
-	id   lease.ID
-}
-
-// contribution is what one source declares.
+// contribution is what one source declares, and its place in the order.
 type contribution struct {
-	src  source
+	rank uint8 // rankBase, rankPeer, rankFallback; rankFree in the free list
+	id   lease.ID
 	objs dataplane.Objects
 }
 
@@ -59,13 +59,31 @@ const (
 	rankBase uint8 = iota
 	rankPeer
 	rankFallback
+	rankFree
 )
 
-func (a *source) less(b *source) bool {
-	if a.rank != b.rank {
-		return a.rank < b.rank
+// The base and the fallback have fixed handles.
+const (
+	hBase uint32 = iota
+	hFallback
+)
+
+// ref is one object of one contribution: handle h, index i in its kind's
+// slice.
+type ref struct{ h, i uint32 }
+
+// less orders two objects: by their contributions (see Desired), then,
+// within one, by position (a source declaring a key twice holds it with
+// its first object, as Compose would).
+func (d *Desired) less(a, b ref) bool {
+	if a.h == b.h {
+		return a.i < b.i
 	}
-	return CompareID(a.id, b.id) < 0
+	x, y := &d.srcs[a.h], &d.srcs[b.h]
+	if x.rank != y.rank {
+		return x.rank < y.rank
+	}
+	return CompareID(x.id, y.id) < 0
 }
 
 // CompareID orders lease IDs by their v4 subnet, then their v6 subnet
@@ -88,246 +106,239 @@ func comparePrefix(a, b netip.Prefix) int {
 // NewDesired returns a Desired holding base's links and objects, sized
 // for about peers peers.
 func NewDesired(base *dataplane.State, peers int) *Desired {
-	s := dataplane.NewStateSized(len(base.Links), peers)
-	for name, l := range base.Links {
-		s.Links[name] = l
-	}
 	d := &Desired{
-		state:  s,
-		peers:  make(map[lease.ID]*contribution, peers),
-		routes: newClaims[dataplane.RouteKey, dataplane.Route](s.Routes, peers),
-		neighs: newClaims[dataplane.NeighKey, dataplane.Neigh](s.Neighs, peers),
-		fdb:    newClaims[dataplane.FDBKey, dataplane.FDB](s.FDB, peers),
-		wg:     newClaims[dataplane.WGPeerKey, dataplane.WGPeer](s.WGPeers, 0),
-		udp:    newClaims[dataplane.UDPPeerKey, dataplane.UDPPeer](s.UDPPeers, 0),
+		srcs:  make([]contribution, 2, 2+peers),
+		peers: make(map[lease.ID]uint32, peers),
+		links: maps.Clone(base.Links),
 	}
+	if d.links == nil {
+		d.links = map[string]dataplane.Link{}
+	}
+	d.routes = newClaims(d, peers, dataplane.Route.Key, func(o *dataplane.Objects) []dataplane.Route { return o.Routes })
+	d.neighs = newClaims(d, peers, dataplane.Neigh.Key, func(o *dataplane.Objects) []dataplane.Neigh { return o.Neighs })
+	d.fdb = newClaims(d, peers, dataplane.FDB.Key, func(o *dataplane.Objects) []dataplane.FDB { return o.FDB })
+	d.wg = newClaims(d, 0, dataplane.WGPeer.Key, func(o *dataplane.Objects) []dataplane.WGPeer { return o.WGPeers })
+	d.udp = newClaims(d, 0, dataplane.UDPPeer.Key, func(o *dataplane.Objects) []dataplane.UDPPeer { return o.UDPPeers })
 	// Map order is fine here: the winner of a key does not depend on
 	// the order sources are added in.
-	for _, r := range base.Routes {
-		d.base.objs.AddRoute(r)
-	}
-	for _, n := range base.Neighs {
-		d.base.objs.AddNeigh(n)
-	}
-	for _, f := range base.FDB {
-		d.base.objs.AddFDB(f)
-	}
-	for _, p := range base.WGPeers {
-		d.base.objs.AddWGPeer(p)
-	}
-	for _, p := range base.UDPPeers {
-		d.base.objs.AddUDPPeer(p)
-	}
-	d.base.src = source{rank: rankBase}
-	d.fallback.src = source{rank: rankFallback}
-	d.add(&d.base.src, d.base.objs, nil)
+	var objs dataplane.Objects
+	objs.Routes = slices.Collect(maps.Values(base.Routes))
+	objs.Neighs = slices.Collect(maps.Values(base.Neighs))
+	objs.FDB = slices.Collect(maps.Values(base.FDB))
+	objs.WGPeers = slices.Collect(maps.Values(base.WGPeers))
+	objs.UDPPeers = slices.Collect(maps.Values(base.UDPPeers))
+	d.srcs[hBase] = contribution{rank: rankBase, objs: objs}
+	d.srcs[hFallback] = contribution{rank: rankFallback}
+	d.add(hBase, nil)
 	return d
 }
 
-// State is the desired state. It is live: later calls change it in place,
-// so callers on other goroutines must not keep it (copy or render it on
-// the owning goroutine instead).
-func (d *Desired) State() *dataplane.State { return d.state }
+// State copies the desired state into a State: O(size), for tests and
+// the status page. Reconcile reads the Desired itself.
+func (d *Desired) State() *dataplane.State { return dataplane.StateOf(d) }
 
 // Peers is the number of peers with a contribution.
 func (d *Desired) Peers() int { return len(d.peers) }
 
 // SetPeer replaces peer's contribution with objs, recording the keys that
 // may have changed in touched (nil: not recorded). An unchanged
-// contribution (a renewal) touches nothing.
+// contribution (a renewal) touches nothing. objs is kept: the caller must
+// not modify it afterwards.
 func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
 	id := peer.ID()
-	c, ok := d.peers[id]
+	h, ok := d.peers[id]
 	if ok {
-		if c.objs.Equal(objs) {
+		if d.srcs[h].objs.Equal(objs) {
 			return
 		}
-		d.remove(&c.src, c.objs, touched)
+		d.remove(h, touched)
 	} else {
-		c = &contribution{src: source{rank: rankPeer, id: id}}
-		d.peers[id] = c
+		h = d.alloc(id)
+		d.peers[id] = h
 	}
-	c.objs = objs
-	d.add(&c.src, objs, touched)
+	d.srcs[h].objs = objs
+	d.add(h, touched)
+}
+
+// alloc returns a free handle for a peer's contribution.
+func (d *Desired) alloc(id lease.ID) uint32 {
+	c := contribution{rank: rankPeer, id: id}
+	if n := len(d.free); n > 0 {
+		h := d.free[n-1]
+		d.free = d.free[:n-1]
+		d.srcs[h] = c
+		return h
+	}
+	d.srcs = append(d.srcs, c)
+	return uint32(len(d.srcs) - 1)
 }
 
 // RemovePeer drops id's contribution, if any.
 func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
-	c, ok := d.peers[id]
+	h, ok := d.peers[id]
 	if !ok {
 		return
 	}
 	delete(d.peers, id)
-	d.remove(&c.src, c.objs, touched)
+	d.remove(h, touched)
+	d.srcs[h] = contribution{rank: rankFree}
+	d.free = append(d.free, h)
 }
 
 // SetFallback replaces the fallback objects: those that apply only where
 // neither the base nor a peer declares the key (the daemon's blackhole
 // routes for our own subnets, which must never displace a planned route).
 func (d *Desired) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
-	d.remove(&d.fallback.src, d.fallback.objs, touched)
-	d.fallback.objs = objs
-	d.add(&d.fallback.src, objs, touched)
+	d.remove(hFallback, touched)
+	d.srcs[hFallback].objs = objs
+	d.add(hFallback, touched)
 }
 
-// objects returns what src declared.
-func (d *Desired) objects(src *source) dataplane.Objects {
-	switch src.rank {
-	case rankBase:
-		return d.base.objs
-	case rankFallback:
-		return d.fallback.objs
+func (d *Desired) add(h uint32, touched *dataplane.Delta) {
+	if touched == nil {
+		touched = &dataplane.Delta{}
 	}
-	if c, ok := d.peers[src.id]; ok {
-		return c.objs
-	}
-	return dataplane.Objects{}
+	d.routes.add(h, touched.Routes)
+	d.udp.add(h, touched.UDPPeers)
+	d.neighs.add(h, touched.Neighs)
+	d.fdb.add(h, touched.FDB)
+	d.wg.add(h, touched.WGPeers)
 }
 
-func (d *Desired) add(src *source, o dataplane.Objects, touched *dataplane.Delta) {
-	var tr map[dataplane.RouteKey]struct{}
-	var tn map[dataplane.NeighKey]struct{}
-	var tf map[dataplane.FDBKey]struct{}
-	var tw map[dataplane.WGPeerKey]struct{}
-	var tu map[dataplane.UDPPeerKey]struct{}
-	if touched != nil {
-		tr, tn, tf, tw, tu = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers, touched.UDPPeers
+func (d *Desired) remove(h uint32, touched *dataplane.Delta) {
+	if touched == nil {
+		touched = &dataplane.Delta{}
 	}
-	for _, r := range o.Routes {
-		d.routes.add(src, r.Key(), r, tr)
-	}
-	for _, p := range o.UDPPeers {
-		d.udp.add(src, p.Key(), p, tu)
-	}
-	for _, n := range o.Neighs {
-		d.neighs.add(src, n.Key(), n, tn)
-	}
-	for _, f := range o.FDB {
-		d.fdb.add(src, f.Key(), f, tf)
-	}
-	for _, p := range o.WGPeers {
-		d.wg.add(src, p.Key(), p, tw)
-	}
+	d.udp.remove(h, touched.UDPPeers)
+	d.routes.remove(h, touched.Routes)
+	d.neighs.remove(h, touched.Neighs)
+	d.fdb.remove(h, touched.FDB)
+	d.wg.remove(h, touched.WGPeers)
 }
 
-func (d *Desired) remove(src *source, o dataplane.Objects, touched *dataplane.Delta) {
-	var tr map[dataplane.RouteKey]struct{}
-	var tn map[dataplane.NeighKey]struct{}
-	var tf map[dataplane.FDBKey]struct{}
-	var tw map[dataplane.WGPeerKey]struct{}
-	var tu map[dataplane.UDPPeerKey]struct{}
-	if touched != nil {
-		tr, tn, tf, tw, tu = touched.Routes, touched.Neighs, touched.FDB, touched.WGPeers, touched.UDPPeers
-	}
-	for _, p := range o.UDPPeers {
-		d.udp.remove(src, p.Key(), tu, func(s *source) (dataplane.UDPPeer, bool) {
-			return find(d.objects(s).UDPPeers, p.Key(), dataplane.UDPPeer.Key)
-		})
-	}
-	for _, r := range o.Routes {
-		d.routes.remove(src, r.Key(), tr, func(s *source) (dataplane.Route, bool) {
-			return find(d.objects(s).Routes, r.Key(), dataplane.Route.Key)
-		})
-	}
-	for _, n := range o.Neighs {
-		d.neighs.remove(src, n.Key(), tn, func(s *source) (dataplane.Neigh, bool) {
-			return find(d.objects(s).Neighs, n.Key(), dataplane.Neigh.Key)
-		})
-	}
-	for _, f := range o.FDB {
-		d.fdb.remove(src, f.Key(), tf, func(s *source) (dataplane.FDB, bool) {
-			return find(d.objects(s).FDB, f.Key(), dataplane.FDB.Key)
-		})
-	}
-	for _, p := range o.WGPeers {
-		d.wg.remove(src, p.Key(), tw, func(s *source) (dataplane.WGPeer, bool) {
-			return find(d.objects(s).WGPeers, p.Key(), dataplane.WGPeer.Key)
-		})
-	}
+var _ dataplane.Wanted = (*Desired)(nil)
+
+// WantedLinks implements dataplane.Wanted.
+func (d *Desired) WantedLinks() map[string]dataplane.Link { return d.links }
+
+// WantedRoutes implements dataplane.Wanted.
+func (d *Desired) WantedRoutes() dataplane.Table[dataplane.RouteKey, dataplane.Route] {
+	return &d.routes
 }
 
-// find returns the object with key k among a source's few objects.
-func find[K comparable, V any](objs []V, k K, key func(V) K) (V, bool) {
-	for _, v := range objs {
-		if key(v) == k {
-			return v, true
-		}
-	}
-	var zero V
-	return zero, false
+// WantedNeighs implements dataplane.Wanted.
+func (d *Desired) WantedNeighs() dataplane.Table[dataplane.NeighKey, dataplane.Neigh] {
+	return &d.neighs
 }
 
-// claims tracks, for one kind of object, which source's value each key
-// holds in the live map, and the other sources that declare it too.
+// WantedFDB implements dataplane.Wanted.
+func (d *Desired) WantedFDB() dataplane.Table[dataplane.FDBKey, dataplane.FDB] { return &d.fdb }
+
+// WantedWGPeers implements dataplane.Wanted.
+func (d *Desired) WantedWGPeers() dataplane.Table[dataplane.WGPeerKey, dataplane.WGPeer] {
+	return &d.wg
+}
+
+// WantedUDPPeers implements dataplane.Wanted.
+func (d *Desired) WantedUDPPeers() dataplane.Table[dataplane.UDPPeerKey, dataplane.UDPPeer] {
+	return &d.udp
+}
+
+// claims tracks, for one kind of object, which contribution's object
+// each key holds (live), and the other objects declaring it too.
 type claims[K comparable, V any] struct {
-	live   map[K]V
-	winner map[K]*source
-	losers map[K][]*source // only for contested keys
+	d      *Desired
+	live   map[K]ref
+	losers map[K][]ref // only for contested keys
+	key    func(V) K
+	pick   func(*dataplane.Objects) []V
 }
 
-func newClaims[K comparable, V any](live map[K]V, n int) claims[K, V] {
-	return claims[K, V]{live: live, winner: make(map[K]*source, n), losers: map[K][]*source{}}
+func newClaims[K comparable, V any](d *Desired, n int, key func(V) K, pick func(*dataplane.Objects) []V) claims[K, V] {
+	return claims[K, V]{d: d, live: make(map[K]ref, n), losers: map[K][]ref{}, key: key, pick: pick}
 }
 
-func (c *claims[K, V]) add(src *source, k K, v V, touched map[K]struct{}) {
-	w, ok := c.winner[k]
-	switch {
-	case !ok:
-		c.winner[k] = src
-	case src.less(w):
-		c.losers[k] = append(c.losers[k], w)
-		c.winner[k] = src
-	default:
-		c.losers[k] = append(c.losers[k], src)
-		return
-	}
-	c.live[k] = v
-	if touched != nil {
-		touched[k] = struct{}{}
-	}
-}
+func (c *claims[K, V]) value(r ref) V { return c.pick(&c.d.srcs[r.h].objs)[r.i] }
 
-// remove withdraws src's claim on k; if src held it, the next source in
-// order takes it with its own value (value looks it up).
-func (c *claims[K, V]) remove(src *source, k K, touched map[K]struct{}, value func(*source) (V, bool)) {
-	w, ok := c.winner[k]
+// Get implements dataplane.Table.
+func (c *claims[K, V]) Get(k K) (V, bool) {
+	r, ok := c.live[k]
 	if !ok {
-		return
+		var zero V
+		return zero, false
 	}
-	ls := c.losers[k]
-	if w != src {
-		if i := slices.Index(ls, src); i >= 0 {
-			ls = slices.Delete(ls, i, i+1)
-			c.setLosers(k, ls)
+	return c.value(r), true
+}
+
+// All implements dataplane.Table.
+func (c *claims[K, V]) All() iter.Seq2[K, V] {
+	return func(yield func(K, V) bool) {
+		for k, r := range c.live {
+			if !yield(k, c.value(r)) {
+				return
+			}
 		}
-		return
-	}
-	if touched != nil {
-		touched[k] = struct{}{}
-	}
-	if len(ls) == 0 {
-		delete(c.winner, k)
-		delete(c.live, k)
-		return
-	}
-	next := 0
-	for i := range ls {
-		if ls[i].less(ls[next]) {
-			next = i
-		}
-	}
-	w = ls[next]
-	c.setLosers(k, slices.Delete(ls, next, next+1))
-	c.winner[k] = w
-	if v, ok := value(w); ok {
-		c.live[k] = v
-	} else { // cannot happen: a loser's claim comes from its objects
-		delete(c.winner, k)
-		delete(c.live, k)
 	}
 }
 
-func (c *claims[K, V]) setLosers(k K, ls []*source) {
+// Len implements dataplane.Table.
+func (c *claims[K, V]) Len() int { return len(c.live) }
+
+// add claims every key of h's objects of this kind.
+func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
+	for i, v := range c.pick(&c.d.srcs[h].objs) {
+		k, r := c.key(v), ref{h, uint32(i)}
+		w, ok := c.live[k]
+		switch {
+		case !ok:
+		case c.d.less(r, w):
+			c.losers[k] = append(c.losers[k], w)
+		default:
+			c.losers[k] = append(c.losers[k], r)
+			continue
+		}
+		c.live[k] = r
+		if touched != nil {
+			touched[k] = struct{}{}
+		}
+	}
+}
+
+// remove withdraws h's claims; where h held a key, the next contribution
+// in order takes it with its own object.
+func (c *claims[K, V]) remove(h uint32, touched map[K]struct{}) {
+	for _, v := range c.pick(&c.d.srcs[h].objs) {
+		k := c.key(v)
+		w, ok := c.live[k]
+		if !ok {
+			continue
+		}
+		ls := c.losers[k]
+		if w.h != h {
+			if i := slices.IndexFunc(ls, func(r ref) bool { return r.h == h }); i >= 0 {
+				c.setLosers(k, slices.Delete(ls, i, i+1))
+			}
+			continue
+		}
+		if touched != nil {
+			touched[k] = struct{}{}
+		}
+		if len(ls) == 0 {
+			delete(c.live, k)
+			continue
+		}
+		next := 0
+		for i := range ls {
+			if c.d.less(ls[i], ls[next]) {
+				next = i
+			}
+		}
+		c.live[k] = ls[next]
+		c.setLosers(k, slices.Delete(ls, next, next+1))
+	}
+}
+
+func (c *claims[K, V]) setLosers(k K, ls []ref) {
 	if len(ls) == 0 {
 		delete(c.losers, k)
 	} else {

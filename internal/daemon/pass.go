@@ -29,7 +29,7 @@ import (
 // successful start, failed passes are retried instead (with /readyz
 // false): what worked once is worth waiting for.
 func (d *daemon) prepare(ctx context.Context) error {
-	ch, err := d.cfg.Dataplane.ReconcileDelta(ctx, d.desired.State(), dataplane.NewDelta())
+	ch, err := d.cfg.Dataplane.ReconcileDelta(ctx, d.desired, dataplane.NewDelta())
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -58,7 +58,7 @@ func wrapNetConfig(err error) error { return fmt.Errorf("network config: %w", er
 
 func (d *daemon) reconcile(ctx context.Context, kind passKind, repair bool) error {
 	start := time.Now()
-	desired := d.desired.State()
+	desired := d.desired
 	var (
 		ch  dataplane.Changes
 		err error

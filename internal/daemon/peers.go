@@ -128,12 +128,16 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	}
 	d.skipped.remove(ev.Key)
 	d.log.Debug("peer added", "lease", id, "public_ip", ev.Lease.Attrs.PublicIP)
+	attrs := ev.Lease.Attrs
+	if t := d.backend.Type(); attrs.BackendType == t {
+		attrs.BackendType = t // one string for all peers, not one each
+	}
 	old, ok := d.peers.Get(id)
 	seen := old.seen
-	if !ok || !old.lease.Attrs.Equal(ev.Lease.Attrs) {
-		seen = time.Now()
+	if !ok || !old.attrs.Equal(attrs) {
+		seen = time.Now().UnixNano()
 	}
-	d.peers.Set(id, peer{lease: ev.Lease, seen: seen, objs: objs})
+	d.peers.Set(id, peer{attrs: attrs, seen: seen, reservation: ev.Lease.Reservation})
 	d.desired.SetPeer(ev.Lease, objs, d.delta())
 	return nil
 }

@@ -89,7 +89,7 @@ func (d *daemon) startProber(ctx context.Context, goFn func(func() error)) (clos
 			}
 			out := make([]probe.Target[lease.ID], 0, snap.Len())
 			for id, p := range snap.All() {
-				if a := b.ProbeAddr(p.lease); a.IsValid() {
+				if a := b.ProbeAddr(p.lease(id)); a.IsValid() {
 					out = append(out, probe.Target[lease.ID]{Key: id, Addr: a})
 				}
 			}
@@ -132,7 +132,7 @@ func (pr *prober) health(s *snapshot) *HealthStatus {
 		u := UnreachablePeer{Subnet: str(d.Key.V4), IPv6Subnet: str(d.Key.V6), Probed: d.Addr.String(), Since: d.Since, LastError: d.LastError}
 		if s != nil {
 			if p, ok := s.peers.Get(d.Key); ok {
-				u.PublicIP, u.PublicIPv6 = str(p.lease.Attrs.PublicIP), str(p.lease.Attrs.PublicIPv6)
+				u.PublicIP, u.PublicIPv6 = str(p.attrs.PublicIP), str(p.attrs.PublicIPv6)
 			}
 		}
 		h.UnreachablePeers = append(h.UnreachablePeers, u)

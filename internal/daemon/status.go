@@ -165,6 +165,9 @@ type Board struct {
 // modified, when its lease changes.
 type snapshot struct {
 	backend string
+	// planner plans the peers' objects again for the desired state shown
+	// (the backend: its Peer reads only what was fixed at its start).
+	planner peerPlanner
 	host    HostStatus
 	self    lease.Lease
 	own     ownState
@@ -179,6 +182,11 @@ type snapshot struct {
 	fallback        dataplane.Objects
 }
 
+// peerPlanner is what render needs of the backend.
+type peerPlanner interface {
+	Peer(self, p lease.Lease) (dataplane.Objects, error)
+}
+
 type rendered struct {
 	gen    uint64
 	probes uint64    // the prober's version it was made with
@@ -188,13 +196,21 @@ type rendered struct {
 	json   []byte
 }
 
-// peer is a programmed peer: its lease, when its attributes last changed,
-// and the objects planned for it (shared with the desired state; both
-// only ever replace them).
+// peer is a programmed peer, kept small because the map holds one per
+// peer and each snapshot a shard's worth more while it is shared: its
+// lease's attributes (the key is its ID) and when they last changed. The
+// objects planned for it are the desired state's alone; render plans them
+// again, which gives the same (planners are deterministic).
 type peer struct {
-	lease lease.Lease
-	seen  time.Time
-	objs  dataplane.Objects
+	attrs       lease.Attrs
+	seen        int64 // Unix nanoseconds
+	reservation bool
+}
+
+// lease is the peer's lease as the daemon uses it (a peer's expiry and
+// revision are not kept: nothing reads them).
+func (p peer) lease(id lease.ID) lease.Lease {
+	return lease.Lease{Subnet: id.V4, IPv6Subnet: id.V6, Attrs: p.attrs, Reservation: p.reservation}
 }
 
 // idHash spreads lease IDs over a cowmap's shards: the subnets' addresses
@@ -316,7 +332,7 @@ func (d *daemon) publish() {
 		return
 	}
 	snap := &snapshot{
-		backend: d.backend.Type(), host: d.host, self: d.self, own: d.own,
+		backend: d.backend.Type(), planner: d.backend, host: d.host, self: d.self, own: d.own,
 		peers: d.peers.Snapshot(),
 		last:  d.last, lastAt: d.lastAt,
 		base: d.base, fallback: d.fallback,
@@ -341,11 +357,15 @@ func (s *snapshot) render() Status {
 	if s.lastAt.IsZero() {
 		return st
 	}
-	peers := make([]peer, 0, s.peers.Len())
-	for _, p := range s.peers.All() {
-		peers = append(peers, p)
+	type seenLease struct {
+		lease lease.Lease
+		seen  int64
 	}
-	slices.SortFunc(peers, func(a, b peer) int { return backend.CompareID(a.lease.ID(), b.lease.ID()) })
+	peers := make([]seenLease, 0, s.peers.Len())
+	for id, p := range s.peers.All() {
+		peers = append(peers, seenLease{p.lease(id), p.seen})
+	}
+	slices.SortFunc(peers, func(a, b seenLease) int { return backend.CompareID(a.lease.ID(), b.lease.ID()) })
 	// The desired state, composed afresh from each peer's planned objects:
 	// the winner of a key declared twice does not depend on the order of
 	// arrival, so this is the loop's incrementally kept state.
@@ -357,11 +377,13 @@ func (s *snapshot) render() Status {
 		ps := PeerStatus{
 			Subnet: str(l.Subnet), IPv6Subnet: str(l.IPv6Subnet),
 			PublicIP: str(l.Attrs.PublicIP), PublicIPv6: str(l.Attrs.PublicIPv6),
-			Backend: l.Attrs.BackendType, LastSeen: p.seen,
+			Backend: l.Attrs.BackendType, LastSeen: time.Unix(0, p.seen),
 		}
 		ps.Identity, ps.IdentityV6 = backends.Identity(l.Attrs, false), backends.Identity(l.Attrs, true)
 		st.Peers = append(st.Peers, ps)
-		desired.SetPeer(l, p.objs, nil)
+		if objs, err := s.planner.Peer(s.self, l); err == nil {
+			desired.SetPeer(l, objs, nil)
+		}
 	}
 	st.Skipped, st.SkippedByReason = s.skipped, s.skippedByReason
 	p := s.last

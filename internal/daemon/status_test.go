@@ -13,18 +13,25 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 )
 
+// routePlanner plans one route per peer, as host-gw does.
+type routePlanner struct{}
+
+func (routePlanner) Peer(_, l lease.Lease) (dataplane.Objects, error) {
+	var o dataplane.Objects
+	o.AddRoute(dataplane.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, Dev: "eth0"})
+	return o, nil
+}
+
 // testSnapshot is a published state with n peers, each with a route.
 func testSnapshot(n int) *snapshot {
 	peers := cowmap.New[lease.ID, peer](idHash, n)
 	for i := range n {
 		l := lease.Lease{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24),
 			Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i)}), BackendType: "host-gw"}}
-		var o dataplane.Objects
-		o.AddRoute(dataplane.Route{Dst: l.Subnet, Gw: l.Attrs.PublicIP, Dev: "eth0"})
-		peers.Set(l.ID(), peer{lease: l, seen: time.Unix(1, 0), objs: o})
+		peers.Set(l.ID(), peer{attrs: l.Attrs, seen: time.Unix(1, 0).UnixNano()})
 	}
 	base := dataplane.NewState()
-	return &snapshot{backend: "host-gw", self: lease.Lease{Subnet: netip.MustParsePrefix("10.5.255.0/24")},
+	return &snapshot{backend: "host-gw", planner: routePlanner{}, self: lease.Lease{Subnet: netip.MustParsePrefix("10.5.255.0/24")},
 		peers: peers.Snapshot(), base: base, lastAt: time.Now()}
 }
 

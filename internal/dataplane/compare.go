@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"maps"
 	"net/netip"
 	"slices"
 )
@@ -209,13 +208,13 @@ func checkFDB(k FDBKey, f FDB) error {
 // or only the touched keys that m has (a delta pass). Over desired that is
 // what to add; over the index, what to consider for deletion (deleting
 // from the index while ranging is safe in both forms).
-func entries[K comparable, V any](m map[K]V, touched map[K]struct{}) iter.Seq2[K, V] {
+func entries[K comparable, V any](m Table[K, V], touched map[K]struct{}) iter.Seq2[K, V] {
 	if touched == nil {
-		return maps.All(m)
+		return m.All()
 	}
 	return func(yield func(K, V) bool) {
 		for k := range touched {
-			if v, ok := m[k]; ok && !yield(k, v) {
+			if v, ok := m.Get(k); ok && !yield(k, v) {
 				return
 			}
 		}

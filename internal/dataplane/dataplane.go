@@ -41,6 +41,6 @@ import "context"
 // Drift repair is not its job: a deletion notification removes the object
 // from the index, and only a complete diff (Reconcile) finds it missing.
 type Reconciler interface {
-	Reconcile(ctx context.Context, desired *State, full bool) (Changes, error)
-	ReconcileDelta(ctx context.Context, desired *State, touched *Delta) (Changes, error)
+	Reconcile(ctx context.Context, desired Wanted, full bool) (Changes, error)
+	ReconcileDelta(ctx context.Context, desired Wanted, touched *Delta) (Changes, error)
 }

@@ -57,12 +57,12 @@ func newEngine(log *slog.Logger, k kernel) *engine {
 }
 
 // Reconcile implements Reconciler.
-func (e *engine) Reconcile(ctx context.Context, desired *State, full bool) (Changes, error) {
+func (e *engine) Reconcile(ctx context.Context, desired Wanted, full bool) (Changes, error) {
 	return e.reconcile(ctx, desired, full, nil)
 }
 
 // ReconcileDelta implements Reconciler.
-func (e *engine) ReconcileDelta(ctx context.Context, desired *State, touched *Delta) (Changes, error) {
+func (e *engine) ReconcileDelta(ctx context.Context, desired Wanted, touched *Delta) (Changes, error) {
 	if touched == nil {
 		touched = &Delta{} // nothing touched: links only
 	}
@@ -71,7 +71,7 @@ func (e *engine) ReconcileDelta(ctx context.Context, desired *State, touched *De
 
 // reconcile is Reconcile (touched nil: every key of desired and of the
 // index) and ReconcileDelta (only the touched keys).
-func (e *engine) reconcile(ctx context.Context, desired *State, full bool, touched *Delta) (Changes, error) {
+func (e *engine) reconcile(ctx context.Context, desired Wanted, full bool, touched *Delta) (Changes, error) {
 	if desired == nil {
 		return Changes{}, errors.New("reconcile: nil desired state")
 	}
@@ -96,15 +96,16 @@ func (e *engine) reconcile(ctx context.Context, desired *State, full bool, touch
 		p.ifindex, p.full = kr.byName, true
 	}
 
-	for _, name := range slices.Sorted(maps.Keys(desired.Links)) {
+	links := desired.WantedLinks()
+	for _, name := range slices.Sorted(maps.Keys(links)) {
 		if p.stopped() {
 			break
 		}
-		if err := checkLink(name, desired.Links[name]); err != nil {
+		if err := checkLink(name, links[name]); err != nil {
 			p.fail(err)
 			continue
 		}
-		p.ensureLink(desired.Links[name])
+		p.ensureLink(links[name])
 	}
 	gone := p.goneLinks(desired)
 	if touched != nil && (linkWrites(p.changes) > 0 || len(p.errs) > 0 || len(gone) > 0) {
@@ -126,11 +127,11 @@ func (e *engine) reconcile(ctx context.Context, desired *State, full bool, touch
 	}
 	// WireGuard peers first: a route into a WireGuard device sends
 	// traffic nowhere until the peer that takes it is there.
-	p.addWGPeers(entries(desired.WGPeers, tw))
-	p.addUDPPeers(entries(desired.UDPPeers, tu))
-	p.addFDB(entries(desired.FDB, tf))
-	p.addNeighs(entries(desired.Neighs, tn))
-	p.addRoutes(entries(desired.Routes, tr))
+	p.addWGPeers(entries(desired.WantedWGPeers(), tw))
+	p.addUDPPeers(entries(desired.WantedUDPPeers(), tu))
+	p.addFDB(entries(desired.WantedFDB(), tf))
+	p.addNeighs(entries(desired.WantedNeighs(), tn))
+	p.addRoutes(entries(desired.WantedRoutes(), tr))
 	e.kern.settled()
 	// Deletions are not interrupted once started: each takes its batch
 	// out of the index first, and stopping halfway would lose track of
@@ -151,14 +152,14 @@ func (e *engine) reconcile(ctx context.Context, desired *State, full bool, touch
 
 // readAll replaces the index by a full read of our links (those indexed
 // and those desired) and what concerns us.
-func (e *engine) readAll(desired *State) (kernelRead, error) {
+func (e *engine) readAll(desired Wanted) (kernelRead, error) {
 	names := map[string]bool{}
 	e.mu.Lock()
 	for name := range e.idx.links {
 		names[name] = true
 	}
 	e.mu.Unlock()
-	for name := range desired.Links {
+	for name := range desired.WantedLinks() {
 		names[name] = true
 	}
 	x, kr, err := e.kern.read(names)

@@ -19,10 +19,10 @@ import (
 // take the route along: the kernel announces a route it flushes that way
 // with no RTM_DELROUTE, and whoever watches routes (we, `ip monitor`,
 // other agents) would never learn it is gone.
-func (p *pass) delRoutes(desired *State, gone map[string]bool, kr kernelRead, touched map[RouteKey]struct{}) {
+func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, touched map[RouteKey]struct{}) {
 	e := p.e
 	stale := takeStale(e, func(x *instIndex) map[RouteKey]instRoute { return x.routes },
-		desired.Routes,
+		desired.WantedRoutes(),
 		func(r instRoute) string { return r.Dev }, gone, touched)
 	type del struct {
 		k     RouteKey
@@ -122,10 +122,10 @@ func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) ma
 	}
 }
 
-func (p *pass) delNeighs(desired *State, gone map[string]bool, touched map[NeighKey]struct{}) {
+func (p *pass) delNeighs(desired Wanted, gone map[string]bool, touched map[NeighKey]struct{}) {
 	m := func(x *instIndex) map[NeighKey]instNeigh { return x.neighs }
 	stale := takeStale(p.e, m,
-		desired.Neighs,
+		desired.WantedNeighs(),
 		func(v instNeigh) string { return v.Dev }, gone, touched)
 	delStale(p, stale, m,
 		func(nb instNeigh) request { return request{op: reqNeighDel, neigh: nb} },
@@ -135,10 +135,10 @@ func (p *pass) delNeighs(desired *State, gone map[string]bool, touched map[Neigh
 		})
 }
 
-func (p *pass) delFDB(desired *State, gone map[string]bool, touched map[FDBKey]struct{}) {
+func (p *pass) delFDB(desired Wanted, gone map[string]bool, touched map[FDBKey]struct{}) {
 	m := func(x *instIndex) map[FDBKey]instFDB { return x.fdb }
 	stale := takeStale(p.e, m,
-		desired.FDB,
+		desired.WantedFDB(),
 		func(v instFDB) string { return v.Dev }, gone, touched)
 	delStale(p, stale, m,
 		func(f instFDB) request { return request{op: reqFDBDel, fdb: f} },

@@ -201,7 +201,7 @@ func alreadyGone(err error) bool {
 // lacks and that are not on a device about to be deleted, and returns them.
 // With touched non-nil only those keys are considered (a delta pass), so
 // the cost follows the change rather than the index.
-func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) map[K]V, desired map[K]D, dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
+func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) map[K]V, desired Table[K, D], dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := map[K]V{}
@@ -209,7 +209,7 @@ func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) map[K]V
 	if touched != nil {
 		for k := range touched {
 			if v, ok := idx[k]; ok {
-				if _, want := desired[k]; !want && !gone[dev(v)] {
+				if _, want := desired.Get(k); !want && !gone[dev(v)] {
 					out[k] = v
 					delete(idx, k)
 				}
@@ -218,7 +218,7 @@ func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) map[K]V
 		return out
 	}
 	for k, v := range idx {
-		if _, want := desired[k]; !want && !gone[dev(v)] {
+		if _, want := desired.Get(k); !want && !gone[dev(v)] {
 			out[k] = v
 			delete(idx, k)
 		}

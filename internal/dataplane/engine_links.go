@@ -194,12 +194,12 @@ func (p *pass) fixTxChecksum(want Link, have *instLink) (wrote bool) {
 
 // goneLinks are our links that desired no longer has. Objects on them are
 // not deleted one by one: deleting the device takes them along.
-func (p *pass) goneLinks(desired *State) map[string]bool {
+func (p *pass) goneLinks(desired Wanted) map[string]bool {
 	gone := map[string]bool{}
 	p.e.mu.Lock()
 	defer p.e.mu.Unlock()
 	for name := range p.e.idx.links {
-		if _, ok := desired.Links[name]; !ok {
+		if _, ok := desired.WantedLinks()[name]; !ok {
 			gone[name] = true
 		}
 	}

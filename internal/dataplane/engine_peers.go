@@ -69,10 +69,10 @@ func (p *pass) addWGPeers(desired iter.Seq2[WGPeerKey, WGPeer]) {
 // delta pass, only touched ones), except on devices about to be deleted.
 // WireGuard removes an absent peer without complaint, so a removal is
 // counted by the index, not by what the device still had.
-func (p *pass) delWGPeers(desired *State, gone map[string]bool, touched map[WGPeerKey]struct{}) {
+func (p *pass) delWGPeers(desired Wanted, gone map[string]bool, touched map[WGPeerKey]struct{}) {
 	e := p.e
 	stale := takeStale(e, wgPeers,
-		desired.WGPeers,
+		desired.WantedWGPeers(),
 		func(v instWGPeer) string { return v.Dev }, gone, touched)
 	byDev := map[string][]instWGPeer{}
 	for _, v := range stale {
@@ -137,10 +137,10 @@ func (p *pass) addUDPPeers(desired iter.Seq2[UDPPeerKey, UDPPeer]) {
 
 // delUDPPeers removes the entries desired lacks (in a delta pass, only
 // touched ones), except on devices about to be deleted.
-func (p *pass) delUDPPeers(desired *State, gone map[string]bool, touched map[UDPPeerKey]struct{}) {
+func (p *pass) delUDPPeers(desired Wanted, gone map[string]bool, touched map[UDPPeerKey]struct{}) {
 	e := p.e
 	stale := takeStale(e, udpPeers,
-		desired.UDPPeers,
+		desired.WantedUDPPeers(),
 		func(v UDPPeer) string { return v.Dev }, gone, touched)
 	byDev := map[string][]UDPPeer{}
 	for _, v := range stale {
