@@ -36,8 +36,12 @@ import (
 // Desired is not safe for concurrent use; the daemon's control goroutine
 // owns it, and Reconcile reads it on that goroutine.
 type Desired struct {
-	srcs  []contribution // the slab: [hBase], [hFallback], then peers
-	free  []uint32       // peer handles to reuse
+	// srcs is the slab: handle h is srcs[h/slabChunk][h%slabChunk];
+	// hBase, hFallback, then peers. Fixed-size chunks grow it without
+	// copying it, or holding twice its size, as one slice would.
+	srcs  [][]contribution
+	n     uint32   // handles handed out
+	free  []uint32 // peer handles to reuse
 	peers map[lease.ID]uint32
 	links map[string]dataplane.Link
 
@@ -68,6 +72,11 @@ const (
 	hFallback
 )
 
+const slabChunk = 256
+
+// src returns h's contribution.
+func (d *Desired) src(h uint32) *contribution { return &d.srcs[h/slabChunk][h%slabChunk] }
+
 // ref is one object of one contribution: handle h, index i in its kind's
 // slice.
 type ref struct{ h, i uint32 }
@@ -79,7 +88,7 @@ func (d *Desired) less(a, b ref) bool {
 	if a.h == b.h {
 		return a.i < b.i
 	}
-	x, y := &d.srcs[a.h], &d.srcs[b.h]
+	x, y := d.src(a.h), d.src(b.h)
 	if x.rank != y.rank {
 		return x.rank < y.rank
 	}
@@ -107,7 +116,6 @@ func comparePrefix(a, b netip.Prefix) int {
 // for about peers peers.
 func NewDesired(base *dataplane.State, peers int) *Desired {
 	d := &Desired{
-		srcs:  make([]contribution, 2, 2+peers),
 		peers: make(map[lease.ID]uint32, peers),
 		links: maps.Clone(base.Links),
 	}
@@ -127,8 +135,9 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 	objs.FDB = slices.Collect(maps.Values(base.FDB))
 	objs.WGPeers = slices.Collect(maps.Values(base.WGPeers))
 	objs.UDPPeers = slices.Collect(maps.Values(base.UDPPeers))
-	d.srcs[hBase] = contribution{rank: rankBase, objs: objs}
-	d.srcs[hFallback] = contribution{rank: rankFallback}
+	d.srcs = make([][]contribution, 0, (2+peers)/slabChunk+1)
+	d.alloc(contribution{rank: rankBase, objs: objs}) // hBase
+	d.alloc(contribution{rank: rankFallback})         // hFallback
 	d.add(hBase, nil)
 	return d
 }
@@ -148,29 +157,33 @@ func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dat
 	id := peer.ID()
 	h, ok := d.peers[id]
 	if ok {
-		if d.srcs[h].objs.Equal(objs) {
+		if d.src(h).objs.Equal(objs) {
 			return
 		}
 		d.remove(h, touched)
 	} else {
-		h = d.alloc(id)
+		h = d.alloc(contribution{rank: rankPeer, id: id})
 		d.peers[id] = h
 	}
-	d.srcs[h].objs = objs
+	d.src(h).objs = objs
 	d.add(h, touched)
 }
 
-// alloc returns a free handle for a peer's contribution.
-func (d *Desired) alloc(id lease.ID) uint32 {
-	c := contribution{rank: rankPeer, id: id}
+// alloc stores c under a free handle.
+func (d *Desired) alloc(c contribution) uint32 {
 	if n := len(d.free); n > 0 {
 		h := d.free[n-1]
 		d.free = d.free[:n-1]
-		d.srcs[h] = c
+		*d.src(h) = c
 		return h
 	}
-	d.srcs = append(d.srcs, c)
-	return uint32(len(d.srcs) - 1)
+	h := d.n
+	if h%slabChunk == 0 {
+		d.srcs = append(d.srcs, make([]contribution, slabChunk))
+	}
+	d.n++
+	*d.src(h) = c
+	return h
 }
 
 // RemovePeer drops id's contribution, if any.
@@ -181,7 +194,7 @@ func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
 	}
 	delete(d.peers, id)
 	d.remove(h, touched)
-	d.srcs[h] = contribution{rank: rankFree}
+	*d.src(h) = contribution{rank: rankFree}
 	d.free = append(d.free, h)
 }
 
@@ -190,7 +203,7 @@ func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
 // routes for our own subnets, which must never displace a planned route).
 func (d *Desired) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
 	d.remove(hFallback, touched)
-	d.srcs[hFallback].objs = objs
+	d.src(hFallback).objs = objs
 	d.add(hFallback, touched)
 }
 
@@ -258,7 +271,7 @@ func newClaims[K comparable, V any](d *Desired, n int, key func(V) K, pick func(
 	return claims[K, V]{d: d, live: make(map[K]ref, n), losers: map[K][]ref{}, key: key, pick: pick}
 }
 
-func (c *claims[K, V]) value(r ref) V { return c.pick(&c.d.srcs[r.h].objs)[r.i] }
+func (c *claims[K, V]) value(r ref) V { return c.pick(&c.d.src(r.h).objs)[r.i] }
 
 // Get implements dataplane.Table.
 func (c *claims[K, V]) Get(k K) (V, bool) {
@@ -286,7 +299,7 @@ func (c *claims[K, V]) Len() int { return len(c.live) }
 
 // add claims every key of h's objects of this kind.
 func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
-	for i, v := range c.pick(&c.d.srcs[h].objs) {
+	for i, v := range c.pick(&c.d.src(h).objs) {
 		k, r := c.key(v), ref{h, uint32(i)}
 		w, ok := c.live[k]
 		switch {
@@ -307,7 +320,7 @@ func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
 // remove withdraws h's claims; where h held a key, the next contribution
 // in order takes it with its own object.
 func (c *claims[K, V]) remove(h uint32, touched map[K]struct{}) {
-	for _, v := range c.pick(&c.d.srcs[h].objs) {
+	for _, v := range c.pick(&c.d.src(h).objs) {
 		k := c.key(v)
 		w, ok := c.live[k]
 		if !ok {

@@ -112,7 +112,7 @@ func TestDesiredIncrementalEqualsFromScratch(t *testing.T) {
 	if d := cmp.Diff(want.State().Lines(), des.State().Lines()); d != "" {
 		t.Fatalf("after every peer left (-want +got):\n%s", d)
 	}
-	if n := len(des.srcs) - len(des.free) - 2; n != 0 {
+	if n := int(des.n) - len(des.free) - 2; n != 0 {
 		t.Fatalf("%d contributions still allocated", n)
 	}
 }

@@ -26,7 +26,7 @@ func BenchmarkApplySnapshot5000(b *testing.B) {
 	for b.Loop() {
 		d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
 			cfg: Config{Metrics: m}, untracked: true}
-		d.peers = cowmap.New[lease.ID, peer](idHash, 0)
+		d.peers = cowmap.New[lease.ID, *peer](idHash, 0)
 		d.skipped = newSkipSet()
 		d.newDesired(0)
 		d.touched = dataplane.NewDelta()
@@ -47,7 +47,7 @@ func BenchmarkStatusRender5000(b *testing.B) {
 	board := &Board{}
 	d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
 		cfg: Config{Status: board}, untracked: true}
-	d.peers = cowmap.New[lease.ID, peer](idHash, 0)
+	d.peers = cowmap.New[lease.ID, *peer](idHash, 0)
 	d.skipped = newSkipSet()
 	d.newDesired(0)
 	d.touched = dataplane.NewDelta()

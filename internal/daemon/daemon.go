@@ -108,7 +108,7 @@ type daemon struct {
 	// peers is a copy-on-write map, so that each pass can publish it to
 	// the status Board for O(1) (see Board); skipped are the peer leases
 	// not used, by raw key, bounded (skipSet).
-	peers   *cowmap.Map[lease.ID, peer]
+	peers   *cowmap.Map[lease.ID, *peer]
 	skipped *skipSet
 	// subnet is subnet.env's writer and its retries (subnetfile.go).
 	subnet subnetFile

@@ -75,7 +75,7 @@ const (
 )
 
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, updates <-chan ownUpdate) error {
-	d.peers = cowmap.New[lease.ID, peer](idHash, 0)
+	d.peers = cowmap.New[lease.ID, *peer](idHash, 0)
 	d.skipped = newSkipSet()
 	// Our own subnets are fixed for the daemon's lifetime (a renewal only
 	// moves revision and expiry), so the base is planned once.

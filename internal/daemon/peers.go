@@ -55,7 +55,7 @@ func (d *daemon) apply(b lease.Batch) error {
 		// once. Growing them a rehash at a time was half the CPU time of
 		// applying 5,000 leases.
 		n := len(b.Events)
-		d.peers = cowmap.New[lease.ID, peer](idHash, n)
+		d.peers = cowmap.New[lease.ID, *peer](idHash, n)
 		d.newDesired(n)
 	}
 	if b.Snapshot {
@@ -132,12 +132,12 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	if t := d.backend.Type(); attrs.BackendType == t {
 		attrs.BackendType = t // one string for all peers, not one each
 	}
-	old, ok := d.peers.Get(id)
-	seen := old.seen
-	if !ok || !old.attrs.Equal(attrs) {
-		seen = time.Now().UnixNano()
+	seen := time.Now().UnixNano()
+	if old, ok := d.peers.Get(id); ok && old.attrs.Equal(attrs) {
+		seen = old.seen
 	}
-	d.peers.Set(id, peer{attrs: attrs, seen: seen, reservation: ev.Lease.Reservation})
+	// A new record each time: snapshots share the old one.
+	d.peers.Set(id, &peer{attrs: attrs, seen: seen, reservation: ev.Lease.Reservation})
 	d.desired.SetPeer(ev.Lease, objs, d.delta())
 	return nil
 }

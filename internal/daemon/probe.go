@@ -52,7 +52,7 @@ type UnreachablePeer struct {
 // prober is the daemon's side of probing: the snapshot it probes from
 // and the Prober, or why there is none.
 type prober struct {
-	peers atomic.Pointer[cowmap.Snapshot[lease.ID, peer]]
+	peers atomic.Pointer[cowmap.Snapshot[lease.ID, *peer]]
 	p     *probe.Prober[lease.ID]
 	off   string
 }

@@ -171,7 +171,7 @@ type snapshot struct {
 	host    HostStatus
 	self    lease.Lease
 	own     ownState
-	peers   cowmap.Snapshot[lease.ID, peer]
+	peers   cowmap.Snapshot[lease.ID, *peer]
 	// skipped are the example keys and the counts per reason (skipSet),
 	// a few hundred entries at most, copied at each publish.
 	skipped         []SkipStatus
@@ -197,7 +197,8 @@ type rendered struct {
 }
 
 // peer is a programmed peer, kept small because the map holds one per
-// peer and each snapshot a shard's worth more while it is shared: its
+// peer (by pointer: a snapshot's shard copies then copy pointers, and a
+// record is replaced, never modified): its
 // lease's attributes (the key is its ID) and when they last changed. The
 // objects planned for it are the desired state's alone; render plans them
 // again, which gives the same (planners are deterministic).

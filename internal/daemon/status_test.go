@@ -24,11 +24,11 @@ func (routePlanner) Peer(_, l lease.Lease) (dataplane.Objects, error) {
 
 // testSnapshot is a published state with n peers, each with a route.
 func testSnapshot(n int) *snapshot {
-	peers := cowmap.New[lease.ID, peer](idHash, n)
+	peers := cowmap.New[lease.ID, *peer](idHash, n)
 	for i := range n {
 		l := lease.Lease{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24),
 			Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i)}), BackendType: "host-gw"}}
-		peers.Set(l.ID(), peer{attrs: l.Attrs, seen: time.Unix(1, 0).UnixNano()})
+		peers.Set(l.ID(), &peer{attrs: l.Attrs, seen: time.Unix(1, 0).UnixNano()})
 	}
 	base := dataplane.NewState()
 	return &snapshot{backend: "host-gw", planner: routePlanner{}, self: lease.Lease{Subnet: netip.MustParsePrefix("10.5.255.0/24")},

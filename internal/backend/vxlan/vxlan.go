@@ -109,12 +109,16 @@ type Backend struct {
 	// txCsum is our devices' TX checksum offload (--vxlan-tx-checksum,
 	// auto resolved for the running kernel).
 	txCsum dataplane.Offload
+	// dev4 and dev6 are the devices' names, made once: every peer's
+	// objects name them, and one string each beats 20,000 copies.
+	dev4, dev6 string
 }
 
 // New returns a vxlan planner with the given VTEP MACs (Factory keeps
 // them stable across restarts).
 func New(n *config.Network, u backend.Underlay, mac4, mac6 dataplane.MAC) *Backend {
-	return &Backend{net: n, underlay: u, mac4: mac4, mac6: mac6}
+	return &Backend{net: n, underlay: u, mac4: mac4, mac6: mac6,
+		dev4: DeviceName(n.Backend.VNI, false), dev6: DeviceName(n.Backend.VNI, true)}
 }
 
 // Factory implements backend.Factory. The VTEP MACs are kept stable
@@ -124,8 +128,8 @@ func New(n *config.Network, u backend.Underlay, mac4, mac6 dataplane.MAC) *Backe
 // reboot) Resume takes it back from our lease; only a new host gets a new,
 // random one.
 func Factory(env backend.Env) (backend.Backend, error) {
-	b := &Backend{net: env.Network, underlay: env.Underlay,
-		txCsum: dataplane.TxChecksumSetting(env.Options.VXLANTxChecksum, env.KernelRelease)}
+	b := New(env.Network, env.Underlay, dataplane.MAC{}, dataplane.MAC{})
+	b.txCsum = dataplane.TxChecksumSetting(env.Options.VXLANTxChecksum, env.KernelRelease)
 	// Before the kernel sees it: the kernel would clamp the device MTU at
 	// creation and refuse it on every later pass.
 	if err := b.CheckUnderlay(); err != nil {
@@ -268,14 +272,13 @@ func (b *Backend) Peer(self, p lease.Lease) (dataplane.Objects, error) {
 	if err := backend.CheckPeer(b.net, config.BackendVXLAN, self, p); err != nil {
 		return o, err
 	}
-	vni := b.net.Backend.VNI
 	if b.v4() && p.Subnet.IsValid() {
-		if err := b.planPeer(&o, p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendData, DeviceName(vni, false)); err != nil {
+		if err := b.planPeer(&o, p.Subnet, p.Attrs.PublicIP, p.Attrs.BackendData, b.dev4); err != nil {
 			return dataplane.Objects{}, backend.Skipf(backend.ReasonBackendData, "lease %s: %v", p.Key(), err)
 		}
 	}
 	if b.v6() && p.IPv6Subnet.IsValid() {
-		if err := b.planPeer(&o, p.IPv6Subnet, p.Attrs.PublicIPv6, p.Attrs.BackendV6Data, DeviceName(vni, true)); err != nil {
+		if err := b.planPeer(&o, p.IPv6Subnet, p.Attrs.PublicIPv6, p.Attrs.BackendV6Data, b.dev6); err != nil {
 			return dataplane.Objects{}, backend.Skipf(backend.ReasonBackendData, "lease %s (v6): %v", p.Key(), err)
 		}
 	}
