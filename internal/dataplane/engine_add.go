@@ -22,13 +22,13 @@ type added[K comparable, V comparable] struct {
 // the notifications they cause find it agreeing) and queues their
 // requests; at the flush, an entry whose write failed is restored, and
 // ok or fail is called for each.
-func queueAdds[K comparable, V comparable](p *pass, m func(*instIndex) map[K]V, items []added[K, V], reqs []request, ok func(added[K, V]), fail func(added[K, V], error)) {
+func queueAdds[K comparable, V comparable](p *pass, m func(*instIndex) table[K, V], items []added[K, V], reqs []request, ok func(added[K, V]), fail func(added[K, V], error)) {
 	if len(items) == 0 {
 		return
 	}
 	p.e.withIndex(func(x *instIndex) {
 		for _, it := range items {
-			m(x)[it.k] = it.want
+			m(x).set(it.k, it.want)
 		}
 	})
 	for i, it := range items {
@@ -63,7 +63,7 @@ const scanRun = 256
 // every scanRun entries, so an unchanged object costs one map lookup
 // while notifications still get the lock. It stops, once ctx ends, before
 // the next write.
-func differing[K comparable, V any, I any](p *pass, desired iter.Seq2[K, V], m func(*instIndex) map[K]I, check func(K, V) error, same func(I, V) bool) iter.Seq[differ[K, V, I]] {
+func differing[K comparable, V any, I any](p *pass, desired iter.Seq2[K, V], m func(*instIndex) table[K, I], check func(K, V) error, same func(I, V) bool) iter.Seq[differ[K, V, I]] {
 	return func(yield func(differ[K, V, I]) bool) {
 		e := p.e
 		if p.stopped() {
@@ -84,7 +84,7 @@ func differing[K comparable, V any, I any](p *pass, desired iter.Seq2[K, V], m f
 				p.fail(err)
 				continue
 			}
-			old, had := idx[k]
+			old, had := idx.get(k)
 			if had && same(old, v) {
 				continue
 			}
@@ -101,7 +101,7 @@ func differing[K comparable, V any, I any](p *pass, desired iter.Seq2[K, V], m f
 func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 	var items []added[FDBKey, instFDB]
 	var reqs []request
-	for d := range differing(p, desired, func(x *instIndex) map[FDBKey]instFDB { return x.fdb },
+	for d := range differing(p, desired, fdbTable,
 		checkFDB, func(old instFDB, f FDB) bool { return old.FDB == f }) {
 		k, f, old, had := d.k, d.v, d.old, d.had
 		ifi, err := p.resolve(f.Dev)
@@ -120,7 +120,7 @@ func (p *pass) addFDB(desired iter.Seq2[FDBKey, FDB]) {
 }
 
 func (p *pass) queueFDB(items []added[FDBKey, instFDB], reqs []request) ([]added[FDBKey, instFDB], []request) {
-	queueAdds(p, func(x *instIndex) map[FDBKey]instFDB { return x.fdb }, items, reqs,
+	queueAdds(p, fdbTable, items, reqs,
 		func(added[FDBKey, instFDB]) { p.changes.FDBAdded++ },
 		func(it added[FDBKey, instFDB], err error) {
 			f := it.want
@@ -133,7 +133,7 @@ func (p *pass) queueFDB(items []added[FDBKey, instFDB], reqs []request) ([]added
 func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 	var items []added[NeighKey, instNeigh]
 	var reqs []request
-	for d := range differing(p, desired, func(x *instIndex) map[NeighKey]instNeigh { return x.neighs },
+	for d := range differing(p, desired, neighTable,
 		checkNeigh, func(old instNeigh, nb Neigh) bool { return old.Neigh == nb }) {
 		k, nb, old, had := d.k, d.v, d.old, d.had
 		ifi, err := p.resolve(nb.Dev)
@@ -154,7 +154,7 @@ func (p *pass) addNeighs(desired iter.Seq2[NeighKey, Neigh]) {
 }
 
 func (p *pass) queueNeighs(items []added[NeighKey, instNeigh], reqs []request) ([]added[NeighKey, instNeigh], []request) {
-	queueAdds(p, func(x *instIndex) map[NeighKey]instNeigh { return x.neighs }, items, reqs,
+	queueAdds(p, neighTable, items, reqs,
 		func(added[NeighKey, instNeigh]) { p.changes.NeighsAdded++ },
 		func(it added[NeighKey, instNeigh], err error) {
 			nb := it.want
@@ -169,7 +169,7 @@ func (p *pass) addRoutes(desired iter.Seq2[RouteKey, Route]) {
 	var items []added[RouteKey, instRoute]
 	var nhReqs []request
 	var nhItems []int // index in items of each nexthop request
-	for d := range differing(p, desired, func(x *instIndex) map[RouteKey]instRoute { return x.routes }, checkRoute,
+	for d := range differing(p, desired, routeTable, checkRoute,
 		func(old instRoute, r Route) bool {
 			return old.Route == r && old.proto == RouteProtocol && old.prio == routePriority(r)
 		}) {
@@ -241,7 +241,7 @@ func (p *pass) writeRoutes(items []added[RouteKey, instRoute], nhReqs []request,
 	}
 	var cleanups []cleanup
 	var dels []request
-	queueAdds(p, func(x *instIndex) map[RouteKey]instRoute { return x.routes }, kept, reqs,
+	queueAdds(p, routeTable, kept, reqs,
 		func(it added[RouteKey, instRoute]) {
 			p.changes.RoutesAdded++
 			if !it.had {

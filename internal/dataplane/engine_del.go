@@ -21,7 +21,7 @@ import (
 // other agents) would never learn it is gone.
 func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, touched map[RouteKey]struct{}) {
 	e := p.e
-	stale := takeStale(e, func(x *instIndex) map[RouteKey]instRoute { return x.routes },
+	stale := takeStale(e, routeTable,
 		desired.WantedRoutes(),
 		func(r instRoute) string { return r.Dev }, gone, touched)
 	type del struct {
@@ -60,8 +60,8 @@ func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, to
 			p.fail(fmt.Errorf("delete route %s: %w", it.r.Route, err))
 			if !it.stray {
 				e.withIndex(func(x *instIndex) {
-					if _, ok := x.routes[it.k]; !ok {
-						x.routes[it.k] = it.r
+					if _, ok := x.routes.get(it.k); !ok {
+						x.routes.set(it.k, it.r)
 					}
 				})
 			}
@@ -103,7 +103,7 @@ func (p *pass) delNexthops() {
 // delStale queues the deletion of the taken stale neighbours or FDB
 // entries; at the flush, those whose deletion failed go back into the
 // index.
-func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) map[K]V, req func(V) request, removed *int, fail func(V, error)) {
+func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) table[K, V], req func(V) request, removed *int, fail func(V, error)) {
 	for k, v := range stale {
 		p.enqueue(req(v), func(err error) {
 			switch {
@@ -111,8 +111,8 @@ func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) ma
 				*removed++
 			case !alreadyGone(err):
 				p.e.withIndex(func(x *instIndex) {
-					if _, ok := m(x)[k]; !ok {
-						m(x)[k] = v
+					if _, ok := m(x).get(k); !ok {
+						m(x).set(k, v)
 					}
 				})
 				fail(v, err)
@@ -123,7 +123,7 @@ func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) ma
 }
 
 func (p *pass) delNeighs(desired Wanted, gone map[string]bool, touched map[NeighKey]struct{}) {
-	m := func(x *instIndex) map[NeighKey]instNeigh { return x.neighs }
+	m := neighTable
 	stale := takeStale(p.e, m,
 		desired.WantedNeighs(),
 		func(v instNeigh) string { return v.Dev }, gone, touched)
@@ -136,7 +136,7 @@ func (p *pass) delNeighs(desired Wanted, gone map[string]bool, touched map[Neigh
 }
 
 func (p *pass) delFDB(desired Wanted, gone map[string]bool, touched map[FDBKey]struct{}) {
-	m := func(x *instIndex) map[FDBKey]instFDB { return x.fdb }
+	m := fdbTable
 	stale := takeStale(p.e, m,
 		desired.WantedFDB(),
 		func(v instFDB) string { return v.Dev }, gone, touched)

@@ -35,44 +35,32 @@ type (
 	}
 	instIndex struct {
 		links   map[string]instLink
-		routes  map[RouteKey]instRoute
-		neighs  map[NeighKey]instNeigh
-		fdb     map[FDBKey]instFDB
-		wgPeers map[WGPeerKey]instWGPeer
+		routes  *packed[RouteKey, instRoute, packedRoute]
+		neighs  *packed[NeighKey, instNeigh, packedNeigh]
+		fdb     *packed[FDBKey, instFDB, int32]
+		wgPeers plain[WGPeerKey, instWGPeer]
 		// udpPeers are the tables of our udp devices (udp_linux.go).
-		udpPeers map[UDPPeerKey]UDPPeer
+		udpPeers plain[UDPPeerKey, UDPPeer]
 	}
 )
 
 func newIndex() *instIndex {
 	return &instIndex{
 		links:    map[string]instLink{},
-		routes:   map[RouteKey]instRoute{},
-		neighs:   map[NeighKey]instNeigh{},
-		fdb:      map[FDBKey]instFDB{},
-		wgPeers:  map[WGPeerKey]instWGPeer{},
-		udpPeers: map[UDPPeerKey]UDPPeer{},
+		routes:   newRouteTable(),
+		neighs:   newNeighTable(),
+		fdb:      newFDBTable(),
+		wgPeers:  plain[WGPeerKey, instWGPeer]{},
+		udpPeers: plain[UDPPeerKey, UDPPeer]{},
 	}
 }
 
 // dropDev forgets every object on dev: the kernel removes routes,
 // neighbours and FDB entries together with their device.
 func (x *instIndex) dropDev(dev string) {
-	for k, r := range x.routes {
-		if r.Dev == dev {
-			delete(x.routes, k)
-		}
-	}
-	for k, n := range x.neighs {
-		if n.Dev == dev {
-			delete(x.neighs, k)
-		}
-	}
-	for k, f := range x.fdb {
-		if f.Dev == dev {
-			delete(x.fdb, k)
-		}
-	}
+	deleteFunc(x.routes, func(_ RouteKey, r instRoute) bool { return r.Dev == dev })
+	deleteFunc(x.neighs, func(_ NeighKey, n instNeigh) bool { return n.Dev == dev })
+	deleteFunc(x.fdb, func(_ FDBKey, f instFDB) bool { return f.Dev == dev })
 	for k := range x.wgPeers {
 		if k.Dev == dev {
 			delete(x.wgPeers, k)
@@ -100,13 +88,13 @@ func (x *instIndex) state() *State {
 	for name, l := range x.links {
 		s.Links[name] = withAddrs(l.Link, l.addrs)
 	}
-	for k, r := range x.routes {
+	for k, r := range x.routes.all() {
 		s.Routes[k] = r.Route
 	}
-	for k, n := range x.neighs {
+	for k, n := range x.neighs.all() {
 		s.Neighs[k] = n.Neigh
 	}
-	for k, f := range x.fdb {
+	for k, f := range x.fdb.all() {
 		s.FDB[k] = f.FDB
 	}
 	for k, p := range x.wgPeers {
@@ -164,14 +152,14 @@ func lookup[K comparable, V any](e *engine, m func(*instIndex) map[K]V, k K) (V,
 
 // restoreEntry undoes an optimistic index update after a failed write,
 // unless the entry changed meanwhile.
-func restoreEntry[K comparable, V comparable](m map[K]V, k K, want, old V, had bool) {
-	if cur, ok := m[k]; !ok || cur != want {
+func restoreEntry[K comparable, V comparable](m table[K, V], k K, want, old V, had bool) {
+	if cur, ok := m.get(k); !ok || cur != want {
 		return
 	}
 	if had {
-		m[k] = old
+		m.set(k, old)
 	} else {
-		delete(m, k)
+		m.del(k)
 	}
 }
 
@@ -201,26 +189,26 @@ func alreadyGone(err error) bool {
 // lacks and that are not on a device about to be deleted, and returns them.
 // With touched non-nil only those keys are considered (a delta pass), so
 // the cost follows the change rather than the index.
-func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) map[K]V, desired Table[K, D], dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
+func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) table[K, V], desired Table[K, D], dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	out := map[K]V{}
 	idx := m(e.idx)
 	if touched != nil {
 		for k := range touched {
-			if v, ok := idx[k]; ok {
+			if v, ok := idx.get(k); ok {
 				if _, want := desired.Get(k); !want && !gone[dev(v)] {
 					out[k] = v
-					delete(idx, k)
+					idx.del(k)
 				}
 			}
 		}
 		return out
 	}
-	for k, v := range idx {
+	for k, v := range idx.all() {
 		if _, want := desired.Get(k); !want && !gone[dev(v)] {
 			out[k] = v
-			delete(idx, k)
+			idx.del(k)
 		}
 	}
 	return out

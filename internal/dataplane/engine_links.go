@@ -98,7 +98,7 @@ func (p *pass) fixLink(want Link, have *instLink) (wrote bool) {
 		// ours first, so the add phase rewrites them and the flush's
 		// notifications are not taken for drift.
 		p.e.withIndex(func(x *instIndex) {
-			maps.DeleteFunc(x.neighs, func(_ NeighKey, nb instNeigh) bool { return nb.Dev == name })
+			deleteFunc(x.neighs, func(_ NeighKey, nb instNeigh) bool { return nb.Dev == name })
 		})
 		if p.setLink(have, linkWrite{op: linkMAC, mac: want.MAC}, fmt.Sprintf("set address %s on %s", want.MAC, name)) {
 			have.MAC, wrote = want.MAC, true

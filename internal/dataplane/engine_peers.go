@@ -33,7 +33,7 @@ func (e *engine) ourWGLink(dev string) (instLink, error) {
 	return l, nil
 }
 
-func wgPeers(x *instIndex) map[WGPeerKey]instWGPeer { return x.wgPeers }
+func wgPeers(x *instIndex) table[WGPeerKey, instWGPeer] { return x.wgPeers }
 
 // addWGPeers writes the desired peers the index does not have as
 // declared.
@@ -105,7 +105,7 @@ func (p *pass) delWGPeers(desired Wanted, gone map[string]bool, touched map[WGPe
 	}
 }
 
-func udpPeers(x *instIndex) map[UDPPeerKey]UDPPeer { return x.udpPeers }
+func udpPeers(x *instIndex) table[UDPPeerKey, UDPPeer] { return x.udpPeers }
 
 // addUDPPeers writes the desired entries the index does not have as
 // declared: one update per device.

@@ -152,17 +152,17 @@ func deleted[K comparable, V any](m map[K]V, key K) bool {
 // DeleteRoute, DeleteNeigh, DeleteFDB and DeleteLink remove an object
 // behind the Reconciler's back; deleting a link removes what is on it.
 func (f *Fake) DeleteRoute(key RouteKey) {
-	f.k.drift(func() { delete(f.k.t.routes, key) }, func(x *instIndex) bool { return deleted(x.routes, key) })
+	f.k.drift(func() { delete(f.k.t.routes, key) }, func(x *instIndex) bool { return taken(x.routes, key) })
 }
 
 // DeleteNeigh removes a neighbour entry.
 func (f *Fake) DeleteNeigh(key NeighKey) {
-	f.k.drift(func() { delete(f.k.t.neighs, key) }, func(x *instIndex) bool { return deleted(x.neighs, key) })
+	f.k.drift(func() { delete(f.k.t.neighs, key) }, func(x *instIndex) bool { return taken(x.neighs, key) })
 }
 
 // DeleteFDB removes an FDB entry.
 func (f *Fake) DeleteFDB(key FDBKey) {
-	f.k.drift(func() { delete(f.k.t.fdb, key) }, func(x *instIndex) bool { return deleted(x.fdb, key) })
+	f.k.drift(func() { delete(f.k.t.fdb, key) }, func(x *instIndex) bool { return taken(x.fdb, key) })
 }
 
 // DeleteLink removes a device and everything on it.
@@ -210,8 +210,8 @@ func (f *Fake) AddKernelNeigh(n Neigh) error {
 		}
 		f.k.t.neighs[n.Key()] = n
 	}, func(x *instIndex) bool {
-		old, ok := x.neighs[n.Key()]
-		return err == nil && ok && old.Neigh != n && deleted(x.neighs, n.Key())
+		old, ok := x.neighs.get(n.Key())
+		return err == nil && ok && old.Neigh != n && taken(x.neighs, n.Key())
 	})
 	return err
 }

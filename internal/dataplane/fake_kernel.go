@@ -129,17 +129,17 @@ func (k *fakeKernel) read(names map[string]bool) (*instIndex, kernelRead, error)
 	for key, r := range k.t.routes {
 		_, onOurs := x.links[r.Dev]
 		if r.proto == RouteProtocol || (onOurs && r.proto != fakeProtoKernel) {
-			x.routes[key] = r
+			x.routes.set(key, r)
 		}
 	}
 	for key, n := range k.t.neighs {
 		if l, ok := x.links[n.Dev]; ok {
-			x.neighs[key] = instNeigh{n, l.index}
+			x.neighs.set(key, instNeigh{n, l.index})
 		}
 	}
 	for key, e := range k.t.fdb {
 		if l, ok := x.links[e.Dev]; ok {
-			x.fdb[key] = instFDB{e, l.index}
+			x.fdb.set(key, instFDB{e, l.index})
 		}
 	}
 	for key, p := range k.t.wgPeers {

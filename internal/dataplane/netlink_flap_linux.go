@@ -74,7 +74,7 @@ func (n *Netlink) linkFlagsEvent(data []byte) bool {
 // routesVia reports whether a route in the index goes out through the
 // device with that ifindex (under mu).
 func (n *Netlink) routesVia(index int) bool {
-	for _, r := range n.idx.routes {
+	for _, r := range n.idx.routes.all() {
 		if !r.Blackhole && r.ifindex == index {
 			return true
 		}

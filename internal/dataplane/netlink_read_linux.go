@@ -75,9 +75,9 @@ func (n *Netlink) read(names map[string]bool) (x *instIndex, kr kernelRead, err 
 		}
 		ours[r.nhid] = true
 	}
-	for k, r := range x.routes {
+	for k, r := range x.routes.all() {
 		claim(&r)
-		x.routes[k] = r
+		x.routes.set(k, r)
 	}
 	for i := range kr.strays {
 		claim(&kr.strays[i])
@@ -149,14 +149,14 @@ func (n *Netlink) readObjects(names map[string]bool) (x *instIndex, strays []ins
 			continue
 		}
 		k := rec.Key()
-		if old, dup := x.routes[k]; dup {
+		if old, dup := x.routes.get(k); dup {
 			if old.proto == RouteProtocol && old.prio == routePriority(old.Route) {
 				strays = append(strays, rec)
 				continue
 			}
 			strays = append(strays, old)
 		}
-		x.routes[k] = rec
+		x.routes.set(k, rec)
 	}
 	if len(ours) == 0 {
 		return x, strays, byName, nil
@@ -179,10 +179,10 @@ func (n *Netlink) readObjects(names map[string]bool) (x *instIndex, strays []ins
 			}
 			if nb.Family == unix.AF_BRIDGE {
 				f := FDB{Dev: dev, MAC: mac, Dst: ip}
-				x.fdb[f] = instFDB{f, nb.LinkIndex}
+				x.fdb.set(f, instFDB{f, nb.LinkIndex})
 			} else {
 				nn := Neigh{Dev: dev, IP: ip, MAC: mac}
-				x.neighs[nn.Key()] = instNeigh{nn, nb.LinkIndex}
+				x.neighs.set(nn.Key(), instNeigh{nn, nb.LinkIndex})
 			}
 		}
 	}

@@ -120,7 +120,7 @@ func (n *Netlink) routeEvent(u netlink.RouteUpdate, nhid uint32) bool {
 	gw, _ := addrFromIP(u.Gw)
 	k := RouteKey{dst}
 	n.mu.Lock()
-	r, ok := n.idx.routes[k]
+	r, ok := n.idx.routes.get(k)
 	// A blackhole's notification names no device (IPv4) or lo (IPv6); its
 	// type and metric identify it.
 	// The object tells our route from an older copy of it whose deletion
@@ -130,7 +130,7 @@ func (n *Netlink) routeEvent(u netlink.RouteUpdate, nhid uint32) bool {
 		n.mu.Unlock()
 		return false
 	}
-	delete(n.idx.routes, k)
+	n.idx.routes.del(k)
 	if r.nhid != 0 {
 		// Re-adding the route makes a new object; this one, if still
 		// there, is unused (see delNexthops).
@@ -157,19 +157,19 @@ func (n *Netlink) neighEvent(u netlink.NeighUpdate) bool {
 	}
 	if u.Family == unix.AF_BRIDGE {
 		k := FDB{Dev: dev, MAC: mac, Dst: ip}
-		if _, ok := n.idx.fdb[k]; !okMAC || !ok || (!deleted && permanent) {
+		if _, ok := n.idx.fdb.get(k); !okMAC || !ok || (!deleted && permanent) {
 			return false
 		}
-		delete(n.idx.fdb, k)
+		n.idx.fdb.del(k)
 		n.log.Warn("fdb entry of ours removed behind our back", "mac", mac, "dst", ip, "dev", dev)
 		return true
 	}
 	k := NeighKey{Dev: dev, IP: ip}
-	nb, ok := n.idx.neighs[k]
+	nb, ok := n.idx.neighs.get(k)
 	if !ok || (!deleted && permanent && okMAC && mac == nb.MAC) {
 		return false
 	}
-	delete(n.idx.neighs, k)
+	n.idx.neighs.del(k)
 	n.log.Warn("neighbour of ours changed behind our back", "ip", ip, "dev", dev, "deleted", deleted)
 	return true
 }

@@ -22,11 +22,11 @@ func fuzzNetlink() *Netlink {
 	n.engine = newEngine(slog.New(slog.DiscardHandler), n)
 	n.idx.links["flannel.1"] = instLink{Link: Link{Name: "flannel.1"}, index: 3, up: true}
 	gw := netip.MustParseAddr("10.5.2.0")
-	n.idx.routes[RouteKey{netip.MustParsePrefix("10.5.2.0/24")}] = instRoute{Route: Route{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: gw, Dev: "flannel.1", OnLink: true}, ifindex: 3, proto: RouteProtocol}
-	n.idx.routes[RouteKey{netip.MustParsePrefix("10.5.3.0/24")}] = instRoute{Route: Route{Dst: netip.MustParsePrefix("10.5.3.0/24"), Gw: netip.MustParseAddr("192.168.0.3"), Dev: "eth0"}, ifindex: 2, proto: RouteProtocol}
-	n.idx.neighs[NeighKey{Dev: "flannel.1", IP: gw}] = instNeigh{Neigh: Neigh{Dev: "flannel.1", IP: gw, MAC: MAC{2, 0, 0, 0, 0, 2}}, ifindex: 3}
+	n.idx.routes.set(RouteKey{netip.MustParsePrefix("10.5.2.0/24")}, instRoute{Route: Route{Dst: netip.MustParsePrefix("10.5.2.0/24"), Gw: gw, Dev: "flannel.1", OnLink: true}, ifindex: 3, proto: RouteProtocol})
+	n.idx.routes.set(RouteKey{netip.MustParsePrefix("10.5.3.0/24")}, instRoute{Route: Route{Dst: netip.MustParsePrefix("10.5.3.0/24"), Gw: netip.MustParseAddr("192.168.0.3"), Dev: "eth0"}, ifindex: 2, proto: RouteProtocol})
+	n.idx.neighs.set(NeighKey{Dev: "flannel.1", IP: gw}, instNeigh{Neigh: Neigh{Dev: "flannel.1", IP: gw, MAC: MAC{2, 0, 0, 0, 0, 2}}, ifindex: 3})
 	f := FDB{Dev: "flannel.1", MAC: MAC{2, 0, 0, 0, 0, 2}, Dst: netip.MustParseAddr("192.168.0.2")}
-	n.idx.fdb[f] = instFDB{FDB: f, ifindex: 3}
+	n.idx.fdb.set(f, instFDB{FDB: f, ifindex: 3})
 	return n
 }
 
