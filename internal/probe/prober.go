@@ -53,13 +53,18 @@ type Config[K comparable] struct {
 }
 
 // Prober probes a set of targets continuously, one round per Interval,
-// and keeps the latest result per target (a map entry of the key and
-// about 80 bytes, plus the text of the last error of those unreachable).
+// and keeps the latest result per target (a map entry of its address and
+// 32 bytes; for the unreachable also the caller's key and the text of the
+// last error).
 type Prober[K comparable] struct {
 	cfg Config[K]
 
-	mu      sync.Mutex
-	state   map[K]*targetState
+	mu sync.Mutex
+	// state is each target's, by address: a peer's probe address is
+	// its own, and 24 bytes of key where the caller's is 64 (a dual-
+	// stack lease ID). keys names the unreachable ones for Report.
+	state   map[netip.Addr]targetState
+	keys    map[netip.Addr]K
 	up      int // reachable
 	down    int // unreachable
 	version uint64
@@ -68,11 +73,10 @@ type Prober[K comparable] struct {
 }
 
 type targetState struct {
-	addr netip.Addr
+	since int64 // Unix nanoseconds: of the current state
+	round uint32
 	// known: a result exists; up: the last one was a reply.
 	known, up bool
-	since     time.Time // of the current state
-	lastRTT   time.Duration
 	lastErr   string // while down
 }
 
@@ -84,7 +88,7 @@ func New[K comparable](cfg Config[K]) *Prober[K] {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Prober[K]{cfg: cfg, state: map[K]*targetState{}}
+	return &Prober[K]{cfg: cfg, state: map[netip.Addr]targetState{}, keys: map[netip.Addr]K{}}
 }
 
 // Run probes until ctx ends; it waits for its probes before returning.
@@ -143,22 +147,22 @@ func (p *Prober[K]) begin(now time.Time) []Target[K] {
 	defer p.mu.Unlock()
 	p.rounds++
 	p.started = now
-	keep := make(map[K]bool, len(targets))
+	round := uint32(p.rounds)
 	for _, tg := range targets {
-		keep[tg.Key] = true
-		st, ok := p.state[tg.Key]
-		if ok && st.addr != tg.Addr {
-			p.forget(tg.Key, st)
-			ok = false
-		}
+		st, ok := p.state[tg.Addr]
 		if !ok {
-			p.state[tg.Key] = &targetState{addr: tg.Addr}
 			p.version++
 		}
+		if k, down := p.keys[tg.Addr]; down && k != tg.Key {
+			p.keys[tg.Addr] = tg.Key // the address moved to another lease
+			p.version++
+		}
+		st.round = round
+		p.state[tg.Addr] = st
 	}
-	for k, st := range p.state {
-		if !keep[k] {
-			p.forget(k, st)
+	for a, st := range p.state {
+		if st.round != round {
+			p.forget(a, st)
 		}
 	}
 	p.publishCounts()
@@ -166,7 +170,7 @@ func (p *Prober[K]) begin(now time.Time) []Target[K] {
 }
 
 // forget drops a target's state; p.mu is held.
-func (p *Prober[K]) forget(k K, st *targetState) {
+func (p *Prober[K]) forget(a netip.Addr, st targetState) {
 	if st.known {
 		if st.up {
 			p.up--
@@ -175,7 +179,8 @@ func (p *Prober[K]) forget(k K, st *targetState) {
 		}
 	}
 	p.version++
-	delete(p.state, k)
+	delete(p.state, a)
+	delete(p.keys, a)
 }
 
 func (p *Prober[K]) publishCounts() {
@@ -205,17 +210,18 @@ func (p *Prober[K]) record(tg Target[K], rtt time.Duration, err error, now time.
 	up := err == nil
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st, ok := p.state[tg.Key]
-	if !ok || st.addr != tg.Addr {
-		return // gone or replaced meanwhile
+	st, ok := p.state[tg.Addr]
+	if !ok {
+		return // gone meanwhile
 	}
+	defer func() { p.state[tg.Addr] = st }()
 	changed := !st.known || st.up != up
 	if st.known && changed && p.cfg.Observer != nil {
 		p.cfg.Observer.ReachabilityChanged()
 	}
 	if st.known && changed {
 		if up {
-			p.cfg.Log.Info("peer reachable again", "addr", tg.Addr, "unreachable_for", now.Sub(st.since).Round(time.Millisecond))
+			p.cfg.Log.Info("peer reachable again", "addr", tg.Addr, "unreachable_for", now.Sub(time.Unix(0, st.since)).Round(time.Millisecond))
 		} else {
 			p.cfg.Log.Warn("peer unreachable", "addr", tg.Addr, "err", err)
 		}
@@ -233,12 +239,17 @@ func (p *Prober[K]) record(tg Target[K], rtt time.Duration, err error, now time.
 		} else {
 			p.down++
 		}
-		st.known, st.up, st.since = true, up, now
+		st.known, st.up, st.since = true, up, now.UnixNano()
+		if up {
+			delete(p.keys, tg.Addr)
+		} else {
+			p.keys[tg.Addr] = tg.Key
+		}
 		p.version++
 		p.publishCounts()
 	}
 	if up {
-		st.lastRTT, st.lastErr = rtt, ""
+		st.lastErr = ""
 		return
 	}
 	msg := err.Error()
@@ -286,10 +297,9 @@ func (p *Prober[K]) Report() Report[K] {
 	r := Report[K]{Version: p.version, Interval: p.cfg.Interval, Rounds: p.rounds,
 		Targets: len(p.state), Reachable: p.up, Unreachable: p.down}
 	r.Down = make([]Down[K], 0, p.down)
-	for k, st := range p.state {
-		if st.known && !st.up {
-			r.Down = append(r.Down, Down[K]{Key: k, Addr: st.addr, Since: st.since, LastError: st.lastErr})
-		}
+	for a, k := range p.keys {
+		st := p.state[a]
+		r.Down = append(r.Down, Down[K]{Key: k, Addr: a, Since: time.Unix(0, st.since), LastError: st.lastErr})
 	}
 	slices.SortFunc(r.Down, func(a, b Down[K]) int { return a.Addr.Compare(b.Addr) })
 	return r
