@@ -42,7 +42,10 @@ type Desired struct {
 	srcs  [][]contribution
 	n     uint32   // handles handed out
 	free  []uint32 // peer handles to reuse
-	peers map[lease.ID]uint32
+	// byID finds the peers SetPeer and RemovePeer name by lease ID; a
+	// caller that keeps the handles AddPeer returns (the daemon, in its
+	// own peer map) uses the handle methods and never makes it.
+	byID  map[lease.ID]uint32
 	links map[string]dataplane.Link
 
 	routes claims[dataplane.RouteKey, dataplane.Route]
@@ -116,7 +119,6 @@ func comparePrefix(a, b netip.Prefix) int {
 // for about peers peers.
 func NewDesired(base *dataplane.State, peers int) *Desired {
 	d := &Desired{
-		peers: make(map[lease.ID]uint32, peers),
 		links: maps.Clone(base.Links),
 	}
 	if d.links == nil {
@@ -147,26 +149,47 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 func (d *Desired) State() *dataplane.State { return dataplane.StateOf(d) }
 
 // Peers is the number of peers with a contribution.
-func (d *Desired) Peers() int { return len(d.peers) }
+func (d *Desired) Peers() int { return int(d.n) - len(d.free) - 2 }
 
-// SetPeer replaces peer's contribution with objs, recording the keys that
-// may have changed in touched (nil: not recorded). An unchanged
-// contribution (a renewal) touches nothing. objs is kept: the caller must
+// AddPeer adds the contribution of a peer that has none, recording the
+// keys that may have changed in touched (nil: not recorded), and returns
+// its handle for UpdatePeer and DropPeer. objs is kept: the caller must
 // not modify it afterwards.
-func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
-	id := peer.ID()
-	h, ok := d.peers[id]
-	if ok {
-		if d.src(h).objs.Equal(objs) {
-			return
-		}
-		d.remove(h, touched)
-	} else {
-		h = d.alloc(contribution{rank: rankPeer, id: id})
-		d.peers[id] = h
+func (d *Desired) AddPeer(id lease.ID, objs dataplane.Objects, touched *dataplane.Delta) uint32 {
+	h := d.alloc(contribution{rank: rankPeer, id: id, objs: objs})
+	d.add(h, touched)
+	return h
+}
+
+// UpdatePeer replaces h's contribution with objs. An unchanged
+// contribution (a renewal) touches nothing.
+func (d *Desired) UpdatePeer(h uint32, objs dataplane.Objects, touched *dataplane.Delta) {
+	if d.src(h).objs.Equal(objs) {
+		return
 	}
+	d.remove(h, touched)
 	d.src(h).objs = objs
 	d.add(h, touched)
+}
+
+// DropPeer withdraws h's contribution; h is free for reuse.
+func (d *Desired) DropPeer(h uint32, touched *dataplane.Delta) {
+	d.remove(h, touched)
+	*d.src(h) = contribution{rank: rankFree}
+	d.free = append(d.free, h)
+}
+
+// SetPeer adds or replaces peer's contribution, found by its lease ID.
+func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
+	id := peer.ID()
+	if d.byID == nil {
+		d.byID = map[lease.ID]uint32{}
+	}
+	if h, ok := d.byID[id]; ok {
+		d.UpdatePeer(h, objs, touched)
+		return
+	}
+	d.byID[id] = d.AddPeer(id, objs, touched)
 }
 
 // alloc stores c under a free handle.
@@ -188,14 +211,12 @@ func (d *Desired) alloc(c contribution) uint32 {
 
 // RemovePeer drops id's contribution, if any.
 func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
-	h, ok := d.peers[id]
+	h, ok := d.byID[id]
 	if !ok {
 		return
 	}
-	delete(d.peers, id)
-	d.remove(h, touched)
-	*d.src(h) = contribution{rank: rankFree}
-	d.free = append(d.free, h)
+	delete(d.byID, id)
+	d.DropPeer(h, touched)
 }
 
 // SetFallback replaces the fallback objects: those that apply only where

@@ -132,18 +132,25 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	if t := d.backend.Type(); attrs.BackendType == t {
 		attrs.BackendType = t // one string for all peers, not one each
 	}
-	seen := time.Now().UnixNano()
+	seen, h := time.Now().UnixNano(), uint32(0)
 	if old, ok := d.peers.Get(id); ok && old.attrs.Equal(attrs) {
 		seen = old.seen
 	}
 	// A new record each time: snapshots share the old one.
-	d.peers.Set(id, &peer{attrs: attrs, seen: seen, reservation: ev.Lease.Reservation})
-	d.desired.SetPeer(ev.Lease, objs, d.delta())
+	if old, ok := d.peers.Get(id); ok {
+		h = old.h
+		d.desired.UpdatePeer(h, objs, d.delta())
+	} else {
+		h = d.desired.AddPeer(id, objs, d.delta())
+	}
+	d.peers.Set(id, &peer{attrs: attrs, seen: seen, reservation: ev.Lease.Reservation, h: h})
 	return nil
 }
 
 // dropPeer forgets a peer and withdraws its objects.
 func (d *daemon) dropPeer(id lease.ID) {
-	d.peers.Delete(id)
-	d.desired.RemovePeer(id, d.delta())
+	if p, ok := d.peers.Get(id); ok {
+		d.peers.Delete(id)
+		d.desired.DropPeer(p.h, d.delta())
+	}
 }

@@ -204,7 +204,8 @@ type rendered struct {
 // again, which gives the same (planners are deterministic).
 type peer struct {
 	attrs       lease.Attrs
-	seen        int64 // Unix nanoseconds
+	seen        int64  // Unix nanoseconds
+	h           uint32 // its contribution in the desired state
 	reservation bool
 }
 
