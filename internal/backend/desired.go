@@ -282,21 +282,22 @@ func (d *Desired) WantedUDPPeers() dataplane.Table[dataplane.UDPPeerKey, datapla
 // each key holds (live), and the other objects declaring it too.
 type claims[K comparable, V any] struct {
 	d      *Desired
-	live   map[K]ref
+	live   refTable[K]
 	losers map[K][]ref // only for contested keys
 	key    func(V) K
 	pick   func(*dataplane.Objects) []V
 }
 
 func newClaims[K comparable, V any](d *Desired, n int, key func(V) K, pick func(*dataplane.Objects) []V) claims[K, V] {
-	return claims[K, V]{d: d, live: make(map[K]ref, n), losers: map[K][]ref{}, key: key, pick: pick}
+	keyOf := func(r ref) K { return key(pick(&d.src(r.h).objs)[r.i]) }
+	return claims[K, V]{d: d, live: newRefTable(n, keyOf), losers: map[K][]ref{}, key: key, pick: pick}
 }
 
 func (c *claims[K, V]) value(r ref) V { return c.pick(&c.d.src(r.h).objs)[r.i] }
 
 // Get implements dataplane.Table.
 func (c *claims[K, V]) Get(k K) (V, bool) {
-	r, ok := c.live[k]
+	r, ok := c.live.get(k)
 	if !ok {
 		var zero V
 		return zero, false
@@ -307,8 +308,9 @@ func (c *claims[K, V]) Get(k K) (V, bool) {
 // All implements dataplane.Table.
 func (c *claims[K, V]) All() iter.Seq2[K, V] {
 	return func(yield func(K, V) bool) {
-		for k, r := range c.live {
-			if !yield(k, c.value(r)) {
+		for r := range c.live.all {
+			v := c.value(r)
+			if !yield(c.key(v), v) {
 				return
 			}
 		}
@@ -316,13 +318,13 @@ func (c *claims[K, V]) All() iter.Seq2[K, V] {
 }
 
 // Len implements dataplane.Table.
-func (c *claims[K, V]) Len() int { return len(c.live) }
+func (c *claims[K, V]) Len() int { return c.live.n }
 
 // add claims every key of h's objects of this kind.
 func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
 	for i, v := range c.pick(&c.d.src(h).objs) {
 		k, r := c.key(v), ref{h, uint32(i)}
-		w, ok := c.live[k]
+		w, ok := c.live.get(k)
 		switch {
 		case !ok:
 		case c.d.less(r, w):
@@ -331,7 +333,7 @@ func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
 			c.losers[k] = append(c.losers[k], r)
 			continue
 		}
-		c.live[k] = r
+		c.live.set(k, r)
 		if touched != nil {
 			touched[k] = struct{}{}
 		}
@@ -343,7 +345,7 @@ func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
 func (c *claims[K, V]) remove(h uint32, touched map[K]struct{}) {
 	for _, v := range c.pick(&c.d.src(h).objs) {
 		k := c.key(v)
-		w, ok := c.live[k]
+		w, ok := c.live.get(k)
 		if !ok {
 			continue
 		}
@@ -358,7 +360,7 @@ func (c *claims[K, V]) remove(h uint32, touched map[K]struct{}) {
 			touched[k] = struct{}{}
 		}
 		if len(ls) == 0 {
-			delete(c.live, k)
+			c.live.del(k)
 			continue
 		}
 		next := 0
@@ -367,7 +369,7 @@ func (c *claims[K, V]) remove(h uint32, touched map[K]struct{}) {
 				next = i
 			}
 		}
-		c.live[k] = ls[next]
+		c.live.set(k, ls[next])
 		c.setLosers(k, slices.Delete(ls, next, next+1))
 	}
 }
