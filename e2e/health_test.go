@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/httpapi"
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // healthOf runs `weft status --json` on h and returns its health part

@@ -22,9 +22,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/backend/backends"
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // Name prefixes every namespace the demo creates (Options.Name overrides).
