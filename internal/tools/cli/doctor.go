@@ -16,9 +16,9 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/doctor"
 	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/tools/doctor"
 )
 
 // errFailed makes `weft doctor` exit 1 after printing its report.
