@@ -16,7 +16,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // Compaction while watching (docs/RELIABILITY.md): a daemon whose watch

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 type doctorFinding struct {

@@ -18,8 +18,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // binDir holds what `make build` builds: flanneld, weft, the flannel CNI

@@ -18,9 +18,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/lease/etcdstore"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // A 3-member etcd cluster losing its leader and a member (docs/RELIABILITY.md,

@@ -11,8 +11,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // storedLeases reads every lease value in etcd, by key.

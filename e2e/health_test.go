@@ -7,20 +7,20 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/daemon"
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/httpapi"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // healthOf runs `weft status --json` on h and returns its health part
 // and readyz.
-func (c *cluster) healthOf(h *lab.Host) (*daemon.HealthStatus, string) {
+func (c *cluster) healthOf(h *lab.Host) (*httpapi.HealthStatus, string) {
 	c.t.Helper()
 	out, err := c.Exec(context.Background(), h, weftBin, "status", "--json")
 	if err != nil {
 		c.t.Fatalf("weft status: %v\n%s", err, out)
 	}
 	var st struct {
-		Daemon struct{ Health *daemon.HealthStatus }
+		Daemon struct{ Health *httpapi.HealthStatus }
 		Readyz string
 	}
 	if err := json.Unmarshal([]byte(out), &st); err != nil {
@@ -61,7 +61,7 @@ func TestClusterHealth(t *testing.T) {
 	c.sh(h3, "nft", "add rule inet wtpb in udp dport 8472 drop")
 	c.sh(h3, "nft", "add rule inet wtpb out udp dport 8472 drop")
 	broken := time.Now()
-	var down *daemon.HealthStatus
+	var down *httpapi.HealthStatus
 	var readyz string
 	took = waitFor(t, "host 1 names host 3 unreachable", 4*interval, func() bool {
 		down, readyz = c.healthOf(h1)

@@ -19,8 +19,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sys/unix"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // Helpers that compare a host's vxlan kernel state with the leases in

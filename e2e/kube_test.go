@@ -16,8 +16,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease/kubestore/kubetest"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // TestKubeVXLAN runs flanneld --kube-subnet-mgr on three hosts against a

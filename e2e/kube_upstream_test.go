@@ -15,8 +15,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease/kubestore/kubetest"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // The Kubernetes-mode half of the interop and takeover proof: upstream

@@ -15,8 +15,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 func (c *cluster) curl(h *lab.Host, url string) (int, string) {

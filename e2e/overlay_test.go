@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 func TestVXLAN(t *testing.T) {

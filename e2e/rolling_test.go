@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // TestRollingTakeover moves a running 4-host upstream flanneld cluster

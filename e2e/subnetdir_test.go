@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // subnet.env and crashes or a broken directory (issue 15, scenario 3):

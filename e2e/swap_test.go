@@ -23,8 +23,8 @@ import (
 	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/nsrun"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // The helpers here measure what a daemon swap does to traffic: pingers at

@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // The takeover tests swap the daemon of a running host between upstream

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
-	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/tools/lab"
+	"github.com/weft-net/weft/internal/tools/podrt"
 	"github.com/weft-net/weft/internal/tooltest"
 )
 

@@ -6,7 +6,7 @@ package main
 import (
 	"os"
 
-	"github.com/weft-net/weft/internal/cli"
+	"github.com/weft-net/weft/internal/tools/cli"
 )
 
 func main() { os.Exit(cli.Main(os.Args[1:], os.Stdout, os.Stderr)) }

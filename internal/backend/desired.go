@@ -39,9 +39,9 @@ type Desired struct {
 	// srcs is the slab: handle h is srcs[h/slabChunk][h%slabChunk];
 	// hBase, hFallback, then peers. Fixed-size chunks grow it without
 	// copying it, or holding twice its size, as one slice would.
-	srcs  [][]contribution
-	n     uint32   // handles handed out
-	free  []uint32 // peer handles to reuse
+	srcs [][]contribution
+	n    uint32   // handles handed out
+	free []uint32 // peer handles to reuse
 	// byID finds the peers SetPeer and RemovePeer name by lease ID; a
 	// caller that keeps the handles AddPeer returns (the daemon, in its
 	// own peer map) uses the handle methods and never makes it.

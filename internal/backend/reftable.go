@@ -4,7 +4,7 @@ import "hash/maphash"
 
 // refTable maps keys to refs without storing the keys: a ref's key is
 // read from the object it points at (keyOf), so an entry costs the 8
-// bytes of its ref, and the table at most twice that in free slots, where
+// bytes of its ref, and the table at most twice that in noHandle slots, where
 // a Go map would also hold the key (32 to 48 bytes for a route,
 // neighbour or FDB key) and its own overhead. It is an open-addressing
 // table with linear probing, deletion by backward shift, and a size kept
@@ -14,14 +14,14 @@ import "hash/maphash"
 // change while it is in the table (Desired removes a contribution's refs
 // before it replaces the contribution's objects).
 type refTable[K comparable] struct {
-	slots []ref // h == free: an empty slot
+	slots []ref // h == noHandle: an empty slot
 	n     int
 	seed  maphash.Seed
 	keyOf func(ref) K
 }
 
-// free marks an empty slot: no contribution has this handle.
-const free = ^uint32(0)
+// noHandle marks an empty slot: no contribution has this handle.
+const noHandle = ^uint32(0)
 
 func newRefTable[K comparable](n int, keyOf func(ref) K) refTable[K] {
 	t := refTable[K]{seed: maphash.MakeSeed(), keyOf: keyOf}
@@ -37,19 +37,21 @@ func emptySlots(n int) []ref {
 	}
 	s := make([]ref, size)
 	for i := range s {
-		s[i].h = free
+		s[i].h = noHandle
 	}
 	return s
 }
 
-func (t *refTable[K]) home(k K) int { return int(maphash.Comparable(t.seed, k) & uint64(len(t.slots)-1)) }
+func (t *refTable[K]) home(k K) int {
+	return int(maphash.Comparable(t.seed, k) & uint64(len(t.slots)-1))
+}
 
-// find returns k's slot, or the free slot where it would go.
+// find returns k's slot, or the noHandle slot where it would go.
 func (t *refTable[K]) find(k K) (int, bool) {
 	mask := len(t.slots) - 1
 	for i := t.home(k); ; i = (i + 1) & mask {
 		r := t.slots[i]
-		if r.h == free {
+		if r.h == noHandle {
 			return i, false
 		}
 		if t.keyOf(r) == k {
@@ -87,7 +89,7 @@ func (t *refTable[K]) del(k K) {
 		return
 	}
 	mask := len(t.slots) - 1
-	for j := (i + 1) & mask; t.slots[j].h != free; j = (j + 1) & mask {
+	for j := (i + 1) & mask; t.slots[j].h != noHandle; j = (j + 1) & mask {
 		h := t.home(t.keyOf(t.slots[j]))
 		// Move the entry at j into the gap at i unless its home lies
 		// cyclically in (i, j], where a lookup starting there still
@@ -102,7 +104,7 @@ func (t *refTable[K]) del(k K) {
 		t.slots[i] = t.slots[j]
 		i = j
 	}
-	t.slots[i].h = free
+	t.slots[i].h = noHandle
 	t.n--
 }
 
@@ -111,11 +113,11 @@ func (t *refTable[K]) resize(size int) {
 	t.slots = emptySlots(size * 3 / 4)
 	mask := len(t.slots) - 1
 	for _, r := range old {
-		if r.h == free {
+		if r.h == noHandle {
 			continue
 		}
 		i := t.home(t.keyOf(r))
-		for t.slots[i].h != free {
+		for t.slots[i].h != noHandle {
 			i = (i + 1) & mask
 		}
 		t.slots[i] = r
@@ -125,7 +127,7 @@ func (t *refTable[K]) resize(size int) {
 // all yields every entry, in slot order.
 func (t *refTable[K]) all(yield func(ref) bool) {
 	for _, r := range t.slots {
-		if r.h != free && !yield(r) {
+		if r.h != noHandle && !yield(r) {
 			return
 		}
 	}

@@ -27,8 +27,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/weft-net/weft/internal/podrt"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/podrt"
 )
 
 // cniHost is one node: a host namespace the plugins run in, a container

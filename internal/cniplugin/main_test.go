@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/tools/podrt"
 )
 
 // driverEnv, when set, turns the test binary into the container-runtime

@@ -102,7 +102,7 @@ type daemon struct {
 	opts config.Options
 
 	net     *config.Network
-	host    HostStatus // for the status
+	host    httpapi.HostStatus // for the status
 	backend backend.Backend
 	self    lease.Lease
 	// peers is a copy-on-write map, so that each pass can publish it to

@@ -3,9 +3,9 @@ package daemon
 import (
 	"context"
 	"sync/atomic"
-	"time"
 
 	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/probe"
 )
@@ -18,36 +18,6 @@ import (
 // results reach the status Board (the "health" part of the status) and
 // the metrics; /readyz does not depend on them, since other hosts'
 // trouble is no reason to take this one out of service.
-
-// HealthStatus is the "cluster health" part of the status.
-type HealthStatus struct {
-	// Off says why peers are not probed ("--probe-interval 0", the
-	// backend has no probe address, ICMP sockets refused); the rest is
-	// then empty.
-	Off      string `json:"off,omitempty"`
-	Interval string `json:"interval,omitempty"`
-	// Peers is how many peers are probed; Reachable and Unreachable
-	// those with a result (the rest await their first probe).
-	Peers       int `json:"peers"`
-	Reachable   int `json:"reachable"`
-	Unreachable int `json:"unreachable"`
-	// UnreachablePeers lists the unreachable peers by subnet.
-	UnreachablePeers []UnreachablePeer `json:"unreachablePeers,omitempty"`
-}
-
-// UnreachablePeer is a peer whose probes went unanswered.
-type UnreachablePeer struct {
-	Subnet     string `json:"subnet,omitempty"`
-	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
-	PublicIP   string `json:"publicIP,omitempty"`
-	PublicIPv6 string `json:"publicIPv6,omitempty"`
-	// Probed is the address probed (the backend's ProbeAddr).
-	Probed string `json:"probed"`
-	// Since is the first unanswered probe since its last reply (or since
-	// probing began).
-	Since     time.Time `json:"since"`
-	LastError string    `json:"lastError"`
-}
 
 // prober is the daemon's side of probing: the snapshot it probes from
 // and the Prober, or why there is none.
@@ -119,17 +89,17 @@ func (pr *prober) version() uint64 {
 }
 
 // health renders the prober's report, naming peers from the snapshot.
-func (pr *prober) health(s *snapshot) *HealthStatus {
+func (pr *prober) health(s *snapshot) *httpapi.HealthStatus {
 	if pr == nil {
 		return nil
 	}
 	if pr.p == nil {
-		return &HealthStatus{Off: pr.off}
+		return &httpapi.HealthStatus{Off: pr.off}
 	}
 	r := pr.p.Report()
-	h := &HealthStatus{Interval: r.Interval.String(), Peers: r.Targets, Reachable: r.Reachable, Unreachable: r.Unreachable}
+	h := &httpapi.HealthStatus{Interval: r.Interval.String(), Peers: r.Targets, Reachable: r.Reachable, Unreachable: r.Unreachable}
 	for _, d := range r.Down {
-		u := UnreachablePeer{Subnet: str(d.Key.V4), IPv6Subnet: str(d.Key.V6), Probed: d.Addr.String(), Since: d.Since, LastError: d.LastError}
+		u := httpapi.UnreachablePeer{Subnet: str(d.Key.V4), IPv6Subnet: str(d.Key.V6), Probed: d.Addr.String(), Since: d.Since, LastError: d.LastError}
 		if s != nil {
 			if p, ok := s.peers.Get(d.Key); ok {
 				u.PublicIP, u.PublicIPv6 = str(p.attrs.PublicIP), str(p.attrs.PublicIPv6)

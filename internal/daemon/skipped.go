@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/weft-net/weft/internal/backend"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -147,8 +148,8 @@ func (s *skipSet) takeChanged() map[string]int {
 
 // status lists the kept examples, sorted by key, and the count per reason
 // (reasons with none left out).
-func (s *skipSet) status() ([]SkipStatus, map[string]int) {
-	var out []SkipStatus
+func (s *skipSet) status() ([]httpapi.SkipStatus, map[string]int) {
+	var out []httpapi.SkipStatus
 	counts := map[string]int{}
 	for reason, n := range s.count {
 		if n > 0 {
@@ -157,10 +158,10 @@ func (s *skipSet) status() ([]SkipStatus, map[string]int) {
 	}
 	for _, reason := range slices.Sorted(maps.Keys(s.examples)) {
 		for _, key := range s.examples[reason] {
-			out = append(out, SkipStatus{Key: key, Reason: reason})
+			out = append(out, httpapi.SkipStatus{Key: key, Reason: reason})
 		}
 	}
-	slices.SortFunc(out, func(a, b SkipStatus) int {
+	slices.SortFunc(out, func(a, b httpapi.SkipStatus) int {
 		if c := strings.Compare(a.Key, b.Key); c != 0 {
 			return c
 		}

@@ -12,12 +12,13 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/metrics"
 )
 
 // waitStatus polls the board until cond holds.
-func (h *harness) waitStatus(what string, cond func(Status) bool) Status {
+func (h *harness) waitStatus(what string, cond func(httpapi.Status) bool) httpapi.Status {
 	h.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -52,14 +53,14 @@ func TestDaemonShowsSkippedLeasesByRawKey(t *testing.T) {
 	// been the lease Acquire reuses: TestDaemonBadLeaseFlood.)
 	h.store.Put(peerLease("10.5.10.0/24", "192.168.1.10", macB))
 
-	want := []SkipStatus{
-		{"10.5.10.0-24", backend.ReasonOwnPublicIP},
-		{"10.5.300.0-24", backend.ReasonBadKey},
-		{"10.5.8.0-24", backend.ReasonDecode},
-		{"10.5.9.0-24", backend.ReasonTooLarge},
-		{"bogus", backend.ReasonBadKey},
+	want := []httpapi.SkipStatus{
+		{Key: "10.5.10.0-24", Reason: backend.ReasonOwnPublicIP},
+		{Key: "10.5.300.0-24", Reason: backend.ReasonBadKey},
+		{Key: "10.5.8.0-24", Reason: backend.ReasonDecode},
+		{Key: "10.5.9.0-24", Reason: backend.ReasonTooLarge},
+		{Key: "bogus", Reason: backend.ReasonBadKey},
 	}
-	s := h.waitStatus("five skipped leases", func(s Status) bool { return len(s.Skipped) == 5 && len(s.Peers) == 1 })
+	s := h.waitStatus("five skipped leases", func(s httpapi.Status) bool { return len(s.Skipped) == 5 && len(s.Peers) == 1 })
 	if diff := cmp.Diff(want, s.Skipped); diff != "" {
 		t.Errorf("skipped (-want +got):\n%s", diff)
 	}
@@ -76,7 +77,7 @@ func TestDaemonShowsSkippedLeasesByRawKey(t *testing.T) {
 	// reason with a good value turns it into a peer.
 	h.store.DeleteKey("bogus")
 	h.store.Put(peerLease("10.5.8.0/24", "192.168.1.8", macB))
-	s = h.waitStatus("two fewer", func(s Status) bool { return len(s.Skipped) == 3 && len(s.Peers) == 2 })
+	s = h.waitStatus("two fewer", func(s httpapi.Status) bool { return len(s.Skipped) == 3 && len(s.Peers) == 2 })
 	if s.SkippedByReason[backend.ReasonBadKey] != 1 || s.SkippedByReason[backend.ReasonDecode] != 0 {
 		t.Errorf("counts after removal: %v", s.SkippedByReason)
 	}
@@ -93,7 +94,7 @@ func TestDaemonShowsSkippedLeasesByRawKey(t *testing.T) {
 	// Writing the same bad value again is not a new skip.
 	h.store.PutRaw("10.5.300.0-24", []byte(`{"x":1}`))
 	h.store.Put(peerLease("10.5.11.0/24", "192.168.1.11", macB))
-	h.waitStatus("third peer", func(s Status) bool { return len(s.Peers) == 3 })
+	h.waitStatus("third peer", func(s httpapi.Status) bool { return len(s.Peers) == 3 })
 	if got := metricValue(h.metrics, "flannel_peer_leases_skipped_total", backend.ReasonBadKey); got != 2 {
 		t.Errorf("skipped_total{bad_key} after a rewrite = %v, want 2", got)
 	}
@@ -167,7 +168,7 @@ func TestDaemonBadLeaseFlood(t *testing.T) {
 		}
 	}
 	h.start()
-	s := h.waitStatus("every lease seen", func(s Status) bool { return len(s.Peers) == goods && len(s.SkippedByReason) == len(kinds) })
+	s := h.waitStatus("every lease seen", func(s httpapi.Status) bool { return len(s.Peers) == goods && len(s.SkippedByReason) == len(kinds) })
 	for reason := range kinds {
 		want := perKind
 		if reason == backend.ReasonOwnPublicIP {
@@ -209,7 +210,7 @@ func TestSkipSet(t *testing.T) {
 	if len(st) != maxSkipExamples-1+2 {
 		t.Errorf("%d examples, want %d", len(st), maxSkipExamples+1)
 	}
-	if i := slices.IndexFunc(st, func(e SkipStatus) bool { return strings.HasPrefix(e.Key, "xxx") }); i < 0 || len(st[i].Key) > 200 {
+	if i := slices.IndexFunc(st, func(e httpapi.SkipStatus) bool { return strings.HasPrefix(e.Key, "xxx") }); i < 0 || len(st[i].Key) > 200 {
 		t.Errorf("a long key is not shown shortened: %+v", st)
 	}
 	if got := s.takeChanged(); got["a"] != 99 || got["b"] != 2 {

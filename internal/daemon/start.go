@@ -10,6 +10,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/ctxsleep"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/subnetenv"
 	"github.com/weft-net/weft/internal/underlay"
@@ -41,7 +42,7 @@ func (d *daemon) run(ctx context.Context) error {
 	if err := d.makeBackend(u); err != nil {
 		return err
 	}
-	d.host = HostStatus{Network: str(net.Network), IPv6Network: str(net.IPv6Network),
+	d.host = httpapi.HostStatus{Network: str(net.Network), IPv6Network: str(net.IPv6Network),
 		MTU: d.backend.MTU(), Underlay: u.Name, SubnetFile: d.opts.SubnetFile,
 		Kube: d.opts.KubeSubnetMgr, ForwardRules: d.opts.IPTablesForwardRules}
 	if d.net.Backend.Type == "vxlan" {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/subnetenv"
 )
@@ -129,7 +130,7 @@ func TestDaemonAlloc(t *testing.T) {
 	h.store.Put(lease.Lease{Subnet: netip.MustParsePrefix("10.5.7.0/24"), Attrs: lease.Attrs{PublicIP: netip.MustParseAddr("192.168.1.7")}})
 	before := h.dp.Kernel().String()
 	h.start()
-	s := h.waitStatus("the peer listed", func(s Status) bool { return len(s.Peers) == 1 })
+	s := h.waitStatus("the peer listed", func(s httpapi.Status) bool { return len(s.Peers) == 1 })
 	if s.Backend != "alloc" || s.Peers[0].Subnet != "10.5.7.0/24" {
 		t.Errorf("status: backend %q, peers %+v", s.Backend, s.Peers)
 	}

@@ -12,105 +12,9 @@ import (
 	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 )
-
-// Status is what `weft status` shows of a running daemon: its lease, its
-// peers, the skipped leases and the last reconcile pass, plus the desired
-// kernel state so that the caller can compare it with the kernel.
-type Status struct {
-	Lease   LeaseStatus  `json:"lease"`
-	Host    HostStatus   `json:"host"`
-	Store   StoreStatus  `json:"store"`
-	Backend string       `json:"backend"`
-	Rules   string       `json:"rules,omitempty"` // "iptables", "nftables", or "" when not managed
-	Peers   []PeerStatus `json:"peers"`
-	// Skipped lists skipped peer leases by their raw store key: at most
-	// a few per reason (the daemon keeps no more); SkippedByReason counts
-	// them all.
-	Skipped         []SkipStatus   `json:"skipped,omitempty"`
-	SkippedByReason map[string]int `json:"skippedByReason,omitempty"`
-	LastPass        PassStatus     `json:"lastPass"`
-	Desired         []string       `json:"desired"` // dataplane.State.Lines()
-	Devices         []string       `json:"devices"` // our devices, for a kernel dump
-	// UDP are the udp devices this daemon serves: their tables live in
-	// the process, so only the daemon can show them.
-	UDP   []dataplane.UDPStatus `json:"udp,omitempty"`
-	Extra map[string]any        `json:"extra,omitempty"`
-	// Health is the peers' reachability, probed through the overlay
-	// (probe.go); nil before the daemon holds its lease.
-	Health *HealthStatus `json:"health,omitempty"`
-}
-
-// LeaseStatus is this host's lease.
-type LeaseStatus struct {
-	Subnet     string    `json:"subnet,omitempty"`
-	IPv6Subnet string    `json:"ipv6Subnet,omitempty"`
-	PublicIP   string    `json:"publicIP,omitempty"`
-	PublicIPv6 string    `json:"publicIPv6,omitempty"`
-	Expires    time.Time `json:"expires,omitzero"`
-	Reserved   bool      `json:"reservation,omitempty"`
-	// State is "held"; "renewal overdue" (expired by our clock while the
-	// store could not be reached: etcd keeps it until it answers);
-	// "lapsed, reclaiming" (gone from the store, being written back); or
-	// "lost: …" (another host holds the subnet).
-	State       string    `json:"state,omitempty"`
-	LapsedSince time.Time `json:"lapsedSince,omitzero"`
-}
-
-// HostStatus is how this daemon is set up on its host: what `weft
-// doctor` compares the kernel against. Fixed once the lease is held.
-type HostStatus struct {
-	Network     string `json:"network,omitempty"`     // the cluster's IPv4 network
-	IPv6Network string `json:"ipv6Network,omitempty"` // and IPv6 network
-	MTU         int    `json:"mtu,omitempty"`         // FLANNEL_MTU
-	Underlay    string `json:"underlay,omitempty"`    // the inter-host interface
-	SubnetFile  string `json:"subnetFile,omitempty"`
-	Kube        bool   `json:"kube,omitempty"` // --kube-subnet-mgr
-	// ForwardRules says the daemon keeps accept rules in FORWARD
-	// (--iptables-forward-rules).
-	ForwardRules bool `json:"forwardRules,omitempty"`
-	// TxChecksum is --vxlan-tx-checksum (auto, on, off) and, after a
-	// colon, what auto chose ("auto:off").
-	TxChecksum string `json:"txChecksum,omitempty"`
-}
-
-// StoreStatus is the lease store's reachability.
-type StoreStatus struct {
-	Reachable        bool      `json:"reachable"`
-	UnreachableSince time.Time `json:"unreachableSince,omitzero"`
-}
-
-// PeerStatus is one programmed peer.
-type PeerStatus struct {
-	Subnet     string `json:"subnet,omitempty"`
-	IPv6Subnet string `json:"ipv6Subnet,omitempty"`
-	PublicIP   string `json:"publicIP,omitempty"`
-	PublicIPv6 string `json:"publicIPv6,omitempty"`
-	Backend    string `json:"backend"`
-	// Identity names the peer in its backend data (vxlan: the VTEP MAC;
-	// wireguard: the public key), per family.
-	Identity   string    `json:"identity,omitempty"`
-	IdentityV6 string    `json:"identityV6,omitempty"`
-	LastSeen   time.Time `json:"lastSeen"`
-}
-
-// SkipStatus is a peer lease that is not used, and why.
-type SkipStatus struct {
-	// Key is the lease's raw store key (etcd key, node name), shortened
-	// when very long.
-	Key    string `json:"key"`
-	Reason string `json:"reason"`
-}
-
-// PassStatus describes the last reconcile pass.
-type PassStatus struct {
-	At     time.Time `json:"at,omitzero"`
-	Full   bool      `json:"full"`
-	Writes int       `json:"writes"`
-	Took   string    `json:"took"`
-	Error  string    `json:"error,omitempty"`
-}
 
 // DefaultMinRender is Board.MinRender's default. At 5,000 peers a
 // rendering costs about 30 ms of CPU and 18 MB of short-lived garbage for
@@ -168,13 +72,13 @@ type snapshot struct {
 	// planner plans the peers' objects again for the desired state shown
 	// (the backend: its Peer reads only what was fixed at its start).
 	planner peerPlanner
-	host    HostStatus
+	host    httpapi.HostStatus
 	self    lease.Lease
 	own     ownState
 	peers   cowmap.Snapshot[lease.ID, *peer]
 	// skipped are the example keys and the counts per reason (skipSet),
 	// a few hundred entries at most, copied at each publish.
-	skipped         []SkipStatus
+	skipped         []httpapi.SkipStatus
 	skippedByReason map[string]int
 	last            Pass
 	lastAt          time.Time
@@ -192,7 +96,7 @@ type rendered struct {
 	probes uint64    // the prober's version it was made with
 	down   time.Time // Board.StoreDown's answer it was made with
 	at     time.Time // when the rendering started
-	status Status
+	status httpapi.Status
 	json   []byte
 }
 
@@ -266,7 +170,7 @@ func (b *Board) publish(s *snapshot) {
 
 // Get returns the current status. It is shared with other callers and
 // must not be modified.
-func (b *Board) Get() Status { return b.current().status }
+func (b *Board) Get() httpapi.Status { return b.current().status }
 
 // JSON returns the current status as JSON, shared with other callers:
 // the body of /v1/status.
@@ -298,7 +202,7 @@ func (b *Board) current() *rendered {
 	if snap != nil {
 		r.status.Health = pr.health(snap)
 	}
-	r.status.Store = StoreStatus{Reachable: down.IsZero(), UnreachableSince: down}
+	r.status.Store = httpapi.StoreStatus{Reachable: down.IsZero(), UnreachableSince: down}
 	if b.UDP != nil {
 		r.status.UDP = b.UDP()
 	}
@@ -345,12 +249,12 @@ func (d *daemon) publish() {
 
 // render renders a snapshot (nil: no daemon, an empty status). Before the
 // first pass there is nothing to show but the lease.
-func (s *snapshot) render() Status {
+func (s *snapshot) render() httpapi.Status {
 	if s == nil {
-		return Status{}
+		return httpapi.Status{}
 	}
-	st := Status{Backend: s.backend, Host: s.host}
-	st.Lease = LeaseStatus{
+	st := httpapi.Status{Backend: s.backend, Host: s.host}
+	st.Lease = httpapi.LeaseStatus{
 		Subnet: str(s.self.Subnet), IPv6Subnet: str(s.self.IPv6Subnet),
 		PublicIP: str(s.self.Attrs.PublicIP), PublicIPv6: str(s.self.Attrs.PublicIPv6),
 		Expires: s.self.Expiration, Reserved: s.self.Reservation,
@@ -373,10 +277,10 @@ func (s *snapshot) render() Status {
 	// arrival, so this is the loop's incrementally kept state.
 	desired := backend.NewDesired(s.base, len(peers))
 	desired.SetFallback(s.fallback, nil)
-	st.Peers = make([]PeerStatus, 0, len(peers))
+	st.Peers = make([]httpapi.PeerStatus, 0, len(peers))
 	for _, p := range peers {
 		l := p.lease
-		ps := PeerStatus{
+		ps := httpapi.PeerStatus{
 			Subnet: str(l.Subnet), IPv6Subnet: str(l.IPv6Subnet),
 			PublicIP: str(l.Attrs.PublicIP), PublicIPv6: str(l.Attrs.PublicIPv6),
 			Backend: l.Attrs.BackendType, LastSeen: time.Unix(0, p.seen),
@@ -389,7 +293,7 @@ func (s *snapshot) render() Status {
 	}
 	st.Skipped, st.SkippedByReason = s.skipped, s.skippedByReason
 	p := s.last
-	st.LastPass = PassStatus{At: s.lastAt, Full: p.Full, Writes: p.Changes.Total(), Took: p.Took.String()}
+	st.LastPass = httpapi.PassStatus{At: s.lastAt, Full: p.Full, Writes: p.Changes.Total(), Took: p.Took.String()}
 	if p.Err != nil {
 		st.LastPass.Error = p.Err.Error()
 	}
@@ -413,7 +317,7 @@ func str[T interface {
 	return v.String()
 }
 
-// leaseState is LeaseStatus.State.
+// leaseState is httpapi.LeaseStatus.State.
 func leaseState(self lease.Lease, own ownState) string {
 	switch {
 	case own.taken != nil:

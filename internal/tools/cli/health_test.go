@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/httpapi"
 )
 
 // TestPrintHealth: the cluster-health line counts with thousands
@@ -14,8 +14,8 @@ import (
 func TestPrintHealth(t *testing.T) {
 	since := time.Now().Add(-90 * time.Second)
 	var b bytes.Buffer
-	printHealth(&b, &daemon.HealthStatus{Interval: "30s", Peers: 5000, Reachable: 4998, Unreachable: 2,
-		UnreachablePeers: []daemon.UnreachablePeer{
+	printHealth(&b, &httpapi.HealthStatus{Interval: "30s", Peers: 5000, Reachable: 4998, Unreachable: 2,
+		UnreachablePeers: []httpapi.UnreachablePeer{
 			{Subnet: "10.5.7.0/24", PublicIP: "192.0.2.7", Probed: "10.5.7.0", Since: since, LastError: "no reply within 1s (2 probes)"},
 			{IPv6Subnet: "fc00:0:0:9::/64", PublicIPv6: "fd00::9", Probed: "fc00:0:0:9::", Since: since, LastError: "destination unreachable, code 1 (reported by 10.0.0.1)"},
 		}})
@@ -30,7 +30,7 @@ func TestPrintHealth(t *testing.T) {
 		}
 	}
 	b.Reset()
-	printHealth(&b, &daemon.HealthStatus{Off: "off (--probe-interval 0)"})
+	printHealth(&b, &httpapi.HealthStatus{Off: "off (--probe-interval 0)"})
 	if got := b.String(); got != "cluster health: not probed: off (--probe-interval 0)\n" {
 		t.Errorf("off: %q", got)
 	}

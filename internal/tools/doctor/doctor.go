@@ -30,7 +30,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -67,7 +67,7 @@ type Env struct {
 	Host Host
 	// Status is the local daemon's; nil when it could not be read
 	// (StatusErr says why).
-	Status    *daemon.Status
+	Status    *httpapi.Status
 	StatusErr error
 	// SubnetFile is the subnet.env to compare (default: the daemon's).
 	SubnetFile string

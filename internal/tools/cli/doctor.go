@@ -16,9 +16,9 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/daemon"
-	"github.com/weft-net/weft/internal/doctor"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
+	"github.com/weft-net/weft/internal/tools/doctor"
 )
 
 // errFailed makes `weft doctor` exit 1 after printing its report.
@@ -53,7 +53,7 @@ func doctorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if c, _, err := newDaemonClient(*socket, ""); err != nil {
 		env.StatusErr = err
 	} else {
-		var st daemon.Status
+		var st httpapi.Status
 		if err := c.getJSON(ctx, "/v1/status", &st); err != nil {
 			env.StatusErr = err
 		} else {

@@ -1,12 +1,16 @@
 package lab
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/server/v3/embed"
@@ -109,3 +113,63 @@ func (e *Etcd) Stop() {
 
 // Close stops etcd; closing twice is harmless.
 func (e *Etcd) Close() { e.Stop() }
+
+func (c *Cluster) startEtcdProcess(ctx context.Context, hubAddr string) error {
+	urlFile := filepath.Join(c.opts.Dir, "etcd.url")
+	_ = os.Remove(urlFile)
+	logf, err := os.Create(filepath.Join(c.opts.Dir, "etcd-process.log"))
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	args := append(append([]string(nil), c.opts.EtcdCommand[1:]...),
+		"--dir", filepath.Join(c.opts.Dir, "etcd"), "--hub-ns", c.Hub, "--hub-addr", hubAddr, "--url-file", urlFile)
+	cmd := exec.Command(c.opts.EtcdCommand[0], args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start etcd process: %w", err)
+	}
+	c.etcdProc = cmd
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	for {
+		if b, err := os.ReadFile(urlFile); err == nil && len(b) > 0 {
+			c.EtcdClientURL = strings.TrimSpace(string(b))
+			return nil
+		}
+		select {
+		case err := <-exited:
+			out, _ := os.ReadFile(logf.Name())
+			return fmt.Errorf("etcd process exited: %v: %s", err, out)
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// ServeEtcd runs an embedded etcd in dir, reachable from namespace hubNS
+// at hubAddr through a relay, writes its client URL to urlFile, and runs
+// until ctx ends. It is the body of the EtcdCommand process.
+func ServeEtcd(ctx context.Context, dir, hubNS, hubAddr, urlFile string) error {
+	e, err := StartEtcd(dir)
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	l, err := listenIn(hubNS, hubAddr)
+	if err != nil {
+		return err
+	}
+	defer l.Close()
+	go relay(l, strings.TrimPrefix(e.ClientURL, "http://"))
+	if err := os.WriteFile(urlFile+".tmp", []byte(e.ClientURL+"\n"), 0o644); err != nil {
+		return err
+	}
+	if err := os.Rename(urlFile+".tmp", urlFile); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return nil
+}

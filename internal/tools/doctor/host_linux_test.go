@@ -9,7 +9,7 @@ import (
 
 	"github.com/vishvananda/netns"
 
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/httpapi"
 )
 
 // TestRealNamespace runs the checks through SysHost against two real
@@ -61,9 +61,9 @@ func TestRealNamespace(t *testing.T) {
 	if err := host.SetTxChecksum("flannel.1", true); err != nil { // the kernel's default; made sure
 		t.Fatal(err)
 	}
-	st := &daemon.Status{Backend: "vxlan", Lease: daemon.LeaseStatus{Subnet: "10.99.1.0/24"},
-		Host:    daemon.HostStatus{Network: "10.99.0.0/16", MTU: 1450, Underlay: "eth0"},
-		Devices: []string{"flannel.1"}, Peers: []daemon.PeerStatus{{Subnet: "10.99.2.0/24"}}}
+	st := &httpapi.Status{Backend: "vxlan", Lease: httpapi.LeaseStatus{Subnet: "10.99.1.0/24"},
+		Host:    httpapi.HostStatus{Network: "10.99.0.0/16", MTU: 1450, Underlay: "eth0"},
+		Devices: []string{"flannel.1"}, Peers: []httpapi.PeerStatus{{Subnet: "10.99.2.0/24"}}}
 	env := &Env{Host: host, Status: st, Reach: SysReach{Host: host}}
 	ctx := context.Background()
 	run := func(name string, fix bool) []Finding {

@@ -21,17 +21,17 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 )
 
 // statusReport is what `weft status --json` prints.
 type statusReport struct {
-	Daemon  *daemon.Status `json:"daemon,omitempty"`
-	Healthz string         `json:"healthz"`
-	Readyz  string         `json:"readyz"`
-	Drift   *drift         `json:"drift,omitempty"`
-	Store   *storeSummary  `json:"store,omitempty"`
+	Daemon  *httpapi.Status `json:"daemon,omitempty"`
+	Healthz string          `json:"healthz"`
+	Readyz  string          `json:"readyz"`
+	Drift   *drift          `json:"drift,omitempty"`
+	Store   *storeSummary   `json:"store,omitempty"`
 	// WireGuard is what our WireGuard devices report (wireguard backend).
 	WireGuard []wgDevice `json:"wireguard,omitempty"`
 	Errors    []string   `json:"errors,omitempty"`
@@ -72,7 +72,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	rep := statusReport{}
-	var st daemon.Status
+	var st httpapi.Status
 	if err := c.getJSON(ctx, "/v1/status", &st); err != nil {
 		rep.Errors = append(rep.Errors, "daemon: "+err.Error())
 	} else {
@@ -107,7 +107,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 }
 
 // readKernel fills rep's drift and WireGuard devices from the kernel.
-func readKernel(st daemon.Status, rep *statusReport) error {
+func readKernel(st httpapi.Status, rep *statusReport) error {
 	// The daemon's udp devices are TUNs in the kernel whose tables live
 	// in the daemon: its status reports them.
 	dp, err := dataplane.NewNetlink(slog.New(slog.DiscardHandler), netns.None(), dataplane.UDPView(st.UDP))
@@ -124,7 +124,7 @@ func readKernel(st daemon.Status, rep *statusReport) error {
 
 // checkDrift compares the daemon's desired state with what the kernel has
 // on our devices (and our-protocol routes elsewhere).
-func checkDrift(dp *dataplane.Netlink, st daemon.Status) (*drift, error) {
+func checkDrift(dp *dataplane.Netlink, st httpapi.Status) (*drift, error) {
 	k, err := dp.Dump(st.Devices...)
 	if err != nil {
 		return nil, err
@@ -231,7 +231,7 @@ func printStatus(w io.Writer, rep statusReport) {
 		fmt.Fprintf(w, "\nPEERS (%d)\n", len(st.Peers))
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "SUBNET\tIPV6 SUBNET\tPUBLIC IP\tMAC / KEY\tLAST CHANGED")
-		peers := append([]daemon.PeerStatus(nil), st.Peers...)
+		peers := append([]httpapi.PeerStatus(nil), st.Peers...)
 		sort.Slice(peers, func(i, j int) bool { return peers[i].Subnet < peers[j].Subnet })
 		for _, p := range peers {
 			pub := p.PublicIP
@@ -255,7 +255,7 @@ func printStatus(w io.Writer, rep statusReport) {
 // writeSkipped lists the skipped leases: the count per reason, then the
 // keys the daemon keeps as examples (a few per reason), quoted when they
 // hold anything but printable text (a key is whatever was written).
-func writeSkipped(w io.Writer, st *daemon.Status) {
+func writeSkipped(w io.Writer, st *httpapi.Status) {
 	total := 0
 	for _, n := range st.SkippedByReason {
 		total += n
@@ -301,7 +301,7 @@ const maxUnreachableShown = 20
 
 // printHealth prints the peers' reachability: "cluster health: 4,998/5,000
 // reachable", then the unreachable peers with since when and why.
-func printHealth(w io.Writer, h *daemon.HealthStatus) {
+func printHealth(w io.Writer, h *httpapi.HealthStatus) {
 	if h == nil {
 		return
 	}

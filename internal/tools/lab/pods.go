@@ -10,7 +10,7 @@ import (
 
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 
-	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/tools/podrt"
 )
 
 // Pods attaches pod namespaces to hosts through the flannel CNI plugin with

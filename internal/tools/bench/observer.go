@@ -12,7 +12,7 @@ import (
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // Counts are the per-peer kernel objects found on the daemon's device:

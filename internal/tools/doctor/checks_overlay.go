@@ -7,8 +7,8 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/httpapi"
 )
 
 // The overlay checks: VXLAN TX checksum offload, and the overlay MTU
@@ -102,7 +102,7 @@ func (e *Env) sample() int {
 // overlayPeers returns up to n peers' overlay addresses (their devices'
 // address: the subnet's network address) of dev's family, spread over
 // the list.
-func overlayPeers(st *daemon.Status, dev string, n int) []netip.Addr {
+func overlayPeers(st *httpapi.Status, dev string, n int) []netip.Addr {
 	v6 := strings.HasPrefix(dev, "flannel-v6")
 	var all []netip.Addr
 	for _, p := range st.Peers {

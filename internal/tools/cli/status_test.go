@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/daemon"
 	"github.com/weft-net/weft/internal/httpapi"
 )
 
@@ -26,10 +25,10 @@ func run(t *testing.T, args ...string) (string, string, int) {
 
 // cannedStatus is a daemon's status with one peer and nothing for the
 // kernel comparison to look for.
-var cannedStatus = daemon.Status{
-	Lease:   daemon.LeaseStatus{Subnet: "10.5.1.0/24", PublicIP: "192.0.2.1"},
+var cannedStatus = httpapi.Status{
+	Lease:   httpapi.LeaseStatus{Subnet: "10.5.1.0/24", PublicIP: "192.0.2.1"},
 	Backend: "vxlan",
-	Peers:   []daemon.PeerStatus{{Subnet: "10.5.2.0/24", PublicIP: "192.0.2.2", Backend: "vxlan", Identity: "0e:00:00:00:00:02"}},
+	Peers:   []httpapi.PeerStatus{{Subnet: "10.5.2.0/24", PublicIP: "192.0.2.2", Backend: "vxlan", Identity: "0e:00:00:00:00:02"}},
 }
 
 // serveStatus serves cannedStatus and healthy probes like flanneld's
@@ -130,8 +129,8 @@ func TestStatusURL(t *testing.T) {
 
 func TestWriteSkipped(t *testing.T) {
 	var b strings.Builder
-	writeSkipped(&b, &daemon.Status{
-		Skipped: []daemon.SkipStatus{
+	writeSkipped(&b, &httpapi.Status{
+		Skipped: []httpapi.SkipStatus{
 			{Key: "/coreos.com/network/subnets/bogus", Reason: "bad_key"},
 			{Key: "/coreos.com/network/subnets/x\n", Reason: "bad_key"},
 			{Key: "/coreos.com/network/subnets/10.5.8.0-24", Reason: "decode"},
@@ -150,7 +149,7 @@ SKIPPED LEASES (901)
 		t.Errorf("got:\n%s\nwant:\n%s", b.String(), want)
 	}
 	b.Reset()
-	writeSkipped(&b, &daemon.Status{})
+	writeSkipped(&b, &httpapi.Status{})
 	if b.Len() != 0 {
 		t.Errorf("nothing skipped printed %q", b.String())
 	}
@@ -161,9 +160,9 @@ SKIPPED LEASES (901)
 func TestPrintStatusStoreUnreachable(t *testing.T) {
 	since := time.Now().Add(-42 * time.Second)
 	rep := statusReport{
-		Daemon: &daemon.Status{
-			Lease:   daemon.LeaseStatus{Subnet: "10.5.1.0/24", PublicIP: "192.168.1.1", Expires: time.Now().Add(-time.Minute), State: "renewal overdue"},
-			Store:   daemon.StoreStatus{UnreachableSince: since},
+		Daemon: &httpapi.Status{
+			Lease:   httpapi.LeaseStatus{Subnet: "10.5.1.0/24", PublicIP: "192.168.1.1", Expires: time.Now().Add(-time.Minute), State: "renewal overdue"},
+			Store:   httpapi.StoreStatus{UnreachableSince: since},
 			Backend: "vxlan",
 		},
 		Healthz: "ok",
@@ -182,7 +181,7 @@ func TestPrintStatusStoreUnreachable(t *testing.T) {
 		}
 	}
 
-	rep.Daemon.Store = daemon.StoreStatus{Reachable: true}
+	rep.Daemon.Store = httpapi.StoreStatus{Reachable: true}
 	rep.Daemon.Lease.State = "held"
 	b.Reset()
 	printStatus(&b, rep)

@@ -1,6 +1,6 @@
 // Package bench is `weft bench`: a reproducible scale benchmark of any
 // flannel-compatible daemon binary. For each lease count K it builds a
-// one-host lab cluster (internal/lab: a namespace on a bridge, an embedded
+// one-host lab cluster (internal/tools/lab: a namespace on a bridge, an embedded
 // etcd), runs the daemon there with the vxlan or the wireguard backend,
 // injects K synthetic peer leases in upstream's exact etcd format, and
 // measures, from outside the daemon, how long the kernel takes to reflect
@@ -46,7 +46,7 @@ import (
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // Daemon is a daemon binary under test.

@@ -17,20 +17,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
-	"sync"
 	"time"
 
-	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/weft-net/weft/internal/backend/backends"
-	"github.com/weft-net/weft/internal/lab"
 	"github.com/weft-net/weft/internal/lease"
-	"github.com/weft-net/weft/internal/nsrun"
-	"github.com/weft-net/weft/internal/podrt"
-	"github.com/weft-net/weft/internal/probe"
 	"github.com/weft-net/weft/internal/subnetenv"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // Name prefixes every namespace the demo creates (Options.Name overrides).
@@ -379,160 +373,6 @@ func (r *run) readLeases(ctx context.Context, cli *clientv3.Client) error {
 	}
 	sort.Slice(r.res.Leases, func(i, j int) bool { return r.res.Leases[i].Host < r.res.Leases[j].Host })
 	return nil
-}
-
-func (r *run) pods() lab.Pods {
-	return lab.Pods{Runtime: podrt.Client{Self: r.o.Self, Args: []string{"pod-runtime"}}, BinDir: r.o.BinDir}
-}
-
-func (r *run) addPods(ctx context.Context) error {
-	pods := r.pods()
-	var mu sync.Mutex
-	errs := make([]error, len(r.c.Hosts))
-	var wg sync.WaitGroup
-	for i, h := range r.c.Hosts {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for p := 1; p <= r.o.Pods; p++ {
-				pod, err := r.addPod(ctx, pods, h, p)
-				if err != nil {
-					errs[i] = err
-					return
-				}
-				mu.Lock()
-				r.res.PodList = append(r.res.PodList, pod)
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
-	sortPods(r.res.PodList)
-	return errors.Join(errs...)
-}
-
-func (r *run) addPod(ctx context.Context, pods lab.Pods, h *lab.Host, p int) (Pod, error) {
-	name := fmt.Sprintf("%s-p%d", strings.TrimPrefix(h.NS, r.o.Name+"-"), p)
-	lp, err := pods.Add(ctx, h, fmt.Sprintf("%s-%s", r.o.Name, name))
-	if err != nil {
-		return Pod{}, err
-	}
-	pod := Pod{Name: name, Host: h.NS, pod: lp, ns: lp.NS}
-	if lp.IPv4.IsValid() {
-		pod.IPv4 = lp.IPv4.String()
-	}
-	if lp.IPv6.IsValid() {
-		pod.IPv6 = lp.IPv6.String()
-	}
-	return pod, nil
-}
-
-// delPods detaches every pod through CNI DEL, as a runtime does when a
-// pod stops (releasing its address), and removes its namespace.
-func (r *run) delPods() {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for _, p := range r.res.PodList {
-		_ = r.pods().Del(ctx, p.pod)
-	}
-}
-
-func (r *run) checkPods(ctx context.Context) error {
-	for _, p := range r.res.PodList {
-		if err := r.pods().Check(ctx, p.pod); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// pingMatrix pings every pod from every other, through the same Go
-// prober the daemons use (internal/probe): one Pinger per source pod,
-// opened inside its namespace, all its probes concurrent.
-func (r *run) pingMatrix(ctx context.Context) {
-	type job struct {
-		to       Pod
-		fam, dst string
-	}
-	pods := r.res.PodList
-	perPod := make([][]Ping, len(pods))
-	var wg sync.WaitGroup
-	for i, a := range pods {
-		var jobs []job
-		for _, b := range pods {
-			if a.Name == b.Name {
-				continue
-			}
-			if b.IPv4 != "" {
-				jobs = append(jobs, job{b, "ipv4", b.IPv4})
-			}
-			if b.IPv6 != "" {
-				jobs = append(jobs, job{b, "ipv6", b.IPv6})
-			}
-		}
-		out := make([]Ping, len(jobs))
-		perPod[i] = out
-		pinger, err := openPinger(a.ns)
-		for k, j := range jobs {
-			out[k] = Ping{From: a.Name, To: j.to.Name, Family: j.fam}
-			if err != nil {
-				out[k].Error = err.Error()
-			}
-		}
-		if err != nil {
-			continue
-		}
-		wg.Go(func() {
-			defer pinger.Close()
-			var jw sync.WaitGroup
-			for k, j := range jobs {
-				jw.Go(func() { ping(ctx, pinger, &out[k], j.dst) })
-			}
-			jw.Wait()
-		})
-	}
-	wg.Wait()
-	r.res.Pings = nil
-	for _, out := range perPod {
-		r.res.Pings = append(r.res.Pings, out...)
-	}
-	for _, p := range r.res.Pings {
-		if !p.OK {
-			r.res.Failed++
-		}
-	}
-}
-
-// openPinger opens a probe.Pinger inside the pod's namespace.
-func openPinger(ns string) (*probe.Pinger, error) {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, fmt.Errorf("open namespace %s: %w", ns, err)
-	}
-	defer h.Close()
-	var p *probe.Pinger
-	err = nsrun.Do(h, func() (err error) { p, err = probe.Open(); return err })
-	return p, err
-}
-
-func ping(ctx context.Context, pinger *probe.Pinger, p *Ping, dst string) {
-	addr, err := netip.ParseAddr(dst)
-	if err != nil {
-		p.Error = err.Error()
-		return
-	}
-	// A few tries: the first packet to a new neighbour can race its setup.
-	for range 3 {
-		rtt, err := pinger.Ping(ctx, addr, probe.Options{Timeout: 2 * time.Second})
-		if err == nil {
-			p.OK, p.RTTms, p.Error = true, float64(rtt.Microseconds())/1000, ""
-			return
-		}
-		p.Error = err.Error()
-		if ctx.Err() != nil {
-			return
-		}
-	}
 }
 
 // Down removes a demo left running with --keep.

@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/daemon"
+	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 )
 
 // healthy returns a host and status with nothing wrong: a vxlan host on
 // eth0 (MTU 1500), lease 10.244.3.0/24, two peers.
-func healthy() (*fakeHost, *daemon.Status) {
+func healthy() (*fakeHost, *httpapi.Status) {
 	h := &fakeHost{
 		sysctls: map[string]string{
 			"net/ipv4/ip_forward":                "1",
@@ -43,13 +43,13 @@ func healthy() (*fakeHost, *daemon.Status) {
 		files:   map[string]string{"/run/flannel/subnet.env": "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"},
 		forward: Chain{Policy: "DROP", Rules: []string{"-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD"}},
 	}
-	st := &daemon.Status{
+	st := &httpapi.Status{
 		Backend: "vxlan",
-		Lease:   daemon.LeaseStatus{Subnet: "10.244.3.0/24", PublicIP: "192.168.1.10"},
-		Host: daemon.HostStatus{Network: "10.244.0.0/16", MTU: 1450, Underlay: "eth0", SubnetFile: "/run/flannel/subnet.env",
+		Lease:   httpapi.LeaseStatus{Subnet: "10.244.3.0/24", PublicIP: "192.168.1.10"},
+		Host: httpapi.HostStatus{Network: "10.244.0.0/16", MTU: 1450, Underlay: "eth0", SubnetFile: "/run/flannel/subnet.env",
 			Kube: true, ForwardRules: true},
 		Devices: []string{"flannel.1"},
-		Peers:   []daemon.PeerStatus{{Subnet: "10.244.7.0/24"}, {Subnet: "10.244.9.0/24"}},
+		Peers:   []httpapi.PeerStatus{{Subnet: "10.244.7.0/24"}, {Subnet: "10.244.9.0/24"}},
 	}
 	return h, st
 }
@@ -106,83 +106,83 @@ func TestFaults(t *testing.T) {
 	cases := []struct {
 		name    string
 		check   string
-		inject  func(h *fakeHost, st *daemon.Status, e *Env)
+		inject  func(h *fakeHost, st *httpapi.Status, e *Env)
 		level   Level
 		want    string // in the message
 		fixable bool
 	}{
-		{"ip_forward off", "ip_forward", func(h *fakeHost, _ *daemon.Status, _ *Env) { h.sysctls["net/ipv4/ip_forward"] = "0" },
+		{"ip_forward off", "ip_forward", func(h *fakeHost, _ *httpapi.Status, _ *Env) { h.sysctls["net/ipv4/ip_forward"] = "0" },
 			Fail, "ip_forward is 0", true},
-		{"ipv6 forwarding off", "ip_forward", func(h *fakeHost, st *daemon.Status, _ *Env) {
+		{"ipv6 forwarding off", "ip_forward", func(h *fakeHost, st *httpapi.Status, _ *Env) {
 			st.Host.IPv6Network = "fd00:10::/56"
 			h.sysctls["net/ipv6/conf/all/forwarding"] = "0"
 		}, Fail, "net.ipv6.conf.all.forwarding is 0", true},
-		{"rp_filter strict on the underlay", "rp_filter", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"rp_filter strict on the underlay", "rp_filter", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.sysctls["net/ipv4/conf/eth0/rp_filter"] = "1"
 		}, Warn, "strict on eth0", true},
-		{"rp_filter strict for all", "rp_filter", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"rp_filter strict for all", "rp_filter", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.sysctls["net/ipv4/conf/all/rp_filter"] = "1"
 			h.sysctls["net/ipv4/conf/eth0/rp_filter"] = "0"
 		}, Warn, "strict on flannel.1", true},
-		{"bridge-nf-call-iptables 0", "br_netfilter", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"bridge-nf-call-iptables 0", "br_netfilter", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.sysctls["net/bridge/bridge-nf-call-iptables"] = "0"
 		}, Fail, "bridge-nf-call-iptables is 0", true},
-		{"br_netfilter not loaded", "br_netfilter", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"br_netfilter not loaded", "br_netfilter", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			delete(h.sysctls, "net/bridge/bridge-nf-call-iptables")
 		}, Fail, "br_netfilter is not loaded", false},
-		{"FORWARD DROP without our rules", "forward-policy", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"FORWARD DROP without our rules", "forward-policy", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.forward.Rules = []string{"-A FORWARD -j DOCKER-USER"}
 		}, Fail, "FORWARD policy DROP and no rule accepts", false},
-		{"foreign route in the cluster network", "routes", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"foreign route in the cluster network", "routes", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.routes = append(h.routes, Route{Dst: netip.MustParsePrefix("10.244.9.0/24"), Dev: "tun0", Protocol: 3, Table: 254})
 		}, Fail, "route 10.244.9.0/24 dev tun0 proto 3 is inside the cluster network", false},
-		{"second flanneld", "flanneld-processes", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"second flanneld", "flanneld-processes", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.procs = append(h.procs, Process{PID: 77, Name: "flanneld", Cmdline: []string{"flanneld"}})
 		}, Fail, "2 flanneld processes", false},
-		{"subnet.env from another lease", "subnet.env", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"subnet.env from another lease", "subnet.env", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.files["/run/flannel/subnet.env"] = strings.Replace(h.files["/run/flannel/subnet.env"], "10.244.3.1/24", "10.244.5.1/24", 1)
 		}, Fail, "FLANNEL_SUBNET 10.244.5.0/24, the daemon 10.244.3.0/24", false},
-		{"subnet.env missing", "subnet.env", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"subnet.env missing", "subnet.env", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			delete(h.files, "/run/flannel/subnet.env")
 		}, Fail, "cannot read /run/flannel/subnet.env", false},
-		{"two leases, one PublicIP", "duplicate-leases", func(_ *fakeHost, _ *daemon.Status, e *Env) {
+		{"two leases, one PublicIP", "duplicate-leases", func(_ *fakeHost, _ *httpapi.Status, e *Env) {
 			s := e.Store.(fakeStore)
 			s.leases = append(s.leases, vxlanLease(t, "10.244.8.0-24", "10.244.8.0/24", "192.168.1.11", "02:00:00:00:00:08"))
 			e.Store = s
 		}, Fail, "2 leases share PublicIP 192.168.1.11: 10.244.7.0-24, 10.244.8.0-24", false},
-		{"two leases, one VTEP MAC", "duplicate-leases", func(_ *fakeHost, _ *daemon.Status, e *Env) {
+		{"two leases, one VTEP MAC", "duplicate-leases", func(_ *fakeHost, _ *httpapi.Status, e *Env) {
 			s := e.Store.(fakeStore)
 			s.leases = append(s.leases, vxlanLease(t, "10.244.8.0-24", "10.244.8.0/24", "192.168.1.12", "02:00:00:00:00:07"))
 			e.Store = s
 		}, Fail, "share VTEP MAC 02:00:00:00:00:07", false},
-		{"clock 2 min behind etcd", "clock-skew", func(_ *fakeHost, _ *daemon.Status, e *Env) {
+		{"clock 2 min behind etcd", "clock-skew", func(_ *fakeHost, _ *httpapi.Status, e *Env) {
 			s := e.Store.(fakeStore)
 			s.skew = 2 * time.Minute
 			e.Store = s
 		}, Warn, "etcd's clock is 2m0s ahead of", false},
-		{"clock 1 h ahead of etcd", "clock-skew", func(_ *fakeHost, _ *daemon.Status, e *Env) {
+		{"clock 1 h ahead of etcd", "clock-skew", func(_ *fakeHost, _ *httpapi.Status, e *Env) {
 			s := e.Store.(fakeStore)
 			s.skew = -time.Hour
 			e.Store = s
 		}, Fail, "1h0m0s behind", false},
-		{"offload on, affected kernel", "tx-checksum", func(h *fakeHost, _ *daemon.Status, _ *Env) {
+		{"offload on, affected kernel", "tx-checksum", func(h *fakeHost, _ *httpapi.Status, _ *Env) {
 			h.txcsum["flannel.1"], h.release = true, "5.4.0-150-generic"
 		}, Fail, "kernel 5.4.0-150-generic (before 5.7)", true},
-		{"offload on, UDP probe unanswered", "tx-checksum", func(h *fakeHost, _ *daemon.Status, e *Env) {
+		{"offload on, UDP probe unanswered", "tx-checksum", func(h *fakeHost, _ *httpapi.Status, e *Env) {
 			h.txcsum["flannel.1"] = true
 			e.Reach = fakeReach{udp: map[netip.Addr]bool{peer7: true}, mtu: 1450}
 		}, Warn, "no answer from 1/2 sampled peers (10.244.9.0)", true},
-		{"nested tunnel underlay", "mtu", func(h *fakeHost, st *daemon.Status, _ *Env) {
+		{"nested tunnel underlay", "mtu", func(h *fakeHost, st *httpapi.Status, _ *Env) {
 			h.links = append(h.links, Link{Name: "wg0", Kind: "wireguard", Index: 9, MTU: 1500})
 			st.Host.Underlay = "wg0"
 		}, Fail, "wg0 is a wireguard tunnel (nested) over eth0 (MTU 1500): it carries 1440 bytes, not its MTU 1500", false},
-		{"Backend.MTU too high", "mtu", func(h *fakeHost, st *daemon.Status, _ *Env) {
+		{"Backend.MTU too high", "mtu", func(h *fakeHost, st *httpapi.Status, _ *Env) {
 			h.links[2].MTU, st.Host.MTU = 1480, 1480
 		}, Fail, "flannel.1 has MTU 1480", false},
-		{"path drops the pod MTU", "mtu", func(_ *fakeHost, _ *daemon.Status, e *Env) {
+		{"path drops the pod MTU", "mtu", func(_ *fakeHost, _ *httpapi.Status, e *Env) {
 			e.Reach = fakeReach{udp: map[netip.Addr]bool{}, mtu: 1400}
 		}, Fail, "don't-fragment probes of 1450 bytes got no answer from 2/2", false},
-		{"daemon not running", "daemon", func(_ *fakeHost, _ *daemon.Status, e *Env) {
+		{"daemon not running", "daemon", func(_ *fakeHost, _ *httpapi.Status, e *Env) {
 			e.Status, e.StatusErr = nil, context.DeadlineExceeded
 		}, Warn, "cannot read the local flanneld's status", false},
 	}

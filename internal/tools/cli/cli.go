@@ -17,10 +17,10 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/weft-net/weft/internal/bench"
-	"github.com/weft-net/weft/internal/demo"
-	"github.com/weft-net/weft/internal/lab"
-	"github.com/weft-net/weft/internal/podrt"
+	"github.com/weft-net/weft/internal/tools/bench"
+	"github.com/weft-net/weft/internal/tools/demo"
+	"github.com/weft-net/weft/internal/tools/lab"
+	"github.com/weft-net/weft/internal/tools/podrt"
 )
 
 const usage = `usage: weft <command> [flags]

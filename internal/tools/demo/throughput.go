@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/weft-net/weft/internal/lab"
+	"github.com/weft-net/weft/internal/tools/lab"
 )
 
 // throughput measures TCP throughput with iperf3, pod-to-pod across two

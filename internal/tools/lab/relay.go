@@ -1,0 +1,68 @@
+package lab
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	"github.com/vishvananda/netns"
+
+	"github.com/weft-net/weft/internal/nsrun"
+)
+
+// listenIn opens a TCP listener inside the named namespace. A socket keeps
+// the namespace it was created in, so only the listen call runs on a
+// thread switched into the namespace.
+func listenIn(ns, addr string) (net.Listener, error) {
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		return nil, fmt.Errorf("namespace %s: %w", ns, err)
+	}
+	defer target.Close()
+	var l net.Listener
+	err = nsrun.Do(target, func() error {
+		var err error
+		l, err = net.Listen("tcp", addr)
+		return err
+	})
+	return l, err
+}
+
+// relay copies each connection accepted on l to target until l closes.
+func relay(l net.Listener, target string) {
+	for {
+		in, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer in.Close()
+			out, err := net.DialTimeout("tcp", target, 5*time.Second)
+			if err != nil {
+				return
+			}
+			defer out.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(out, in); out.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			go func() { io.Copy(in, out); in.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			<-done
+			<-done
+		}()
+	}
+}
+
+// Expose makes target, a TCP address in the root namespace (a
+// kube-apiserver on 127.0.0.1, say), reachable from the hosts at the hub's
+// underlay address and port, the way etcd is. It returns that address;
+// the relay closes with the cluster.
+func (c *Cluster) Expose(port int, target string) (string, error) {
+	addr := net.JoinHostPort(nthAddr(c.opts.Underlay, 1).String(), fmt.Sprint(port))
+	l, err := listenIn(c.Hub, addr)
+	if err != nil {
+		return "", fmt.Errorf("expose %s at %s: %w", target, addr, err)
+	}
+	c.exposed = append(c.exposed, l)
+	go relay(l, target)
+	return addr, nil
+}
