@@ -4,7 +4,7 @@ import "hash/maphash"
 
 // refTable maps keys to refs without storing the keys: a ref's key is
 // read from the object it points at (keyOf), so an entry costs the 8
-// bytes of its ref, and the table at most twice that in noHandle slots, where
+// bytes of its ref, and the table at most twice that in free slots, where
 // a Go map would also hold the key (32 to 48 bytes for a route,
 // neighbour or FDB key) and its own overhead. It is an open-addressing
 // table with linear probing, deletion by backward shift, and a size kept
