@@ -12,10 +12,7 @@
 // pass for one joining peer copies one shard, not 5,000 leases.
 package cowmap
 
-import (
-	"iter"
-	"maps"
-)
+import "iter"
 
 // Shards is the number of shards.
 const Shards = 256
@@ -62,7 +59,14 @@ func (m *Map[K, V]) writable(i int) map[K]V {
 	}
 	if !m.own[i] {
 		if s := m.tab[i]; s != nil {
-			m.tab[i] = maps.Clone(s)
+			// A copy sized to the entries, not a clone of the table:
+			// a Go map never shrinks, so a shard emptied by departures
+			// gives its room back at the next copy.
+			c := make(map[K]V, len(s))
+			for k, v := range s {
+				c[k] = v
+			}
+			m.tab[i] = c
 		} else {
 			m.tab[i] = make(map[K]V, m.hint)
 		}

@@ -31,9 +31,9 @@ func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, to
 	}
 	var items []del
 	var reqs []request
-	for k, r := range stale {
-		items = append(items, del{k: k, r: r})
-		reqs = append(reqs, request{op: reqRouteDel, route: r})
+	for _, s := range stale {
+		items = append(items, del{k: s.k, r: s.v})
+		reqs = append(reqs, request{op: reqRouteDel, route: s.v})
 	}
 	for _, r := range kr.strays {
 		if !gone[r.Dev] {
@@ -103,8 +103,9 @@ func (p *pass) delNexthops() {
 // delStale queues the deletion of the taken stale neighbours or FDB
 // entries; at the flush, those whose deletion failed go back into the
 // index.
-func delStale[K comparable, V any](p *pass, stale map[K]V, m func(*instIndex) table[K, V], req func(V) request, removed *int, fail func(V, error)) {
-	for k, v := range stale {
+func delStale[K comparable, V any](p *pass, stale []entry[K, V], m func(*instIndex) table[K, V], req func(V) request, removed *int, fail func(V, error)) {
+	for _, s := range stale {
+		k, v := s.k, s.v
 		p.enqueue(req(v), func(err error) {
 			switch {
 			case err == nil:

@@ -35,9 +35,9 @@ type (
 	}
 	instIndex struct {
 		links   map[string]instLink
-		routes  *packed[RouteKey, instRoute, packedRoute]
-		neighs  *packed[NeighKey, instNeigh, packedNeigh]
-		fdb     *packed[FDBKey, instFDB, int32]
+		routes  *packed[RouteKey, instRoute, routeKey16, packedRoute]
+		neighs  *packed[NeighKey, instNeigh, neighKey16, packedNeigh]
+		fdb     *packed[FDBKey, instFDB, fdbKey16, int32]
 		wgPeers plain[WGPeerKey, instWGPeer]
 		// udpPeers are the tables of our udp devices (udp_linux.go).
 		udpPeers plain[UDPPeerKey, UDPPeer]
@@ -45,11 +45,12 @@ type (
 )
 
 func newIndex() *instIndex {
+	devs := &devIDs{}
 	return &instIndex{
 		links:    map[string]instLink{},
-		routes:   newRouteTable(),
-		neighs:   newNeighTable(),
-		fdb:      newFDBTable(),
+		routes:   newRouteTable(devs),
+		neighs:   newNeighTable(devs),
+		fdb:      newFDBTable(devs),
 		wgPeers:  plain[WGPeerKey, instWGPeer]{},
 		udpPeers: plain[UDPPeerKey, UDPPeer]{},
 	}
@@ -189,16 +190,22 @@ func alreadyGone(err error) bool {
 // lacks and that are not on a device about to be deleted, and returns them.
 // With touched non-nil only those keys are considered (a delta pass), so
 // the cost follows the change rather than the index.
-func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) table[K, V], desired Table[K, D], dev func(V) string, gone map[string]bool, touched map[K]struct{}) map[K]V {
+// entry is one index entry taken out of it.
+type entry[K comparable, V any] struct {
+	k K
+	v V
+}
+
+func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) table[K, V], desired Table[K, D], dev func(V) string, gone map[string]bool, touched map[K]struct{}) []entry[K, V] {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := map[K]V{}
+	var out []entry[K, V]
 	idx := m(e.idx)
 	if touched != nil {
 		for k := range touched {
 			if v, ok := idx.get(k); ok {
 				if _, want := desired.Get(k); !want && !gone[dev(v)] {
-					out[k] = v
+					out = append(out, entry[K, V]{k, v})
 					idx.del(k)
 				}
 			}
@@ -207,7 +214,7 @@ func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) table[K
 	}
 	for k, v := range idx.all() {
 		if _, want := desired.Get(k); !want && !gone[dev(v)] {
-			out[k] = v
+			out = append(out, entry[K, V]{k, v})
 			idx.del(k)
 		}
 	}

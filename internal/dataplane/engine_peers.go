@@ -75,7 +75,8 @@ func (p *pass) delWGPeers(desired Wanted, gone map[string]bool, touched map[WGPe
 		desired.WantedWGPeers(),
 		func(v instWGPeer) string { return v.Dev }, gone, touched)
 	byDev := map[string][]instWGPeer{}
-	for _, v := range stale {
+	for _, s := range stale {
+		v := s.v
 		byDev[v.Dev] = append(byDev[v.Dev], v)
 	}
 	for _, dev := range slices.Sorted(maps.Keys(byDev)) {
@@ -143,7 +144,8 @@ func (p *pass) delUDPPeers(desired Wanted, gone map[string]bool, touched map[UDP
 		desired.WantedUDPPeers(),
 		func(v UDPPeer) string { return v.Dev }, gone, touched)
 	byDev := map[string][]UDPPeer{}
-	for _, v := range stale {
+	for _, s := range stale {
+		v := s.v
 		byDev[v.Dev] = append(byDev[v.Dev], v)
 	}
 	for _, dev := range slices.Sorted(maps.Keys(byDev)) {

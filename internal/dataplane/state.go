@@ -365,11 +365,26 @@ func (d *Delta) Len() int {
 	return len(d.Routes) + len(d.Neighs) + len(d.FDB) + len(d.WGPeers) + len(d.UDPPeers)
 }
 
-// Reset forgets every touched key, keeping the maps' storage.
+// Reset forgets every touched key. A map's storage is kept for the next
+// pass while it is small; one that a burst grew (a join of thousands of
+// peers) is dropped, as a Go map never shrinks: kept, it would hold the
+// burst's size for the daemon's lifetime (5 MB after 20,000 joins).
 func (d *Delta) Reset() {
-	clear(d.Routes)
-	clear(d.Neighs)
-	clear(d.FDB)
-	clear(d.WGPeers)
-	clear(d.UDPPeers)
+	d.Routes = reset(d.Routes)
+	d.Neighs = reset(d.Neighs)
+	d.FDB = reset(d.FDB)
+	d.WGPeers = reset(d.WGPeers)
+	d.UDPPeers = reset(d.UDPPeers)
+}
+
+// deltaKeep is how many touched keys of a kind a Delta keeps room for
+// across Reset.
+const deltaKeep = 1024
+
+func reset[K comparable](m map[K]struct{}) map[K]struct{} {
+	if len(m) > deltaKeep {
+		return map[K]struct{}{}
+	}
+	clear(m)
+	return m
 }

@@ -49,7 +49,7 @@ func TestDesiredEqualsPlan(t *testing.T) {
 	delta := dataplane.NewDelta()
 	fake := dataplane.NewFake()
 	fake.AddDevice("eth0")
-	if _, err := fake.Reconcile(ctx, des.State(), true); err != nil {
+	if _, err := fake.Reconcile(ctx, des, true); err != nil {
 		t.Fatal(err)
 	}
 	peers := map[lease.ID]lease.Lease{}
@@ -74,7 +74,7 @@ func TestDesiredEqualsPlan(t *testing.T) {
 		if d := cmp.Diff(want.Lines(), des.State().Lines()); d != "" {
 			t.Fatalf("step %d: incremental state differs from Plan (-plan +incremental):\n%s", step, d)
 		}
-		if _, err := fake.ReconcileDelta(ctx, des.State(), delta); err != nil {
+		if _, err := fake.ReconcileDelta(ctx, des, delta); err != nil {
 			t.Fatalf("step %d: ReconcileDelta: %v", step, err)
 		}
 		delta.Reset()
@@ -144,7 +144,7 @@ func BenchmarkSinglePeerUpdate5000(b *testing.B) {
 	fake := dataplane.NewFake()
 	fake.AddDevice("eth0")
 	ctx := context.Background()
-	if _, err := fake.Reconcile(ctx, des.State(), true); err != nil {
+	if _, err := fake.Reconcile(ctx, des, true); err != nil {
 		b.Fatal(err)
 	}
 	delta := dataplane.NewDelta()
@@ -158,7 +158,7 @@ func BenchmarkSinglePeerUpdate5000(b *testing.B) {
 			des.RemovePeer(extra.ID(), delta)
 		}
 		i++
-		if ch, err := fake.ReconcileDelta(ctx, des.State(), delta); err != nil || ch.Total() != 3 {
+		if ch, err := fake.ReconcileDelta(ctx, des, delta); err != nil || ch.Total() != 3 {
 			b.Fatalf("pass wrote %d objects, want 3: %v", ch.Total(), err)
 		}
 		delta.Reset()
