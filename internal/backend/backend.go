@@ -2,8 +2,8 @@
 // description of this host's underlay and the peer checks every backend
 // applies. A backend is a pure planner: from this host's lease and its
 // peers' leases it declares the kernel objects (a dataplane.State), one
-// peer at a time (PlanPeer) so that Desired can keep that State up to
-// date per lease event; it
+// peer at a time (Peer) so that desired.State can keep it up to date
+// per lease event; it
 // never talks to the kernel itself, so its logic is table-tested without
 // root and the dataplane package is the one place that writes.
 package backend
@@ -19,6 +19,7 @@ import (
 
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -261,3 +262,18 @@ type PeerRunner interface {
 
 // Factory makes a backend. A bad setting is a *config.FieldError.
 type Factory func(Env) (Backend, error)
+
+// Compose plans the complete desired state for self and peers: PlanBase,
+// then every peer's objects, with desired.State's winner rule for keys
+// declared twice; peers that Peer refuses are left out. It is what the
+// daemon's desired.State reaches one event at a time, so table tests of
+// it cover the per-peer planners the daemon uses.
+func Compose(b Backend, self lease.Lease, peers []lease.Lease) *dataplane.State {
+	d := desired.New(b.PlanBase(self), len(peers))
+	for _, p := range peers {
+		if objs, err := b.Peer(self, p); err == nil {
+			d.SetPeer(p, objs, nil)
+		}
+	}
+	return d.Copy()
+}

@@ -8,9 +8,9 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -63,7 +63,7 @@ func TestPlanBlackholes(t *testing.T) {
 			somePeer := lease.Lease{Subnet: netip.MustParsePrefix("10.5.9.0/24")}
 			// The fallback yields to a planned route whichever comes first.
 			for _, fallbackFirst := range []bool{false, true} {
-				des := backend.NewDesired(dataplane.NewState(), 0)
+				des := desired.New(dataplane.NewState(), 0)
 				if fallbackFirst {
 					des.SetFallback(d.blackholes(), nil)
 				}
@@ -71,13 +71,13 @@ func TestPlanBlackholes(t *testing.T) {
 				if !fallbackFirst {
 					des.SetFallback(d.blackholes(), nil)
 				}
-				if diff := cmp.Diff(tc.want, des.State().Lines()); diff != "" {
+				if diff := cmp.Diff(tc.want, des.Copy().Lines()); diff != "" {
 					t.Errorf("fallback first %v: state (-want +got):\n%s", fallbackFirst, diff)
 				}
 				if len(tc.planned) > 0 {
 					// The planned route leaves: the blackhole takes its place.
 					des.RemovePeer(somePeer.ID(), nil)
-					if got := des.State().Lines(); len(got) == 0 || !strings.HasPrefix(got[0], "route blackhole") {
+					if got := des.Copy().Lines(); len(got) == 0 || !strings.HasPrefix(got[0], "route blackhole") {
 						t.Errorf("after the planned route left: %v", got)
 					}
 				}

@@ -5,7 +5,7 @@
 //
 // The desired kernel state is kept, not recomputed: a lease event replans
 // that one peer (backend.Backend.Peer), swaps its contribution in a
-// backend.Desired and records the keys it touched in a dataplane.Delta;
+// desired.State and records the keys it touched in a dataplane.Delta;
 // the pass that follows hands the dataplane only those keys
 // (ReconcileDelta). The daemon's work for a single join is therefore the
 // same at 10 peers as at 10,000 (docs/PERFORMANCE.md). A burst of lease events is drained and applied as one pass
@@ -25,6 +25,7 @@ import (
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/metrics"
@@ -118,7 +119,7 @@ type daemon struct {
 	// to the control goroutine and are never shared: the status Board
 	// composes its own from the peers' objects. base (our own devices)
 	// and fallback (the blackhole routes) are planned once.
-	desired  *backend.Desired
+	desired  *desired.State
 	touched  *dataplane.Delta
 	base     *dataplane.State
 	fallback dataplane.Objects

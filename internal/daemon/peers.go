@@ -8,9 +8,9 @@ import (
 	"runtime/debug"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/lease"
 )
 
@@ -35,7 +35,7 @@ func (d *daemon) newDesired(peers int) {
 			d.fallback = d.blackholes()
 		}
 	}
-	d.desired = backend.NewDesired(d.base, peers)
+	d.desired = desired.New(d.base, peers)
 	d.desired.SetFallback(d.fallback, nil)
 }
 

@@ -8,10 +8,10 @@ import (
 	"sync"
 	"time"
 
-	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/backends"
 	"github.com/weft-net/weft/internal/cowmap"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/httpapi"
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -271,12 +271,12 @@ func (s *snapshot) render() httpapi.Status {
 	for id, p := range s.peers.All() {
 		peers = append(peers, seenLease{p.lease(id), p.seen})
 	}
-	slices.SortFunc(peers, func(a, b seenLease) int { return backend.CompareID(a.lease.ID(), b.lease.ID()) })
+	slices.SortFunc(peers, func(a, b seenLease) int { return lease.CompareID(a.lease.ID(), b.lease.ID()) })
 	// The desired state, composed afresh from each peer's planned objects:
 	// the winner of a key declared twice does not depend on the order of
 	// arrival, so this is the loop's incrementally kept state.
-	desired := backend.NewDesired(s.base, len(peers))
-	desired.SetFallback(s.fallback, nil)
+	want := desired.New(s.base, len(peers))
+	want.SetFallback(s.fallback, nil)
 	st.Peers = make([]httpapi.PeerStatus, 0, len(peers))
 	for _, p := range peers {
 		l := p.lease
@@ -288,7 +288,7 @@ func (s *snapshot) render() httpapi.Status {
 		ps.Identity, ps.IdentityV6 = backends.Identity(l.Attrs, false), backends.Identity(l.Attrs, true)
 		st.Peers = append(st.Peers, ps)
 		if objs, err := s.planner.Peer(s.self, l); err == nil {
-			desired.SetPeer(l, objs, nil)
+			want.SetPeer(l, objs, nil)
 		}
 	}
 	st.Skipped, st.SkippedByReason = s.skipped, s.skippedByReason
@@ -297,7 +297,7 @@ func (s *snapshot) render() httpapi.Status {
 	if p.Err != nil {
 		st.LastPass.Error = p.Err.Error()
 	}
-	st.Desired = desired.State().Lines()
+	st.Desired = want.Copy().Lines()
 	for name := range s.base.Links {
 		st.Devices = append(st.Devices, name)
 	}

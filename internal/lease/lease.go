@@ -51,6 +51,23 @@ func (l Lease) ID() ID { return ID{l.Subnet, l.IPv6Subnet} }
 
 func (id ID) String() string { return MakeKey(id.V4, id.V6) }
 
+// CompareID orders lease IDs by their v4 subnet, then their v6 subnet
+// (address, then prefix length): the order of their store keys, and the
+// order in which conflicting peers win (the smaller first).
+func CompareID(a, b ID) int {
+	if c := comparePrefix(a.V4, b.V4); c != 0 {
+		return c
+	}
+	return comparePrefix(a.V6, b.V6)
+}
+
+func comparePrefix(a, b netip.Prefix) int {
+	if c := a.Addr().Compare(b.Addr()); c != 0 {
+		return c
+	}
+	return a.Bits() - b.Bits()
+}
+
 // MakeKey formats subnets as a store key (see Lease.Key).
 func MakeKey(v4, v6 netip.Prefix) string {
 	var b strings.Builder

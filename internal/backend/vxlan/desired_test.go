@@ -12,11 +12,12 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
 	"github.com/weft-net/weft/internal/dataplane"
+	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/lease"
 )
 
 // TestDesiredEqualsPlan applies random joins, changes and leaves one at a
-// time to a backend.Desired, as the daemon does, and checks after each
+// time to a desired.State, as the daemon does, and checks after each
 // that the incremental state equals Plan over the current peers (in
 // shuffled order), and that a delta reconcile of the touched keys brings
 // a Fake to the same kernel as planning from scratch. The peers are made
@@ -45,7 +46,7 @@ func TestDesiredEqualsPlan(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	des := backend.NewDesired(b.PlanBase(self), 0)
+	des := desired.New(b.PlanBase(self), 0)
 	delta := dataplane.NewDelta()
 	fake := dataplane.NewFake()
 	fake.AddDevice("eth0")
@@ -71,7 +72,7 @@ func TestDesiredEqualsPlan(t *testing.T) {
 		}
 		rng.Shuffle(len(list), func(i, j int) { list[i], list[j] = list[j], list[i] })
 		want := backend.Compose(b, self, list)
-		if d := cmp.Diff(want.Lines(), des.State().Lines()); d != "" {
+		if d := cmp.Diff(want.Lines(), des.Copy().Lines()); d != "" {
 			t.Fatalf("step %d: incremental state differs from Plan (-plan +incremental):\n%s", step, d)
 		}
 		if _, err := fake.ReconcileDelta(ctx, des, delta); err != nil {
@@ -98,31 +99,31 @@ func TestDesiredConflictWinner(t *testing.T) {
 	hi := peer("10.5.2.0/25", "", "172.16.0.1", "", mac3, mac6) // same gateway 10.5.2.0
 	same := peer("10.5.3.0/24", "", "172.16.0.1", "", mac2, mac6)
 	for _, order := range [][]lease.Lease{{lo, hi, same}, {same, hi, lo}} {
-		des := backend.NewDesired(b.PlanBase(self), 0)
+		des := desired.New(b.PlanBase(self), 0)
 		for _, p := range order {
 			des.SetPeer(p, mustPeer(b, self, p), nil)
 		}
 		gw := dataplane.NeighKey{Dev: "flannel.1", IP: netip.MustParseAddr("10.5.2.0")}
-		if got := des.State().Neighs[gw].MAC; got != mac2 {
+		if got := des.Copy().Neighs[gw].MAC; got != mac2 {
 			t.Errorf("neighbour %s = %s, want the lower lease's %s", gw.IP, got, mac2)
 		}
 		shared := dataplane.FDB{Dev: "flannel.1", MAC: mac2, Dst: netip.MustParseAddr("172.16.0.1")}
 		delta := dataplane.NewDelta()
 		des.RemovePeer(lo.ID(), delta)
-		if _, ok := des.State().FDB[shared]; !ok {
+		if _, ok := des.Copy().FDB[shared]; !ok {
 			t.Error("FDB entry shared with a remaining peer was removed")
 		}
-		if got := des.State().Neighs[gw].MAC; got != mac3 {
+		if got := des.Copy().Neighs[gw].MAC; got != mac3 {
 			t.Errorf("after the winner left, neighbour %s = %s, want %s", gw.IP, got, mac3)
 		}
 		if _, ok := delta.Neighs[gw]; !ok {
 			t.Error("hand-over of the neighbour not recorded in the delta")
 		}
 		des.RemovePeer(same.ID(), nil)
-		if _, ok := des.State().FDB[shared]; ok {
+		if _, ok := des.Copy().FDB[shared]; ok {
 			t.Error("FDB entry survived its last peer")
 		}
-		if d := cmp.Diff(backend.Compose(b, self, []lease.Lease{hi}).Lines(), des.State().Lines()); d != "" {
+		if d := cmp.Diff(backend.Compose(b, self, []lease.Lease{hi}).Lines(), des.Copy().Lines()); d != "" {
 			t.Errorf("(-plan +incremental)\n%s", d)
 		}
 	}
@@ -136,7 +137,7 @@ func BenchmarkSinglePeerUpdate5000(b *testing.B) {
 	n, _ := config.ParseNetwork([]byte(`{"Network":"10.0.0.0/9"}`))
 	be := New(n, underlay, mac1, mac6)
 	self := lease.Lease{Subnet: netip.MustParsePrefix("10.0.0.0/24")}
-	des := backend.NewDesired(be.PlanBase(self), 5000)
+	des := desired.New(be.PlanBase(self), 5000)
 	for i := range 5000 {
 		p := benchPeer(i)
 		des.SetPeer(p, mustPeer(be, self, p), nil)

@@ -1,4 +1,4 @@
-package backend
+package desired
 
 import (
 	"math/rand/v2"
@@ -12,10 +12,10 @@ import (
 	"github.com/weft-net/weft/internal/lease"
 )
 
-// TestDesiredIncrementalEqualsFromScratch drives a Desired through random
+// TestDesiredIncrementalEqualsFromScratch drives a State through random
 // joins, changes and leaves of peers whose objects collide often (a key
 // space of a few routes, neighbours and FDB entries, values that differ
-// by owner), and checks after every step that it equals a Desired built
+// by owner), and checks after every step that it equals a State built
 // from scratch from the peers present, and that every key whose value
 // changed was recorded as touched.
 func TestDesiredIncrementalEqualsFromScratch(t *testing.T) {
@@ -42,11 +42,11 @@ func TestDesiredIncrementalEqualsFromScratch(t *testing.T) {
 		return o
 	}
 
-	des := NewDesired(base, 0)
+	des := New(base, 0)
 	des.SetFallback(fallback, nil)
 	present := map[lease.ID]dataplane.Objects{}
 	for step := range 3000 {
-		before := des.State()
+		before := des.Copy()
 		touched := dataplane.NewDelta()
 		id := ids[rng.IntN(len(ids))]
 		if _, ok := present[id]; ok && rng.IntN(3) == 0 {
@@ -61,7 +61,7 @@ func TestDesiredIncrementalEqualsFromScratch(t *testing.T) {
 			des.SetFallback(fallback, touched)
 		}
 
-		fresh := NewDesired(base, len(present))
+		fresh := New(base, len(present))
 		// Insert in a random order: the result must not depend on it.
 		order := slices.Collect(func(yield func(lease.ID) bool) {
 			for id := range present {
@@ -75,8 +75,8 @@ func TestDesiredIncrementalEqualsFromScratch(t *testing.T) {
 			fresh.SetPeer(lease.Lease{Subnet: id.V4}, present[id], nil)
 		}
 		fresh.SetFallback(fallback, nil)
-		after := des.State()
-		if d := cmp.Diff(fresh.State().Lines(), after.Lines()); d != "" {
+		after := des.Copy()
+		if d := cmp.Diff(fresh.Copy().Lines(), after.Lines()); d != "" {
 			t.Fatalf("step %d: incremental differs from scratch (-scratch +incremental):\n%s", step, d)
 		}
 		if des.Peers() != len(present) {
@@ -107,9 +107,9 @@ func TestDesiredIncrementalEqualsFromScratch(t *testing.T) {
 	for id := range present {
 		des.RemovePeer(id, nil)
 	}
-	want := NewDesired(base, 0)
+	want := New(base, 0)
 	want.SetFallback(fallback, nil)
-	if d := cmp.Diff(want.State().Lines(), des.State().Lines()); d != "" {
+	if d := cmp.Diff(want.Copy().Lines(), des.Copy().Lines()); d != "" {
 		t.Fatalf("after every peer left (-want +got):\n%s", d)
 	}
 	if n := int(des.n) - len(des.free) - 2; n != 0 {

@@ -1,4 +1,4 @@
-package backend
+package desired
 
 import "hash/maphash"
 
@@ -11,7 +11,7 @@ import "hash/maphash"
 // a power of two at most three quarters full.
 //
 // Every ref in the table must point at a live object whose key does not
-// change while it is in the table (Desired removes a contribution's refs
+// change while it is in the table (State removes a contribution's refs
 // before it replaces the contribution's objects).
 type refTable[K comparable] struct {
 	slots []ref // h == noHandle: an empty slot

@@ -1,4 +1,4 @@
-package backend
+package desired
 
 import (
 	"math/rand/v2"

@@ -1,16 +1,18 @@
-package backend
+// Package desired keeps the desired kernel state for a set of peers
+// incrementally: a State (see its doc) that the daemon changes one lease
+// event at a time and the dataplane reads in place.
+package desired
 
 import (
 	"iter"
 	"maps"
-	"net/netip"
 	"slices"
 
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
 
-// Desired is the desired dataplane state kept up to date incrementally:
+// State is the desired dataplane state kept up to date incrementally:
 // the base (links and objects of our own, from PlanBase), each peer's
 // contribution (from Peer) and fallback objects (the daemon's blackhole
 // routes) are added and removed one source at a time, and every key whose
@@ -30,12 +32,12 @@ import (
 // Each object is held once: in the contribution that declared it, in a
 // slab indexed by a small handle. The per-kind tables map a key to a
 // reference into the slab (8 bytes), which is also the key's owner; they
-// are what the dataplane reads (Desired is a dataplane.Wanted), so the
+// are what the dataplane reads (State is a dataplane.Wanted), so the
 // desired state is never copied into maps of values.
 //
-// Desired is not safe for concurrent use; the daemon's control goroutine
+// State is not safe for concurrent use; the daemon's control goroutine
 // owns it, and Reconcile reads it on that goroutine.
-type Desired struct {
+type State struct {
 	// srcs is the slab: handle h is srcs[h/slabChunk][h%slabChunk];
 	// hBase, hFallback, then peers. Fixed-size chunks grow it without
 	// copying it, or holding twice its size, as one slice would.
@@ -78,16 +80,16 @@ const (
 const slabChunk = 256
 
 // src returns h's contribution.
-func (d *Desired) src(h uint32) *contribution { return &d.srcs[h/slabChunk][h%slabChunk] }
+func (d *State) src(h uint32) *contribution { return &d.srcs[h/slabChunk][h%slabChunk] }
 
 // ref is one object of one contribution: handle h, index i in its kind's
 // slice.
 type ref struct{ h, i uint32 }
 
-// less orders two objects: by their contributions (see Desired), then,
+// less orders two objects: by their contributions (see State), then,
 // within one, by position (a source declaring a key twice holds it with
 // its first object, as Compose would).
-func (d *Desired) less(a, b ref) bool {
+func (d *State) less(a, b ref) bool {
 	if a.h == b.h {
 		return a.i < b.i
 	}
@@ -95,30 +97,13 @@ func (d *Desired) less(a, b ref) bool {
 	if x.rank != y.rank {
 		return x.rank < y.rank
 	}
-	return CompareID(x.id, y.id) < 0
+	return lease.CompareID(x.id, y.id) < 0
 }
 
-// CompareID orders lease IDs by their v4 subnet, then their v6 subnet
-// (address, then prefix length): the order of their store keys, and the
-// order in which conflicting peers win (the smaller first).
-func CompareID(a, b lease.ID) int {
-	if c := comparePrefix(a.V4, b.V4); c != 0 {
-		return c
-	}
-	return comparePrefix(a.V6, b.V6)
-}
-
-func comparePrefix(a, b netip.Prefix) int {
-	if c := a.Addr().Compare(b.Addr()); c != 0 {
-		return c
-	}
-	return a.Bits() - b.Bits()
-}
-
-// NewDesired returns a Desired holding base's links and objects, sized
+// New returns a State holding base's links and objects, sized
 // for about peers peers.
-func NewDesired(base *dataplane.State, peers int) *Desired {
-	d := &Desired{
+func New(base *dataplane.State, peers int) *State {
+	d := &State{
 		links: maps.Clone(base.Links),
 	}
 	if d.links == nil {
@@ -144,18 +129,18 @@ func NewDesired(base *dataplane.State, peers int) *Desired {
 	return d
 }
 
-// State copies the desired state into a State: O(size), for tests and
-// the status page. Reconcile reads the Desired itself.
-func (d *Desired) State() *dataplane.State { return dataplane.StateOf(d) }
+// Copy copies the desired state into a dataplane.State: O(size), for
+// tests and the status page. Reconcile reads the State itself.
+func (d *State) Copy() *dataplane.State { return dataplane.StateOf(d) }
 
 // Peers is the number of peers with a contribution.
-func (d *Desired) Peers() int { return int(d.n) - len(d.free) - 2 }
+func (d *State) Peers() int { return int(d.n) - len(d.free) - 2 }
 
 // AddPeer adds the contribution of a peer that has none, recording the
 // keys that may have changed in touched (nil: not recorded), and returns
 // its handle for UpdatePeer and DropPeer. objs is kept: the caller must
 // not modify it afterwards.
-func (d *Desired) AddPeer(id lease.ID, objs dataplane.Objects, touched *dataplane.Delta) uint32 {
+func (d *State) AddPeer(id lease.ID, objs dataplane.Objects, touched *dataplane.Delta) uint32 {
 	h := d.alloc(contribution{rank: rankPeer, id: id, objs: objs})
 	d.add(h, touched)
 	return h
@@ -163,7 +148,7 @@ func (d *Desired) AddPeer(id lease.ID, objs dataplane.Objects, touched *dataplan
 
 // UpdatePeer replaces h's contribution with objs. An unchanged
 // contribution (a renewal) touches nothing.
-func (d *Desired) UpdatePeer(h uint32, objs dataplane.Objects, touched *dataplane.Delta) {
+func (d *State) UpdatePeer(h uint32, objs dataplane.Objects, touched *dataplane.Delta) {
 	if d.src(h).objs.Equal(objs) {
 		return
 	}
@@ -173,14 +158,14 @@ func (d *Desired) UpdatePeer(h uint32, objs dataplane.Objects, touched *dataplan
 }
 
 // DropPeer withdraws h's contribution; h is free for reuse.
-func (d *Desired) DropPeer(h uint32, touched *dataplane.Delta) {
+func (d *State) DropPeer(h uint32, touched *dataplane.Delta) {
 	d.remove(h, touched)
 	*d.src(h) = contribution{rank: rankFree}
 	d.free = append(d.free, h)
 }
 
 // SetPeer adds or replaces peer's contribution, found by its lease ID.
-func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
+func (d *State) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
 	id := peer.ID()
 	if d.byID == nil {
 		d.byID = map[lease.ID]uint32{}
@@ -193,7 +178,7 @@ func (d *Desired) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dat
 }
 
 // alloc stores c under a free handle.
-func (d *Desired) alloc(c contribution) uint32 {
+func (d *State) alloc(c contribution) uint32 {
 	if n := len(d.free); n > 0 {
 		h := d.free[n-1]
 		d.free = d.free[:n-1]
@@ -210,7 +195,7 @@ func (d *Desired) alloc(c contribution) uint32 {
 }
 
 // RemovePeer drops id's contribution, if any.
-func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
+func (d *State) RemovePeer(id lease.ID, touched *dataplane.Delta) {
 	h, ok := d.byID[id]
 	if !ok {
 		return
@@ -222,13 +207,13 @@ func (d *Desired) RemovePeer(id lease.ID, touched *dataplane.Delta) {
 // SetFallback replaces the fallback objects: those that apply only where
 // neither the base nor a peer declares the key (the daemon's blackhole
 // routes for our own subnets, which must never displace a planned route).
-func (d *Desired) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
+func (d *State) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
 	d.remove(hFallback, touched)
 	d.src(hFallback).objs = objs
 	d.add(hFallback, touched)
 }
 
-func (d *Desired) add(h uint32, touched *dataplane.Delta) {
+func (d *State) add(h uint32, touched *dataplane.Delta) {
 	if touched == nil {
 		touched = &dataplane.Delta{}
 	}
@@ -239,7 +224,7 @@ func (d *Desired) add(h uint32, touched *dataplane.Delta) {
 	d.wg.add(h, touched.WGPeers)
 }
 
-func (d *Desired) remove(h uint32, touched *dataplane.Delta) {
+func (d *State) remove(h uint32, touched *dataplane.Delta) {
 	if touched == nil {
 		touched = &dataplane.Delta{}
 	}
@@ -250,45 +235,45 @@ func (d *Desired) remove(h uint32, touched *dataplane.Delta) {
 	d.wg.remove(h, touched.WGPeers)
 }
 
-var _ dataplane.Wanted = (*Desired)(nil)
+var _ dataplane.Wanted = (*State)(nil)
 
 // WantedLinks implements dataplane.Wanted.
-func (d *Desired) WantedLinks() map[string]dataplane.Link { return d.links }
+func (d *State) WantedLinks() map[string]dataplane.Link { return d.links }
 
 // WantedRoutes implements dataplane.Wanted.
-func (d *Desired) WantedRoutes() dataplane.Table[dataplane.RouteKey, dataplane.Route] {
+func (d *State) WantedRoutes() dataplane.Table[dataplane.RouteKey, dataplane.Route] {
 	return &d.routes
 }
 
 // WantedNeighs implements dataplane.Wanted.
-func (d *Desired) WantedNeighs() dataplane.Table[dataplane.NeighKey, dataplane.Neigh] {
+func (d *State) WantedNeighs() dataplane.Table[dataplane.NeighKey, dataplane.Neigh] {
 	return &d.neighs
 }
 
 // WantedFDB implements dataplane.Wanted.
-func (d *Desired) WantedFDB() dataplane.Table[dataplane.FDBKey, dataplane.FDB] { return &d.fdb }
+func (d *State) WantedFDB() dataplane.Table[dataplane.FDBKey, dataplane.FDB] { return &d.fdb }
 
 // WantedWGPeers implements dataplane.Wanted.
-func (d *Desired) WantedWGPeers() dataplane.Table[dataplane.WGPeerKey, dataplane.WGPeer] {
+func (d *State) WantedWGPeers() dataplane.Table[dataplane.WGPeerKey, dataplane.WGPeer] {
 	return &d.wg
 }
 
 // WantedUDPPeers implements dataplane.Wanted.
-func (d *Desired) WantedUDPPeers() dataplane.Table[dataplane.UDPPeerKey, dataplane.UDPPeer] {
+func (d *State) WantedUDPPeers() dataplane.Table[dataplane.UDPPeerKey, dataplane.UDPPeer] {
 	return &d.udp
 }
 
 // claims tracks, for one kind of object, which contribution's object
 // each key holds (live), and the other objects declaring it too.
 type claims[K comparable, V any] struct {
-	d      *Desired
+	d      *State
 	live   refTable[K]
 	losers map[K][]ref // only for contested keys
 	key    func(V) K
 	pick   func(*dataplane.Objects) []V
 }
 
-func newClaims[K comparable, V any](d *Desired, n int, key func(V) K, pick func(*dataplane.Objects) []V) claims[K, V] {
+func newClaims[K comparable, V any](d *State, n int, key func(V) K, pick func(*dataplane.Objects) []V) claims[K, V] {
 	keyOf := func(r ref) K { return key(pick(&d.src(r.h).objs)[r.i]) }
 	return claims[K, V]{d: d, live: newRefTable(n, keyOf), losers: map[K][]ref{}, key: key, pick: pick}
 }
@@ -380,19 +365,4 @@ func (c *claims[K, V]) setLosers(k K, ls []ref) {
 	} else {
 		c.losers[k] = ls
 	}
-}
-
-// Compose plans the complete desired state for self and peers: PlanBase,
-// then every peer's objects, with Desired's winner rule for keys declared
-// twice; peers that Peer refuses are left out. It is what Desired reaches
-// one event at a time, so table tests of it cover the per-peer planners
-// the daemon uses.
-func Compose(b Backend, self lease.Lease, peers []lease.Lease) *dataplane.State {
-	d := NewDesired(b.PlanBase(self), len(peers))
-	for _, p := range peers {
-		if objs, err := b.Peer(self, p); err == nil {
-			d.SetPeer(p, objs, nil)
-		}
-	}
-	return d.State()
 }
