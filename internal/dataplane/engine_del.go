@@ -24,49 +24,43 @@ func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, to
 	stale := takeStale(e, routeTable,
 		desired.WantedRoutes(),
 		func(r instRoute) string { return r.Dev }, gone, touched)
-	type del struct {
-		k     RouteKey
-		r     instRoute
-		stray bool
-	}
-	var items []del
-	var reqs []request
-	for _, s := range stale {
-		items = append(items, del{k: s.k, r: s.v})
-		reqs = append(reqs, request{op: reqRouteDel, route: s.v})
-	}
-	for _, r := range kr.strays {
-		if !gone[r.Dev] {
-			items = append(items, del{r: r, stray: true})
-			reqs = append(reqs, request{op: reqRouteDel, route: r})
-		}
-	}
 	p.unusedNH = kr.nhStrays
-	for i, it := range items {
-		p.enqueue(reqs[i], func(err error) {
+	// Each request is made as it is queued, and a chunk flushed at a
+	// time: a mass leave of 20,000 peers holds the taken entries once,
+	// not again as requests.
+	del := func(k RouteKey, r instRoute, stray bool) {
+		p.enqueue(request{op: reqRouteDel, route: r}, func(err error) {
 			// EINVAL for a route named with its object: the object is gone
 			// ("Nexthop id does not exist"), and its routes went with it.
-			if err == nil || alreadyGone(err) || (it.r.nhid != 0 && errors.Is(err, syscall.EINVAL)) {
+			if err == nil || alreadyGone(err) || (r.nhid != 0 && errors.Is(err, syscall.EINVAL)) {
 				if err == nil {
 					p.changes.RoutesRemoved++
 				}
-				if it.r.nhid != 0 && !gone[it.r.Dev] {
+				if r.nhid != 0 && !gone[r.Dev] {
 					e.mu.Lock()
-					e.nhFreed = append(e.nhFreed, it.r.nhid)
+					e.nhFreed = append(e.nhFreed, r.nhid)
 					e.mu.Unlock()
 				}
 				return
 			}
-			p.fail(fmt.Errorf("delete route %s: %w", it.r.Route, err))
-			if !it.stray {
+			p.fail(fmt.Errorf("delete route %s: %w", r.Route, err))
+			if !stray {
 				e.withIndex(func(x *instIndex) {
-					if _, ok := x.routes.get(it.k); !ok {
-						x.routes.set(it.k, it.r)
+					if _, ok := x.routes.get(k); !ok {
+						x.routes.set(k, r)
 					}
 				})
 			}
 		})
 		p.flushIfFull()
+	}
+	for _, s := range stale {
+		del(s.k, s.v, false)
+	}
+	for _, r := range kr.strays {
+		if !gone[r.Dev] {
+			del(RouteKey{}, r, true)
+		}
 	}
 }
 

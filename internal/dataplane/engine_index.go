@@ -202,6 +202,7 @@ func takeStale[K comparable, V any, D any](e *engine, m func(*instIndex) table[K
 	var out []entry[K, V]
 	idx := m(e.idx)
 	if touched != nil {
+		out = make([]entry[K, V], 0, min(len(touched), idx.size()))
 		for k := range touched {
 			if v, ok := idx.get(k); ok {
 				if _, want := desired.Get(k); !want && !gone[dev(v)] {
