@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -68,11 +69,7 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if r.Error != "" {
 			note = "malformed: " + r.Error
 		}
-		pub := r.PublicIP
-		if pub == "" {
-			pub = r.PublicIPv6
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(pub), dash(r.Backend), dash(r.Identity), note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(cmp.Or(r.PublicIP, r.PublicIPv6)), dash(r.Backend), dash(r.Identity), note)
 	}
 	return tw.Flush()
 }
