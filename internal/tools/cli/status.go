@@ -58,10 +58,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"the kernel is compared only when the address is a loopback one")
 	etcd := config.AddEtcdFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	opts, err := etcd.Resolve(os.Getenv)
+	opts, err := parseWithEtcd(fs, etcd, args)
 	if err != nil {
 		return err
 	}
