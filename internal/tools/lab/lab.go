@@ -217,7 +217,7 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	go relay(c.relay, strings.TrimPrefix(c.Etcd.ClientURL, "http://"))
+	go relay(c.relay, "", strings.TrimPrefix(c.Etcd.ClientURL, "http://"))
 	return c, nil
 }
 
