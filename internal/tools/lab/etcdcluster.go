@@ -92,8 +92,6 @@ func (c *Cluster) newEtcdCluster(ctx context.Context, n int) error {
 	}
 	ec := &EtcdCluster{command: c.opts.EtcdMemberCommand}
 	c.EtcdCluster = ec
-	hubIP := nthAddr(c.opts.Underlay, 1)
-	bits := c.opts.Underlay.Bits()
 	var initial []string
 	for i := 0; i < n; i++ {
 		m := &EtcdMember{
@@ -108,15 +106,7 @@ func (c *Cluster) newEtcdCluster(ctx context.Context, n int) error {
 		ec.Members = append(ec.Members, m)
 		initial = append(initial, fmt.Sprintf("%s=http://%s", m.Name, net.JoinHostPort(m.IP.String(), fmt.Sprint(memberPeerPort))))
 		veth := fmt.Sprintf("%s-e%d", c.opts.Name, i+1)
-		for _, s := range [][]string{
-			{"netns", "add", m.NS},
-			{"-n", m.NS, "link", "set", "lo", "up"},
-			{"-n", c.Hub, "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", m.NS},
-			{"-n", c.Hub, "link", "set", veth, "master", "br0", "up"},
-			{"-n", m.NS, "addr", "add", fmt.Sprintf("%s/%d", m.IP, bits), "dev", "eth0"},
-			{"-n", m.NS, "link", "set", "eth0", "up"},
-			{"-n", m.NS, "route", "add", "default", "via", hubIP.String()},
-		} {
+		for _, s := range c.cableSteps(m.NS, veth, m.IP) {
 			if err := ip(ctx, s...); err != nil {
 				return err
 			}
