@@ -28,6 +28,24 @@ func TestMakePeers(t *testing.T) {
 	if got, want := ps[0].value, `{"PublicIP":"100.64.0.1","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"0e:57:00:00:00:01"}}`; got != want {
 		t.Errorf("first value\n got %s\nwant %s", got, want)
 	}
+	checkPeers(t, ps, self, func(p peer, l lease.Lease) string {
+		_, mac, err := vxlan.DecodeData(l.Attrs.BackendData)
+		if err != nil || mac[0]&1 != 0 || mac[0]&2 == 0 {
+			t.Errorf("%s: MAC %s not unicast and locally administered (%v)", p.key, mac, err)
+		}
+		return mac.String()
+	})
+	if _, err := makePeers(config.BackendVXLAN, maxSubnets, self); err == nil {
+		t.Error("makePeers(maxSubnets) did not fail")
+	}
+}
+
+// checkPeers checks each synthetic peer: not the daemon's own subnet, a
+// lease the daemon's decoder accepts, and a key, public IP and backend
+// identity that no other peer has. identity checks the lease's backend
+// data and returns the identity it holds (VTEP MAC, public key).
+func checkPeers(t *testing.T, ps []peer, self netip.Prefix, identity func(peer, lease.Lease) string) {
+	t.Helper()
 	seen := map[string]bool{}
 	for _, p := range ps {
 		if p.dst == self {
@@ -37,19 +55,12 @@ func TestMakePeers(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", p.key, err)
 		}
-		_, mac, err := vxlan.DecodeData(l.Attrs.BackendData)
-		if err != nil || mac[0]&1 != 0 || mac[0]&2 == 0 {
-			t.Errorf("%s: MAC %s not unicast and locally administered (%v)", p.key, mac, err)
-		}
-		for _, k := range []string{p.key, l.Attrs.PublicIP.String(), mac.String()} {
+		for _, k := range []string{p.key, l.Attrs.PublicIP.String(), identity(p, l)} {
 			if seen[k] {
 				t.Errorf("%s repeated", k)
 			}
 			seen[k] = true
 		}
-	}
-	if _, err := makePeers(config.BackendVXLAN, maxSubnets, self); err == nil {
-		t.Error("makePeers(maxSubnets) did not fail")
 	}
 }
 
@@ -68,15 +79,7 @@ func TestMakePeersWireGuard(t *testing.T) {
 	if ps[0].value != want {
 		t.Errorf("first value\n got %s\nwant %s", ps[0].value, want)
 	}
-	seen := map[string]bool{}
-	for _, p := range ps {
-		if p.dst == self {
-			t.Errorf("peer has the daemon's own subnet %s", self)
-		}
-		l, err := lease.Decode(strings.TrimPrefix(p.key, prefix+"/subnets/"), []byte(p.value))
-		if err != nil {
-			t.Fatalf("%s: %v", p.key, err)
-		}
+	checkPeers(t, ps, self, func(p peer, l lease.Lease) string {
 		d, err := wireguard.DecodeData(l.Attrs.BackendData)
 		if err != nil {
 			t.Fatalf("%s: %v", p.key, err)
@@ -84,13 +87,8 @@ func TestMakePeersWireGuard(t *testing.T) {
 		if d.Port != wgPort || d.PublicKey != p.pub.String() {
 			t.Errorf("%s: decoded %+v, want key %s port %d", p.key, d, p.pub, wgPort)
 		}
-		for _, k := range []string{p.key, l.Attrs.PublicIP.String(), d.PublicKey} {
-			if seen[k] {
-				t.Errorf("%s repeated", k)
-			}
-			seen[k] = true
-		}
-	}
+		return d.PublicKey
+	})
 	// Deterministic: a second call makes the same keys.
 	again, err := makePeers(config.BackendWireGuard, 3, self)
 	if err != nil {

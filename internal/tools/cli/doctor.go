@@ -35,10 +35,7 @@ func doctorCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	only := fs.String("check", "", "run only these checks (comma-separated names)")
 	sample := fs.Int("sample", 16, "peers probed per check")
 	timeout := fs.Duration("timeout", 20*time.Second, "how long the whole run may take")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	opts, err := etcd.Resolve(os.Getenv)
+	opts, err := parseWithEtcd(fs, etcd, args)
 	if err != nil {
 		return err
 	}

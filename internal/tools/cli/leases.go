@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -36,10 +37,7 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	etcd := config.AddEtcdFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
 	timeout := fs.Duration("timeout", 10*time.Second, "how long to try reaching etcd")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	opts, err := etcd.Resolve(os.Getenv)
+	opts, err := parseWithEtcd(fs, etcd, args)
 	if err != nil {
 		return err
 	}
@@ -68,13 +66,20 @@ func leasesCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if r.Error != "" {
 			note = "malformed: " + r.Error
 		}
-		pub := r.PublicIP
-		if pub == "" {
-			pub = r.PublicIPv6
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(pub), dash(r.Backend), dash(r.Identity), note)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", dash(r.Subnet), dash(r.IPv6Subnet), dash(cmp.Or(r.PublicIP, r.PublicIPv6)), dash(r.Backend), dash(r.Identity), note)
 	}
 	return tw.Flush()
+}
+
+// parseWithEtcd parses args into fs, then resolves the etcd flags
+// registered on it: those not given on the command line come from
+// flanneld's FLANNELD_* environment, so a subcommand reaches etcd as the
+// daemon run with that environment does.
+func parseWithEtcd(fs *flag.FlagSet, etcd *config.EtcdFlags, args []string) (config.Options, error) {
+	if err := fs.Parse(args); err != nil {
+		return config.Options{}, err
+	}
+	return etcd.Resolve(os.Getenv)
 }
 
 // listLeases lists the subnets directory through the daemon's own store

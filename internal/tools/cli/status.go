@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"flag"
@@ -57,10 +58,7 @@ func statusCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		"the kernel is compared only when the address is a loopback one")
 	etcd := config.AddEtcdFlags(fs)
 	asJSON := fs.Bool("json", false, "print JSON")
-	if err := fs.Parse(args); err != nil {
-		return err
-	}
-	opts, err := etcd.Resolve(os.Getenv)
+	opts, err := parseWithEtcd(fs, etcd, args)
 	if err != nil {
 		return err
 	}
@@ -234,14 +232,7 @@ func printStatus(w io.Writer, rep statusReport) {
 		peers := append([]httpapi.PeerStatus(nil), st.Peers...)
 		sort.Slice(peers, func(i, j int) bool { return peers[i].Subnet < peers[j].Subnet })
 		for _, p := range peers {
-			pub := p.PublicIP
-			if pub == "" {
-				pub = p.PublicIPv6
-			}
-			mac := p.Identity
-			if mac == "" {
-				mac = p.IdentityV6
-			}
+			pub, mac := cmp.Or(p.PublicIP, p.PublicIPv6), cmp.Or(p.Identity, p.IdentityV6)
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s ago\n", dash(p.Subnet), dash(p.IPv6Subnet), dash(pub), dash(mac), time.Since(p.LastSeen).Round(time.Second))
 		}
 		tw.Flush()
@@ -319,14 +310,7 @@ func printHealth(w io.Writer, h *httpapi.HealthStatus) {
 			fmt.Fprintf(w, "          … %d more unreachable (--json lists all)\n", len(h.UnreachablePeers)-i)
 			break
 		}
-		name := u.Subnet
-		if name == "" {
-			name = u.IPv6Subnet
-		}
-		pub := u.PublicIP
-		if pub == "" {
-			pub = u.PublicIPv6
-		}
+		name, pub := cmp.Or(u.Subnet, u.IPv6Subnet), cmp.Or(u.PublicIP, u.PublicIPv6)
 		fmt.Fprintf(w, "          UNREACHABLE %s (public %s, probed %s) since %s (%s ago): %s\n",
 			name, dash(pub), u.Probed, u.Since.Format(time.RFC3339), time.Since(u.Since).Round(time.Second), u.LastError)
 	}

@@ -170,16 +170,11 @@ func TestPrintStatusStoreUnreachable(t *testing.T) {
 	}
 	var b strings.Builder
 	printStatus(&b, rep)
-	out := b.String()
-	for _, want := range []string{
+	wantContains(t, b.String(),
 		"Renewal overdue",
-		"store     UNREACHABLE since " + since.Format(time.RFC3339) + " (42s); the dataplane is kept as it was\n",
+		"store     UNREACHABLE since "+since.Format(time.RFC3339)+" (42s); the dataplane is kept as it was\n",
 		"readyz    ok\n          store unreachable since X (42s)",
-	} {
-		if !strings.Contains(out, want) {
-			t.Errorf("weft status output lacks %q:\n%s", want, out)
-		}
-	}
+	)
 
 	rep.Daemon.Store = httpapi.StoreStatus{Reachable: true}
 	rep.Daemon.Lease.State = "held"
@@ -187,5 +182,15 @@ func TestPrintStatusStoreUnreachable(t *testing.T) {
 	printStatus(&b, rep)
 	if out := b.String(); !strings.Contains(out, "store     reachable\n") || strings.Contains(out, "Held") {
 		t.Errorf("weft status with the store up:\n%s", out)
+	}
+}
+
+// wantContains reports each of wants that out lacks.
+func wantContains(t *testing.T, out string, wants ...string) {
+	t.Helper()
+	for _, want := range wants {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
 	}
 }

@@ -1,6 +1,7 @@
 package demo
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"sort"
@@ -19,11 +20,7 @@ func (res *Result) Print(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "HOST\tSUBNET\tIPV6 SUBNET\tPUBLIC IP\tMAC / KEY")
 	for _, l := range res.Leases {
-		pub := l.PublicIP
-		if pub == "" {
-			pub = l.PublicIPv6
-		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Host, dash(l.Subnet), dash(l.IPv6Subnet), pub, dash(l.Identity))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", l.Host, dash(l.Subnet), dash(l.IPv6Subnet), cmp.Or(l.PublicIP, l.PublicIPv6), dash(l.Identity))
 	}
 	tw.Flush()
 

@@ -15,11 +15,22 @@ import (
 // by iptables in Kubernetes mode, and a FORWARD chain that lets the
 // cluster's traffic through.
 
-func families(e *Env) (v4, v6 bool) {
-	if e.Status == nil {
-		return true, false
+// perFamily picks, of a sysctl's IPv4 and IPv6 names, those of the
+// address families the cluster network has (IPv4 alone without a daemon
+// status).
+func perFamily(e *Env, v4name, v6name string) []string {
+	v4, v6 := true, false
+	if e.Status != nil {
+		v4, v6 = e.Status.Host.Network != "" || e.Status.Host.IPv6Network == "", e.Status.Host.IPv6Network != ""
 	}
-	return e.Status.Host.Network != "" || e.Status.Host.IPv6Network == "", e.Status.Host.IPv6Network != ""
+	var names []string
+	if v4 {
+		names = append(names, v4name)
+	}
+	if v6 {
+		names = append(names, v6name)
+	}
+	return names
 }
 
 func setSysctl(name, value string) func(Host) error {
@@ -27,26 +38,19 @@ func setSysctl(name, value string) func(Host) error {
 }
 
 func checkIPForward(_ context.Context, e *Env) []Finding {
-	v4, v6 := families(e)
 	var out []Finding
-	for _, s := range []struct {
-		on   bool
-		name string
-	}{{v4, "net/ipv4/ip_forward"}, {v6, "net/ipv6/conf/all/forwarding"}} {
-		if !s.on {
-			continue
-		}
-		v, err := e.Host.Sysctl(s.name)
+	for _, name := range perFamily(e, "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding") {
+		v, err := e.Host.Sysctl(name)
 		switch {
 		case err != nil:
-			out = append(out, Finding{Level: Warn, Message: fmt.Sprintf("cannot read %s: %v", dotted(s.name), err)})
+			out = append(out, Finding{Level: Warn, Message: fmt.Sprintf("cannot read %s: %v", dotted(name), err)})
 		case v == "0":
 			out = append(out, Finding{Level: Fail,
-				Message: fmt.Sprintf("%s is 0: this host does not forward packets, so pods are cut off from other hosts", dotted(s.name)),
-				Fix:     fmt.Sprintf("sysctl -w %s=1 (and in /etc/sysctl.d/ to keep it)", dotted(s.name)), Fixable: true,
-				apply: setSysctl(s.name, "1")})
+				Message: fmt.Sprintf("%s is 0: this host does not forward packets, so pods are cut off from other hosts", dotted(name)),
+				Fix:     fmt.Sprintf("sysctl -w %s=1 (and in /etc/sysctl.d/ to keep it)", dotted(name)), Fixable: true,
+				apply: setSysctl(name, "1")})
 		default:
-			out = append(out, ok("%s is %s", dotted(s.name), v))
+			out = append(out, ok("%s is %s", dotted(name), v))
 		}
 	}
 	return out
@@ -103,27 +107,20 @@ func checkBridgeNetfilter(_ context.Context, e *Env) []Finding {
 	if !e.Status.Host.Kube {
 		return []Finding{skip("not in Kubernetes mode (--kube-subnet-mgr)")}
 	}
-	v4, v6 := families(e)
 	var out []Finding
-	for _, s := range []struct {
-		on   bool
-		name string
-	}{{v4, "net/bridge/bridge-nf-call-iptables"}, {v6, "net/bridge/bridge-nf-call-ip6tables"}} {
-		if !s.on {
-			continue
-		}
-		v, err := e.Host.Sysctl(s.name)
+	for _, name := range perFamily(e, "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables") {
+		v, err := e.Host.Sysctl(name)
 		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			out = append(out, Finding{Level: Fail, Message: "br_netfilter is not loaded: bridged pod traffic bypasses kube-proxy's rules",
-				Fix: fmt.Sprintf("modprobe br_netfilter (and list it in /etc/modules-load.d/), then sysctl -w %s=1", dotted(s.name))})
+				Fix: fmt.Sprintf("modprobe br_netfilter (and list it in /etc/modules-load.d/), then sysctl -w %s=1", dotted(name))})
 		case err != nil:
-			out = append(out, Finding{Level: Warn, Message: fmt.Sprintf("cannot read %s: %v", dotted(s.name), err)})
+			out = append(out, Finding{Level: Warn, Message: fmt.Sprintf("cannot read %s: %v", dotted(name), err)})
 		case v == "0":
-			out = append(out, Finding{Level: Fail, Message: fmt.Sprintf("%s is 0: bridged pod traffic bypasses kube-proxy's rules", dotted(s.name)),
-				Fix: fmt.Sprintf("sysctl -w %s=1", dotted(s.name)), Fixable: true, apply: setSysctl(s.name, "1")})
+			out = append(out, Finding{Level: Fail, Message: fmt.Sprintf("%s is 0: bridged pod traffic bypasses kube-proxy's rules", dotted(name)),
+				Fix: fmt.Sprintf("sysctl -w %s=1", dotted(name)), Fixable: true, apply: setSysctl(name, "1")})
 		default:
-			out = append(out, ok("%s is %s", dotted(s.name), v))
+			out = append(out, ok("%s is %s", dotted(name), v))
 		}
 	}
 	return out

@@ -163,7 +163,7 @@ func ServeEtcd(ctx context.Context, dir, hubNS, hubAddr, urlFile string) error {
 		return err
 	}
 	defer l.Close()
-	go relay(l, strings.TrimPrefix(e.ClientURL, "http://"))
+	go relay(l, "", strings.TrimPrefix(e.ClientURL, "http://"))
 	if err := os.WriteFile(urlFile+".tmp", []byte(e.ClientURL+"\n"), 0o644); err != nil {
 		return err
 	}

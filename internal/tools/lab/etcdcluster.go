@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"net/url"
@@ -16,12 +15,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/vishvananda/netns"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
-
-	"github.com/weft-net/weft/internal/nsrun"
 )
 
 // The lab's etcd cluster (Options.EtcdMembers > 1): each member is a real
@@ -96,8 +92,6 @@ func (c *Cluster) newEtcdCluster(ctx context.Context, n int) error {
 	}
 	ec := &EtcdCluster{command: c.opts.EtcdMemberCommand}
 	c.EtcdCluster = ec
-	hubIP := nthAddr(c.opts.Underlay, 1)
-	bits := c.opts.Underlay.Bits()
 	var initial []string
 	for i := 0; i < n; i++ {
 		m := &EtcdMember{
@@ -112,15 +106,7 @@ func (c *Cluster) newEtcdCluster(ctx context.Context, n int) error {
 		ec.Members = append(ec.Members, m)
 		initial = append(initial, fmt.Sprintf("%s=http://%s", m.Name, net.JoinHostPort(m.IP.String(), fmt.Sprint(memberPeerPort))))
 		veth := fmt.Sprintf("%s-e%d", c.opts.Name, i+1)
-		for _, s := range [][]string{
-			{"netns", "add", m.NS},
-			{"-n", m.NS, "link", "set", "lo", "up"},
-			{"-n", c.Hub, "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", m.NS},
-			{"-n", c.Hub, "link", "set", veth, "master", "br0", "up"},
-			{"-n", m.NS, "addr", "add", fmt.Sprintf("%s/%d", m.IP, bits), "dev", "eth0"},
-			{"-n", m.NS, "link", "set", "eth0", "up"},
-			{"-n", m.NS, "route", "add", "default", "via", hubIP.String()},
-		} {
+		for _, s := range c.cableSteps(m.NS, veth, m.IP) {
 			if err := ip(ctx, s...); err != nil {
 				return err
 			}
@@ -130,7 +116,7 @@ func (c *Cluster) newEtcdCluster(ctx context.Context, n int) error {
 			return err
 		}
 		m.relay, m.LocalURL = l, "http://"+l.Addr().String()
-		go relayInto(l, c.Hub, strings.TrimPrefix(m.ClientURL, "http://"))
+		go relay(l, c.Hub, strings.TrimPrefix(m.ClientURL, "http://"))
 	}
 	ec.initial = strings.Join(initial, ",")
 	// A new cluster's members become ready together (each waits for a
@@ -332,46 +318,6 @@ func (ec *EtcdCluster) close() {
 			m.relay.Close()
 		}
 	}
-}
-
-// relayInto copies each connection accepted on l to target, dialled from
-// a socket made in namespace ns, until l closes.
-func relayInto(l net.Listener, ns, target string) {
-	for {
-		in, err := l.Accept()
-		if err != nil {
-			return
-		}
-		go func() {
-			defer in.Close()
-			out, err := dialIn(ns, target)
-			if err != nil {
-				return
-			}
-			defer out.Close()
-			done := make(chan struct{}, 2)
-			go func() { _, _ = io.Copy(out, in); out.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-			go func() { _, _ = io.Copy(in, out); in.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-			<-done
-			<-done
-		}()
-	}
-}
-
-// dialIn connects to addr from a socket made in namespace ns.
-func dialIn(ns, addr string) (net.Conn, error) {
-	h, err := netns.GetFromName(ns)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	var c net.Conn
-	err = nsrun.Do(h, func() error {
-		var err error
-		c, err = net.DialTimeout("tcp", addr, 5*time.Second)
-		return err
-	})
-	return c, err
 }
 
 // MemberConfig is what ServeEtcdMember runs.

@@ -158,15 +158,7 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 			LogFile:    filepath.Join(o.Dir, fmt.Sprintf("h%d.log", i+1)),
 		}
 		veth := fmt.Sprintf("%s-v%d", o.Name, i+1)
-		steps := [][]string{
-			{"netns", "add", h.NS},
-			{"-n", h.NS, "link", "set", "lo", "up"},
-			{"-n", c.Hub, "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", h.NS},
-			{"-n", c.Hub, "link", "set", veth, "master", "br0", "up"},
-			{"-n", h.NS, "addr", "add", fmt.Sprintf("%s/%d", h.IP, bits), "dev", "eth0"},
-			{"-n", h.NS, "link", "set", "eth0", "up"},
-			{"-n", h.NS, "route", "add", "default", "via", hubIP.String()},
-		}
+		steps := c.cableSteps(h.NS, veth, h.IP)
 		if o.UnderlayV6.IsValid() {
 			h.IPv6 = nthAddr(o.UnderlayV6, 11+i)
 			steps = append(steps,
@@ -217,8 +209,23 @@ func New(ctx context.Context, o Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	go relay(c.relay, strings.TrimPrefix(c.Etcd.ClientURL, "http://"))
+	go relay(c.relay, "", strings.TrimPrefix(c.Etcd.ClientURL, "http://"))
 	return c, nil
+}
+
+// cableSteps are the ip(8) commands that make namespace ns and cable it
+// to the hub's bridge like a host: a veth pair (veth on the hub's side,
+// eth0 inside), addr on the underlay, the hub as the default gateway.
+func (c *Cluster) cableSteps(ns, veth string, addr netip.Addr) [][]string {
+	return [][]string{
+		{"netns", "add", ns},
+		{"-n", ns, "link", "set", "lo", "up"},
+		{"-n", c.Hub, "link", "add", "name", veth, "type", "veth", "peer", "name", "eth0", "netns", ns},
+		{"-n", c.Hub, "link", "set", veth, "master", "br0", "up"},
+		{"-n", ns, "addr", "add", fmt.Sprintf("%s/%d", addr, c.opts.Underlay.Bits()), "dev", "eth0"},
+		{"-n", ns, "link", "set", "eth0", "up"},
+		{"-n", ns, "route", "add", "default", "via", nthAddr(c.opts.Underlay, 1).String()},
+	}
 }
 
 // removeStale deletes namespaces left by an earlier run with the same name

@@ -11,26 +11,47 @@ import (
 	"github.com/weft-net/weft/internal/nsrun"
 )
 
-// listenIn opens a TCP listener inside the named namespace. A socket keeps
-// the namespace it was created in, so only the listen call runs on a
-// thread switched into the namespace.
-func listenIn(ns, addr string) (net.Listener, error) {
+// inNS runs f on a thread switched into the named namespace. A socket
+// keeps the namespace it was created in, so only its creation need run
+// there.
+func inNS(ns string, f func() error) error {
 	target, err := netns.GetFromName(ns)
 	if err != nil {
-		return nil, fmt.Errorf("namespace %s: %w", ns, err)
+		return fmt.Errorf("namespace %s: %w", ns, err)
 	}
 	defer target.Close()
+	return nsrun.Do(target, f)
+}
+
+// listenIn opens a TCP listener inside the named namespace.
+func listenIn(ns, addr string) (net.Listener, error) {
 	var l net.Listener
-	err = nsrun.Do(target, func() error {
-		var err error
+	err := inNS(ns, func() (err error) {
 		l, err = net.Listen("tcp", addr)
 		return err
 	})
 	return l, err
 }
 
-// relay copies each connection accepted on l to target until l closes.
-func relay(l net.Listener, target string) {
+const dialTimeout = 5 * time.Second
+
+// dialIn connects to addr from a socket made in namespace ns ("": this
+// process's own).
+func dialIn(ns, addr string) (net.Conn, error) {
+	if ns == "" {
+		return net.DialTimeout("tcp", addr, dialTimeout)
+	}
+	var c net.Conn
+	err := inNS(ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", addr, dialTimeout)
+		return err
+	})
+	return c, err
+}
+
+// relay copies each connection accepted on l to target, dialled from a
+// socket made in namespace ns ("": this process's own), until l closes.
+func relay(l net.Listener, ns, target string) {
 	for {
 		in, err := l.Accept()
 		if err != nil {
@@ -38,14 +59,14 @@ func relay(l net.Listener, target string) {
 		}
 		go func() {
 			defer in.Close()
-			out, err := net.DialTimeout("tcp", target, 5*time.Second)
+			out, err := dialIn(ns, target)
 			if err != nil {
 				return
 			}
 			defer out.Close()
 			done := make(chan struct{}, 2)
-			go func() { io.Copy(out, in); out.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
-			go func() { io.Copy(in, out); in.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(out, in); out.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(in, out); in.(*net.TCPConn).CloseWrite(); done <- struct{}{} }()
 			<-done
 			<-done
 		}()
@@ -63,6 +84,6 @@ func (c *Cluster) Expose(port int, target string) (string, error) {
 		return "", fmt.Errorf("expose %s at %s: %w", target, addr, err)
 	}
 	c.exposed = append(c.exposed, l)
-	go relay(l, target)
+	go relay(l, "", target)
 	return addr, nil
 }
