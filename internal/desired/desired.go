@@ -109,11 +109,16 @@ func New(base *dataplane.State, peers int) *State {
 	if d.links == nil {
 		d.links = map[string]dataplane.Link{}
 	}
-	d.routes = newClaims(d, peers, dataplane.Route.Key, func(o *dataplane.Objects) []dataplane.Route { return o.Routes })
-	d.neighs = newClaims(d, peers, dataplane.Neigh.Key, func(o *dataplane.Objects) []dataplane.Neigh { return o.Neighs })
-	d.fdb = newClaims(d, peers, dataplane.FDB.Key, func(o *dataplane.Objects) []dataplane.FDB { return o.FDB })
-	d.wg = newClaims(d, 0, dataplane.WGPeer.Key, func(o *dataplane.Objects) []dataplane.WGPeer { return o.WGPeers })
-	d.udp = newClaims(d, 0, dataplane.UDPPeer.Key, func(o *dataplane.Objects) []dataplane.UDPPeer { return o.UDPPeers })
+	d.routes = newClaims(d, peers, dataplane.Route.Key, func(o *dataplane.Objects) []dataplane.Route { return o.Routes },
+		func(t *dataplane.Delta) map[dataplane.RouteKey]struct{} { return t.Routes })
+	d.neighs = newClaims(d, peers, dataplane.Neigh.Key, func(o *dataplane.Objects) []dataplane.Neigh { return o.Neighs },
+		func(t *dataplane.Delta) map[dataplane.NeighKey]struct{} { return t.Neighs })
+	d.fdb = newClaims(d, peers, dataplane.FDB.Key, func(o *dataplane.Objects) []dataplane.FDB { return o.FDB },
+		func(t *dataplane.Delta) map[dataplane.FDBKey]struct{} { return t.FDB })
+	d.wg = newClaims(d, 0, dataplane.WGPeer.Key, func(o *dataplane.Objects) []dataplane.WGPeer { return o.WGPeers },
+		func(t *dataplane.Delta) map[dataplane.WGPeerKey]struct{} { return t.WGPeers })
+	d.udp = newClaims(d, 0, dataplane.UDPPeer.Key, func(o *dataplane.Objects) []dataplane.UDPPeer { return o.UDPPeers },
+		func(t *dataplane.Delta) map[dataplane.UDPPeerKey]struct{} { return t.UDPPeers })
 	// Map order is fine here: the winner of a key does not depend on
 	// the order sources are added in.
 	var objs dataplane.Objects
@@ -213,26 +218,25 @@ func (d *State) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
 	d.add(hFallback, touched)
 }
 
+// kind is one kind's claims, as add and remove use them.
+type kind interface {
+	claim(h uint32, touched *dataplane.Delta)
+	withdraw(h uint32, touched *dataplane.Delta)
+}
+
+func (d *State) kinds() [5]kind { return [5]kind{&d.routes, &d.neighs, &d.fdb, &d.wg, &d.udp} }
+
+// add claims every key of h's objects; remove withdraws them.
 func (d *State) add(h uint32, touched *dataplane.Delta) {
-	if touched == nil {
-		touched = &dataplane.Delta{}
+	for _, k := range d.kinds() {
+		k.claim(h, touched)
 	}
-	d.routes.add(h, touched.Routes)
-	d.udp.add(h, touched.UDPPeers)
-	d.neighs.add(h, touched.Neighs)
-	d.fdb.add(h, touched.FDB)
-	d.wg.add(h, touched.WGPeers)
 }
 
 func (d *State) remove(h uint32, touched *dataplane.Delta) {
-	if touched == nil {
-		touched = &dataplane.Delta{}
+	for _, k := range d.kinds() {
+		k.withdraw(h, touched)
 	}
-	d.udp.remove(h, touched.UDPPeers)
-	d.routes.remove(h, touched.Routes)
-	d.neighs.remove(h, touched.Neighs)
-	d.fdb.remove(h, touched.FDB)
-	d.wg.remove(h, touched.WGPeers)
 }
 
 var _ dataplane.Wanted = (*State)(nil)
@@ -271,11 +275,27 @@ type claims[K comparable, V any] struct {
 	losers map[K][]ref // only for contested keys
 	key    func(V) K
 	pick   func(*dataplane.Objects) []V
+	// touched picks this kind's keys from a Delta.
+	touched func(*dataplane.Delta) map[K]struct{}
 }
 
-func newClaims[K comparable, V any](d *State, n int, key func(V) K, pick func(*dataplane.Objects) []V) claims[K, V] {
+func newClaims[K comparable, V any](d *State, n int, key func(V) K, pick func(*dataplane.Objects) []V,
+	touched func(*dataplane.Delta) map[K]struct{}) claims[K, V] {
 	keyOf := func(r ref) K { return key(pick(&d.src(r.h).objs)[r.i]) }
-	return claims[K, V]{d: d, live: newRefTable(n, keyOf), losers: map[K][]ref{}, key: key, pick: pick}
+	return claims[K, V]{d: d, live: newRefTable(n, keyOf), losers: map[K][]ref{}, key: key, pick: pick, touched: touched}
+}
+
+// claim and withdraw are add and remove with this kind's touched keys
+// (none recorded for a nil Delta).
+func (c *claims[K, V]) claim(h uint32, d *dataplane.Delta) { c.add(h, c.touchedIn(d)) }
+
+func (c *claims[K, V]) withdraw(h uint32, d *dataplane.Delta) { c.remove(h, c.touchedIn(d)) }
+
+func (c *claims[K, V]) touchedIn(d *dataplane.Delta) map[K]struct{} {
+	if d == nil {
+		return nil
+	}
+	return c.touched(d)
 }
 
 func (c *claims[K, V]) value(r ref) V { return c.pick(&c.d.src(r.h).objs)[r.i] }
