@@ -289,7 +289,7 @@ func (s *State) Clone() *State {
 
 // Objects are the routes, neighbours and FDB entries that one source of
 // desired state — typically one peer lease — contributes. Backends plan
-// them per peer (backend.Backend.PlanPeer), so a lease event replans one
+// them per peer (backend.Backend.Peer), so a lease event replans one
 // peer instead of all of them.
 type Objects struct {
 	Routes   []Route

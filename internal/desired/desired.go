@@ -26,8 +26,9 @@ import (
 // base first, then peers by subnet (v4, then v6, as their store keys
 // sort), then the fallback. The losers are remembered, and when the
 // winner goes its place is taken by the next in that order — the entry a
-// departing lease shared with another is not deleted. Compose uses the
-// same rule, so incremental and from-scratch planning agree.
+// departing lease shared with another is not deleted. backend.Compose
+// plans through a State too, so incremental and from-scratch planning
+// agree.
 //
 // Each object is held once: in the contribution that declared it, in a
 // slab indexed by a small handle. The per-kind tables map a key to a
