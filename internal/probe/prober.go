@@ -53,20 +53,22 @@ type Config[K comparable] struct {
 }
 
 // Prober probes a set of targets continuously, one round per Interval,
-// and keeps the latest result per target (a map entry of its address and
-// 32 bytes; for the unreachable also the caller's key and the text of the
-// last error).
+// and keeps the latest result per target: 16 bytes beside the target
+// itself, in a slice in address order (for the unreachable also the text
+// of the last error, in a map of those alone).
 type Prober[K comparable] struct {
 	cfg Config[K]
 
 	mu sync.Mutex
-	// state is each target's, by address: a peer's probe address is
-	// its own, and 24 bytes of key where the caller's is 64 (a dual-
-	// stack lease ID). keys names the unreachable ones for Report.
-	state   map[netip.Addr]targetState
-	keys    map[netip.Addr]K
-	up      int // reachable
-	down    int // unreachable
+	// targets are this round's, in address order, one per address;
+	// states[i] is targets[i]'s. Both are replaced, not modified, by
+	// begin (Run reads targets without the lock).
+	targets []Target[K]
+	states  []targetState
+	// down holds what only an unreachable target needs, by address.
+	down    map[netip.Addr]string // the last error's text
+	nUp     int                   // reachable
+	nDown   int                   // unreachable
 	version uint64
 	rounds  uint64
 	started time.Time // of the last round
@@ -74,10 +76,8 @@ type Prober[K comparable] struct {
 
 type targetState struct {
 	since int64 // Unix nanoseconds: of the current state
-	round uint32
 	// known: a result exists; up: the last one was a reply.
 	known, up bool
-	lastErr   string // while down
 }
 
 // New returns a Prober; Run it.
@@ -88,7 +88,7 @@ func New[K comparable](cfg Config[K]) *Prober[K] {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Prober[K]{cfg: cfg, state: map[netip.Addr]targetState{}, keys: map[netip.Addr]K{}}
+	return &Prober[K]{cfg: cfg, down: map[netip.Addr]string{}}
 }
 
 // Run probes until ctx ends; it waits for its probes before returning.
@@ -137,34 +137,41 @@ func sleepUntil(ctx context.Context, t *time.Timer, at time.Time) error {
 	}
 }
 
-// begin starts a round: it takes the targets, forgets those gone (or
-// whose address changed) and returns them in address order, so each is
-// probed at about the same point of every round.
+// begin starts a round: it takes the targets (one per address: the
+// first of those sharing one), carries over the state of those probed
+// before, forgets those gone (or whose address changed) and returns them
+// in address order, so each is probed at about the same point of every
+// round.
 func (p *Prober[K]) begin(now time.Time) []Target[K] {
 	targets := p.cfg.Targets()
-	slices.SortFunc(targets, func(a, b Target[K]) int { return a.Addr.Compare(b.Addr) })
+	slices.SortStableFunc(targets, func(a, b Target[K]) int { return a.Addr.Compare(b.Addr) })
+	targets = slices.CompactFunc(targets, func(a, b Target[K]) bool { return a.Addr == b.Addr })
+	states := make([]targetState, len(targets))
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.rounds++
 	p.started = now
-	round := uint32(p.rounds)
-	for _, tg := range targets {
-		st, ok := p.state[tg.Addr]
-		if !ok {
-			p.version++
+	// Both lists are in address order: walk them side by side.
+	old, j := p.targets, 0
+	for i, tg := range targets {
+		for j < len(old) && old[j].Addr.Less(tg.Addr) {
+			p.forget(old[j].Addr, p.states[j])
+			j++
 		}
-		if k, down := p.keys[tg.Addr]; down && k != tg.Key {
-			p.keys[tg.Addr] = tg.Key // the address moved to another lease
-			p.version++
+		if j < len(old) && old[j].Addr == tg.Addr {
+			states[i] = p.states[j]
+			if states[i].known && !states[i].up && old[j].Key != tg.Key {
+				p.version++ // an unreachable address moved to another key
+			}
+			j++
+			continue
 		}
-		st.round = round
-		p.state[tg.Addr] = st
+		p.version++ // a new target
 	}
-	for a, st := range p.state {
-		if st.round != round {
-			p.forget(a, st)
-		}
+	for ; j < len(old); j++ {
+		p.forget(old[j].Addr, p.states[j])
 	}
+	p.targets, p.states = targets, states
 	p.publishCounts()
 	return targets
 }
@@ -173,19 +180,23 @@ func (p *Prober[K]) begin(now time.Time) []Target[K] {
 func (p *Prober[K]) forget(a netip.Addr, st targetState) {
 	if st.known {
 		if st.up {
-			p.up--
+			p.nUp--
 		} else {
-			p.down--
+			p.nDown--
 		}
 	}
 	p.version++
-	delete(p.state, a)
-	delete(p.keys, a)
+	delete(p.down, a)
+}
+
+// find returns the index of a's target, if it is one this round.
+func (p *Prober[K]) find(a netip.Addr) (int, bool) {
+	return slices.BinarySearchFunc(p.targets, a, func(t Target[K], a netip.Addr) int { return t.Addr.Compare(a) })
 }
 
 func (p *Prober[K]) publishCounts() {
 	if p.cfg.Observer != nil {
-		p.cfg.Observer.SetReachable(p.up, p.down)
+		p.cfg.Observer.SetReachable(p.nUp, p.nDown)
 	}
 }
 
@@ -210,11 +221,11 @@ func (p *Prober[K]) record(tg Target[K], rtt time.Duration, err error, now time.
 	up := err == nil
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	st, ok := p.state[tg.Addr]
+	i, ok := p.find(tg.Addr)
 	if !ok {
 		return // gone meanwhile
 	}
-	defer func() { p.state[tg.Addr] = st }()
+	st := &p.states[i]
 	changed := !st.known || st.up != up
 	if st.known && changed && p.cfg.Observer != nil {
 		p.cfg.Observer.ReachabilityChanged()
@@ -229,35 +240,30 @@ func (p *Prober[K]) record(tg Target[K], rtt time.Duration, err error, now time.
 	if changed {
 		if st.known {
 			if st.up {
-				p.up--
+				p.nUp--
 			} else {
-				p.down--
+				p.nDown--
 			}
 		}
 		if up {
-			p.up++
+			p.nUp++
 		} else {
-			p.down++
+			p.nDown++
 		}
 		st.known, st.up, st.since = true, up, now.UnixNano()
-		if up {
-			delete(p.keys, tg.Addr)
-		} else {
-			p.keys[tg.Addr] = tg.Key
-		}
 		p.version++
 		p.publishCounts()
 	}
 	if up {
-		st.lastErr = ""
+		delete(p.down, tg.Addr)
 		return
 	}
 	msg := err.Error()
 	if errors.Is(err, ErrTimeout) {
 		msg = ErrTimeout.Error() + " within " + p.cfg.Timeout.String() + " (2 probes)"
 	}
-	if msg != st.lastErr {
-		st.lastErr = msg
+	if last, ok := p.down[tg.Addr]; !ok || msg != last {
+		p.down[tg.Addr] = msg
 		p.version++
 	}
 }
@@ -295,11 +301,12 @@ func (p *Prober[K]) Report() Report[K] {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	r := Report[K]{Version: p.version, Interval: p.cfg.Interval, Rounds: p.rounds,
-		Targets: len(p.state), Reachable: p.up, Unreachable: p.down}
-	r.Down = make([]Down[K], 0, p.down)
-	for a, k := range p.keys {
-		st := p.state[a]
-		r.Down = append(r.Down, Down[K]{Key: k, Addr: a, Since: time.Unix(0, st.since), LastError: st.lastErr})
+		Targets: len(p.targets), Reachable: p.nUp, Unreachable: p.nDown}
+	r.Down = make([]Down[K], 0, p.nDown)
+	for a, msg := range p.down {
+		if i, ok := p.find(a); ok {
+			r.Down = append(r.Down, Down[K]{Key: p.targets[i].Key, Addr: a, Since: time.Unix(0, p.states[i].since), LastError: msg})
+		}
 	}
 	slices.SortFunc(r.Down, func(a, b Down[K]) int { return a.Addr.Compare(b.Addr) })
 	return r
