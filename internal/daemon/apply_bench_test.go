@@ -10,7 +10,7 @@ import (
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/backend/vxlan"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/cow"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/metrics"
@@ -26,7 +26,7 @@ func BenchmarkApplySnapshot5000(b *testing.B) {
 	for b.Loop() {
 		d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
 			cfg: Config{Metrics: m}, untracked: true}
-		d.peers = cowmap.New[lease.ID, *peer](idHash, 0)
+		d.peers = &cow.Slab[*peer]{}
 		d.skipped = newSkipSet()
 		d.newDesired(0)
 		d.touched = dataplane.NewDelta()
@@ -47,7 +47,7 @@ func BenchmarkStatusRender5000(b *testing.B) {
 	board := &Board{}
 	d := &daemon{log: slog.New(slog.DiscardHandler), net: n, backend: be, self: self,
 		cfg: Config{Status: board}, untracked: true}
-	d.peers = cowmap.New[lease.ID, *peer](idHash, 0)
+	d.peers = &cow.Slab[*peer]{}
 	d.skipped = newSkipSet()
 	d.newDesired(0)
 	d.touched = dataplane.NewDelta()
@@ -65,7 +65,7 @@ func BenchmarkStatusRender5000(b *testing.B) {
 	b.ReportMetric(float64(size), "bytes/status")
 }
 
-func snapshot5000(b *testing.B) (*config.Network, *vxlan.Backend, lease.Lease, lease.Batch) {
+func snapshot5000(b testing.TB) (*config.Network, *vxlan.Backend, lease.Lease, lease.Batch) {
 	n, err := config.ParseNetwork([]byte(`{"Network":"10.0.0.0/9","Backend":{"Type":"vxlan"}}`))
 	if err != nil {
 		b.Fatal(err)

@@ -23,7 +23,7 @@ import (
 
 	"github.com/weft-net/weft/internal/backend"
 	"github.com/weft-net/weft/internal/config"
-	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/cow"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/httpapi"
@@ -106,10 +106,11 @@ type daemon struct {
 	host    httpapi.HostStatus // for the status
 	backend backend.Backend
 	self    lease.Lease
-	// peers is a copy-on-write map, so that each pass can publish it to
-	// the status Board for O(1) (see Board); skipped are the peer leases
-	// not used, by raw key, bounded (skipSet).
-	peers   *cowmap.Map[lease.ID, *peer]
+	// peers are the peer records by their desired-state handle (found by
+	// lease ID through desired.Handle), in a copy-on-write slab, so that
+	// each pass can publish them to the status Board for O(1) (see Board);
+	// skipped are the peer leases not used, by raw key, bounded (skipSet).
+	peers   *cow.Slab[*peer]
 	skipped *skipSet
 	// subnet is subnet.env's writer and its retries (subnetfile.go).
 	subnet subnetFile

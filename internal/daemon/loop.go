@@ -9,7 +9,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/cow"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -75,7 +75,7 @@ const (
 )
 
 func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks <-chan struct{}, updates <-chan ownUpdate) error {
-	d.peers = cowmap.New[lease.ID, *peer](idHash, 0)
+	d.peers = &cow.Slab[*peer]{}
 	d.skipped = newSkipSet()
 	// Our own subnets are fixed for the daemon's lifetime (a renewal only
 	// moves revision and expiry), so the base is planned once.
@@ -146,6 +146,8 @@ func (d *daemon) control(ctx context.Context, batches <-chan lease.Batch, kicks 
 					break drain
 				}
 			}
+			// apply may have stopped tracking a burst's keys (capTouched).
+			rediff = rediff || (d.untracked && !full)
 			synced, dirty = true, true
 		case <-kicks:
 			// The dataplane dropped the deleted object from its index;

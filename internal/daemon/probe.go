@@ -4,9 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 
-	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/cow"
 	"github.com/weft-net/weft/internal/httpapi"
-	"github.com/weft-net/weft/internal/lease"
 	"github.com/weft-net/weft/internal/probe"
 )
 
@@ -20,10 +19,12 @@ import (
 // trouble is no reason to take this one out of service.
 
 // prober is the daemon's side of probing: the snapshot it probes from
-// and the Prober, or why there is none.
+// and the Prober, or why there is none. A target's key is the peer's
+// record (8 bytes where its lease ID takes 64: the prober holds one per
+// peer for a whole round), which names an unreachable peer in the status.
 type prober struct {
-	peers atomic.Pointer[cowmap.Snapshot[lease.ID, *peer]]
-	p     *probe.Prober[lease.ID]
+	peers atomic.Pointer[cow.Snapshot[*peer]]
+	p     *probe.Prober[*peer]
 	off   string
 }
 
@@ -50,17 +51,17 @@ func (d *daemon) startProber(ctx context.Context, goFn func(func() error)) (clos
 		return func() {}
 	}
 	b := d.backend
-	pr.p = probe.New(probe.Config[lease.ID]{
+	pr.p = probe.New(probe.Config[*peer]{
 		Pinger: pinger, Interval: interval, Observer: d.cfg.Metrics, Log: d.log,
-		Targets: func() []probe.Target[lease.ID] {
+		Targets: func() []probe.Target[*peer] {
 			snap := pr.peers.Load()
 			if snap == nil {
 				return nil
 			}
-			out := make([]probe.Target[lease.ID], 0, snap.Len())
-			for id, p := range snap.All() {
-				if a := b.ProbeAddr(p.lease(id)); a.IsValid() {
-					out = append(out, probe.Target[lease.ID]{Key: id, Addr: a})
+			out := make([]probe.Target[*peer], 0, snap.Len())
+			for _, p := range snap.All() {
+				if a := b.ProbeAddr(p.lease()); a.IsValid() {
+					out = append(out, probe.Target[*peer]{Key: p, Addr: a})
 				}
 			}
 			return out
@@ -88,8 +89,8 @@ func (pr *prober) version() uint64 {
 	return pr.p.Version()
 }
 
-// health renders the prober's report, naming peers from the snapshot.
-func (pr *prober) health(s *snapshot) *httpapi.HealthStatus {
+// health renders the prober's report, naming unreachable peers by their records.
+func (pr *prober) health() *httpapi.HealthStatus {
 	if pr == nil {
 		return nil
 	}
@@ -99,13 +100,11 @@ func (pr *prober) health(s *snapshot) *httpapi.HealthStatus {
 	r := pr.p.Report()
 	h := &httpapi.HealthStatus{Interval: r.Interval.String(), Peers: r.Targets, Reachable: r.Reachable, Unreachable: r.Unreachable}
 	for _, d := range r.Down {
-		u := httpapi.UnreachablePeer{Subnet: str(d.Key.V4), IPv6Subnet: str(d.Key.V6), Probed: d.Addr.String(), Since: d.Since, LastError: d.LastError}
-		if s != nil {
-			if p, ok := s.peers.Get(d.Key); ok {
-				u.PublicIP, u.PublicIPv6 = str(p.attrs.PublicIP), str(p.attrs.PublicIPv6)
-			}
-		}
-		h.UnreachablePeers = append(h.UnreachablePeers, u)
+		p := d.Key
+		h.UnreachablePeers = append(h.UnreachablePeers, httpapi.UnreachablePeer{
+			Subnet: str(p.id.V4), IPv6Subnet: str(p.id.V6), PublicIP: str(p.attrs.PublicIP), PublicIPv6: str(p.attrs.PublicIPv6),
+			Probed: d.Addr.String(), Since: d.Since, LastError: d.LastError,
+		})
 	}
 	return h
 }

@@ -34,8 +34,8 @@ func (d *daemon) feedRunner() {
 	}
 	snap := d.peers.Snapshot()
 	seq := func(yield func(lease.Lease) bool) {
-		for id, p := range snap.All() {
-			if !yield(p.lease(id)) {
+		for _, p := range snap.All() {
+			if !yield(p.lease()) {
 				return
 			}
 		}

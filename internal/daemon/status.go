@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"slices"
 	"sort"
@@ -9,7 +8,7 @@ import (
 	"time"
 
 	"github.com/weft-net/weft/internal/backend/backends"
-	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/cow"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/desired"
 	"github.com/weft-net/weft/internal/httpapi"
@@ -26,9 +25,9 @@ const DefaultMinRender = 500 * time.Millisecond
 // Board lets readers on other goroutines (the /v1/status handler) see the
 // daemon's status without asking the control loop for anything. After
 // each pass the loop publishes a snapshot: the lease, the last pass, and
-// copy-on-write snapshots of the peers and skipped leases (cowmap: O(1)
-// to take; the loop's next write to a shard copies that shard, about
-// twenty leases at 5,000 peers). Everything costly — sorting K peers,
+// a copy-on-write snapshot of the peer records (cow.Slab: O(1) to take;
+// the loop's next write to a chunk of 256 records copies that chunk's
+// pointers) and the skipped leases. Everything costly — sorting K peers,
 // naming them, composing the desired state from each peer's planned
 // objects, encoding JSON — is done by a reader, only when something was
 // published since the last rendering, and at most once per MinRender:
@@ -64,7 +63,7 @@ type Board struct {
 }
 
 // snapshot is what the control loop publishes after a pass. Nothing in it
-// is written afterwards: the cowmap snapshots are immutable, base and
+// is written afterwards: the peers' snapshot is immutable, base and
 // fallback are planned once, and each peer's objects are replaced, never
 // modified, when its lease changes.
 type snapshot struct {
@@ -75,7 +74,7 @@ type snapshot struct {
 	host    httpapi.HostStatus
 	self    lease.Lease
 	own     ownState
-	peers   cowmap.Snapshot[lease.ID, *peer]
+	peers   cow.Snapshot[*peer]
 	// skipped are the example keys and the counts per reason (skipSet),
 	// a few hundred entries at most, copied at each publish.
 	skipped         []httpapi.SkipStatus
@@ -100,39 +99,23 @@ type rendered struct {
 	json   []byte
 }
 
-// peer is a programmed peer, kept small because the map holds one per
-// peer (by pointer: a snapshot's shard copies then copy pointers, and a
-// record is replaced, never modified): its
-// lease's attributes (the key is its ID) and when they last changed. The
-// objects planned for it are the desired state's alone; render plans them
-// again, which gives the same (planners are deterministic).
+// peer is a programmed peer, kept small because the slab holds one per
+// peer (by pointer: a snapshot's chunk copies then copy pointers, and a
+// record is replaced, never modified): its lease's ID and attributes and
+// when they last changed. The objects planned for it are the desired
+// state's alone; render plans them again, which gives the same (planners
+// are deterministic).
 type peer struct {
+	id          lease.ID
 	attrs       lease.Attrs
-	seen        int64  // Unix nanoseconds
-	h           uint32 // its contribution in the desired state
+	seen        int64 // Unix nanoseconds
 	reservation bool
 }
 
 // lease is the peer's lease as the daemon uses it (a peer's expiry and
 // revision are not kept: nothing reads them).
-func (p peer) lease(id lease.ID) lease.Lease {
-	return lease.Lease{Subnet: id.V4, IPv6Subnet: id.V6, Attrs: p.attrs, Reservation: p.reservation}
-}
-
-// idHash spreads lease IDs over a cowmap's shards: the subnets' addresses
-// (which differ in their network bits) folded and multiplied by 2^64/φ,
-// whose top bits then depend on all of them.
-func idHash(id lease.ID) uint64 {
-	var h uint64
-	if id.V4.IsValid() {
-		a := id.V4.Addr().As4()
-		h = uint64(binary.BigEndian.Uint32(a[:]))<<8 | uint64(id.V4.Bits())
-	}
-	if id.V6.IsValid() {
-		a := id.V6.Addr().As16()
-		h ^= binary.BigEndian.Uint64(a[:8]) ^ binary.BigEndian.Uint64(a[8:])<<1 ^ uint64(id.V6.Bits())<<40
-	}
-	return h * 0x9e3779b97f4a7c15
+func (p *peer) lease() lease.Lease {
+	return lease.Lease{Subnet: p.id.V4, IPv6Subnet: p.id.V6, Attrs: p.attrs, Reservation: p.reservation}
 }
 
 // setRules records the masquerade rule mode in use.
@@ -200,7 +183,7 @@ func (b *Board) current() *rendered {
 	r.status = snap.render()
 	r.status.Rules = rules
 	if snap != nil {
-		r.status.Health = pr.health(snap)
+		r.status.Health = pr.health()
 	}
 	r.status.Store = httpapi.StoreStatus{Reachable: down.IsZero(), UnreachableSince: down}
 	if b.UDP != nil {
@@ -268,8 +251,8 @@ func (s *snapshot) render() httpapi.Status {
 		seen  int64
 	}
 	peers := make([]seenLease, 0, s.peers.Len())
-	for id, p := range s.peers.All() {
-		peers = append(peers, seenLease{p.lease(id), p.seen})
+	for _, p := range s.peers.All() {
+		peers = append(peers, seenLease{p.lease(), p.seen})
 	}
 	slices.SortFunc(peers, func(a, b seenLease) int { return lease.CompareID(a.lease.ID(), b.lease.ID()) })
 	// The desired state, composed afresh from each peer's planned objects:

@@ -2,13 +2,12 @@ package daemon
 
 import (
 	"net/netip"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/weft-net/weft/internal/cowmap"
+	"github.com/weft-net/weft/internal/cow"
 	"github.com/weft-net/weft/internal/dataplane"
 	"github.com/weft-net/weft/internal/lease"
 )
@@ -24,11 +23,11 @@ func (routePlanner) Peer(_, l lease.Lease) (dataplane.Objects, error) {
 
 // testSnapshot is a published state with n peers, each with a route.
 func testSnapshot(n int) *snapshot {
-	peers := cowmap.New[lease.ID, *peer](idHash, n)
+	var peers cow.Slab[*peer]
 	for i := range n {
 		l := lease.Lease{Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 5, byte(i), 0}), 24),
 			Attrs: lease.Attrs{PublicIP: netip.AddrFrom4([4]byte{192, 168, 1, byte(i)}), BackendType: "host-gw"}}
-		peers.Set(l.ID(), &peer{attrs: l.Attrs, seen: time.Unix(1, 0).UnixNano()})
+		peers.Set(uint32(i), &peer{id: l.ID(), attrs: l.Attrs, seen: time.Unix(1, 0).UnixNano()})
 	}
 	base := dataplane.NewState()
 	return &snapshot{backend: "host-gw", planner: routePlanner{}, self: lease.Lease{Subnet: netip.MustParsePrefix("10.5.255.0/24")},
@@ -87,31 +86,5 @@ func TestBoardSharesRenderings(t *testing.T) {
 	b.publish(nil) // the loop ended
 	if s := b.Get(); s.Lease.Subnet != "" || len(s.Peers) != 0 || s.Rules != "nftables" {
 		t.Errorf("status after the loop ended: %+v", s)
-	}
-}
-
-// TestIDHashSpreads: the leases of a big network (5,120 /24s, or /64s
-// of a /48) spread evenly over the shards.
-func TestIDHashSpreads(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		id   func(i int) lease.ID
-	}{
-		{"v4", func(i int) lease.ID {
-			return lease.ID{V4: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)}
-		}},
-		{"v6", func(i int) lease.ID {
-			a := netip.MustParseAddr("fd00:10:244::").As16()
-			a[6], a[7] = byte(i>>8), byte(i)
-			return lease.ID{V6: netip.PrefixFrom(netip.AddrFrom16(a), 64)}
-		}},
-	} {
-		counts := make([]int, cowmap.Shards)
-		for i := range 256 * 20 {
-			counts[idHash(tc.id(i))>>56]++
-		}
-		if m := slices.Max(counts); m > 60 {
-			t.Errorf("%s: a shard holds %d of %d ids (mean 20)", tc.name, m, 256*20)
-		}
 	}
 }

@@ -45,10 +45,10 @@ type State struct {
 	srcs [][]contribution
 	n    uint32   // handles handed out
 	free []uint32 // peer handles to reuse
-	// byID finds the peers SetPeer and RemovePeer name by lease ID; a
-	// caller that keeps the handles AddPeer returns (the daemon, in its
-	// own peer map) uses the handle methods and never makes it.
-	byID  map[lease.ID]uint32
+	// byID finds a peer's handle by its lease ID (Handle, SetPeer,
+	// RemovePeer): a reference table like the kinds', so an entry costs 8
+	// bytes, the ID being read back from the contribution.
+	byID  refTable[lease.ID]
 	links map[string]dataplane.Link
 
 	routes claims[dataplane.RouteKey, dataplane.Route]
@@ -107,6 +107,7 @@ func New(base *dataplane.State, peers int) *State {
 	d := &State{
 		links: maps.Clone(base.Links),
 	}
+	d.byID = newRefTable(peers, func(r ref) lease.ID { return d.src(r.h).id })
 	if d.links == nil {
 		d.links = map[string]dataplane.Link{}
 	}
@@ -142,12 +143,20 @@ func (d *State) Copy() *dataplane.State { return dataplane.StateOf(d) }
 // Peers is the number of peers with a contribution.
 func (d *State) Peers() int { return int(d.n) - len(d.free) - 2 }
 
-// AddPeer adds the contribution of a peer that has none, recording the
-// keys that may have changed in touched (nil: not recorded), and returns
-// its handle for UpdatePeer and DropPeer. objs is kept: the caller must
-// not modify it afterwards.
+// Handle returns the handle of id's contribution, if it has one.
+func (d *State) Handle(id lease.ID) (uint32, bool) {
+	r, ok := d.byID.get(id)
+	return r.h, ok
+}
+
+// AddPeer adds the contribution of a peer that has none (see Handle),
+// recording the keys that may have changed in touched (nil: not
+// recorded), and returns its handle for UpdatePeer and DropPeer: a small
+// number, reused once dropped, that callers may index by. objs is kept:
+// the caller must not modify it afterwards.
 func (d *State) AddPeer(id lease.ID, objs dataplane.Objects, touched *dataplane.Delta) uint32 {
 	h := d.alloc(contribution{rank: rankPeer, id: id, objs: objs})
+	d.byID.set(id, ref{h: h})
 	d.add(h, touched)
 	return h
 }
@@ -166,21 +175,18 @@ func (d *State) UpdatePeer(h uint32, objs dataplane.Objects, touched *dataplane.
 // DropPeer withdraws h's contribution; h is free for reuse.
 func (d *State) DropPeer(h uint32, touched *dataplane.Delta) {
 	d.remove(h, touched)
+	d.byID.del(d.src(h).id)
 	*d.src(h) = contribution{rank: rankFree}
 	d.free = append(d.free, h)
 }
 
 // SetPeer adds or replaces peer's contribution, found by its lease ID.
 func (d *State) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
-	id := peer.ID()
-	if d.byID == nil {
-		d.byID = map[lease.ID]uint32{}
-	}
-	if h, ok := d.byID[id]; ok {
+	if h, ok := d.Handle(peer.ID()); ok {
 		d.UpdatePeer(h, objs, touched)
 		return
 	}
-	d.byID[id] = d.AddPeer(id, objs, touched)
+	d.AddPeer(peer.ID(), objs, touched)
 }
 
 // alloc stores c under a free handle.
@@ -202,12 +208,9 @@ func (d *State) alloc(c contribution) uint32 {
 
 // RemovePeer drops id's contribution, if any.
 func (d *State) RemovePeer(id lease.ID, touched *dataplane.Delta) {
-	h, ok := d.byID[id]
-	if !ok {
-		return
+	if h, ok := d.Handle(id); ok {
+		d.DropPeer(h, touched)
 	}
-	delete(d.byID, id)
-	d.DropPeer(h, touched)
 }
 
 // SetFallback replaces the fallback objects: those that apply only where
