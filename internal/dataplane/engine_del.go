@@ -3,6 +3,7 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"iter"
 	"syscall"
 )
 
@@ -21,13 +22,10 @@ import (
 // other agents) would never learn it is gone.
 func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, touched map[RouteKey]struct{}) {
 	e := p.e
-	stale := takeStale(e, routeTable,
-		desired.WantedRoutes(),
-		func(r instRoute) string { return r.Dev }, gone, touched)
 	p.unusedNH = kr.nhStrays
-	// Each request is made as it is queued, and a chunk flushed at a
-	// time: a mass leave of 20,000 peers holds the taken entries once,
-	// not again as requests.
+	// Each request is made as its entry is taken, and a chunk flushed at
+	// a time: a mass leave of 20,000 peers holds neither all the taken
+	// entries nor all their requests.
 	del := func(k RouteKey, r instRoute, stray bool) {
 		p.enqueue(request{op: reqRouteDel, route: r}, func(err error) {
 			// EINVAL for a route named with its object: the object is gone
@@ -54,8 +52,8 @@ func (p *pass) delRoutes(desired Wanted, gone map[string]bool, kr kernelRead, to
 		})
 		p.flushIfFull()
 	}
-	for _, s := range stale {
-		del(s.k, s.v, false)
+	for k, r := range stale(e, routeTable, desired.WantedRoutes(), func(r instRoute) string { return r.Dev }, gone, touched) {
+		del(k, r, false)
 	}
 	for _, r := range kr.strays {
 		if !gone[r.Dev] {
@@ -94,12 +92,11 @@ func (p *pass) delNexthops() {
 	}
 }
 
-// delStale queues the deletion of the taken stale neighbours or FDB
-// entries; at the flush, those whose deletion failed go back into the
-// index.
-func delStale[K comparable, V any](p *pass, stale []entry[K, V], m func(*instIndex) table[K, V], req func(V) request, removed *int, fail func(V, error)) {
-	for _, s := range stale {
-		k, v := s.k, s.v
+// delStale queues the deletion of stale neighbours or FDB entries as
+// they are taken; at the flush, those whose deletion failed go back into
+// the index.
+func delStale[K comparable, V any](p *pass, stale iter.Seq2[K, V], m func(*instIndex) table[K, V], req func(V) request, removed *int, fail func(V, error)) {
+	for k, v := range stale {
 		p.enqueue(req(v), func(err error) {
 			switch {
 			case err == nil:
@@ -119,10 +116,7 @@ func delStale[K comparable, V any](p *pass, stale []entry[K, V], m func(*instInd
 
 func (p *pass) delNeighs(desired Wanted, gone map[string]bool, touched map[NeighKey]struct{}) {
 	m := neighTable
-	stale := takeStale(p.e, m,
-		desired.WantedNeighs(),
-		func(v instNeigh) string { return v.Dev }, gone, touched)
-	delStale(p, stale, m,
+	delStale(p, stale(p.e, m, desired.WantedNeighs(), func(v instNeigh) string { return v.Dev }, gone, touched), m,
 		func(nb instNeigh) request { return request{op: reqNeighDel, neigh: nb} },
 		&p.changes.NeighsRemoved,
 		func(nb instNeigh, err error) {
@@ -132,10 +126,7 @@ func (p *pass) delNeighs(desired Wanted, gone map[string]bool, touched map[Neigh
 
 func (p *pass) delFDB(desired Wanted, gone map[string]bool, touched map[FDBKey]struct{}) {
 	m := fdbTable
-	stale := takeStale(p.e, m,
-		desired.WantedFDB(),
-		func(v instFDB) string { return v.Dev }, gone, touched)
-	delStale(p, stale, m,
+	delStale(p, stale(p.e, m, desired.WantedFDB(), func(v instFDB) string { return v.Dev }, gone, touched), m,
 		func(f instFDB) request { return request{op: reqFDBDel, fdb: f} },
 		&p.changes.FDBRemoved,
 		func(f instFDB, err error) {
