@@ -153,18 +153,19 @@ func (d *daemon) applyEvent(ev lease.Event) error {
 	if t := d.backend.Type(); attrs.BackendType == t {
 		attrs.BackendType = t // one string for all peers, not one each
 	}
-	seen := time.Now().UnixNano()
+	// A new record each time: snapshots share the old one. The desired
+	// state holds the record's ID rather than a copy.
+	rec := &peer{id: id, attrs: attrs, seen: time.Now().UnixNano(), reservation: ev.Lease.Reservation}
 	h, ok := d.desired.Handle(id)
 	if ok {
 		if old := d.peers.Get(h); old.attrs.Equal(attrs) {
-			seen = old.seen
+			rec.seen = old.seen
 		}
-		d.desired.UpdatePeer(h, objs, d.delta())
+		d.desired.UpdatePeer(h, &rec.id, objs, d.delta())
 	} else {
-		h = d.desired.AddPeer(id, objs, d.delta())
+		h = d.desired.AddPeer(&rec.id, objs, d.delta())
 	}
-	// A new record each time: snapshots share the old one.
-	d.peers.Set(h, &peer{id: id, attrs: attrs, seen: seen, reservation: ev.Lease.Reservation})
+	d.peers.Set(h, rec)
 	return nil
 }
 

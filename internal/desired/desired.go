@@ -58,11 +58,40 @@ type State struct {
 	udp    claims[dataplane.UDPPeerKey, dataplane.UDPPeer]
 }
 
-// contribution is what one source declares, and its place in the order.
+// contribution is what one source declares, and its place in the order:
+// 96 bytes in the slab, beside the objects' own arrays. The lease ID is
+// the caller's (the daemon's peer record holds it), not a copy; the kinds
+// a vxlan or host-gw peer never declares are behind a pointer.
 type contribution struct {
-	rank uint8 // rankBase, rankPeer, rankFallback; rankFree in the free list
-	id   lease.ID
-	objs dataplane.Objects
+	rank   uint8     // rankBase, rankPeer, rankFallback; rankFree in the free list
+	id     *lease.ID // a peer's; nil for the base and the fallback
+	routes []dataplane.Route
+	neighs []dataplane.Neigh
+	fdb    []dataplane.FDB
+	rare   *rareObjs // nil when it declares none
+}
+
+// rareObjs are the kinds only some backends plan: WireGuard and udp peers.
+type rareObjs struct {
+	wg  []dataplane.WGPeer
+	udp []dataplane.UDPPeer
+}
+
+// set makes o the contribution's objects.
+func (c *contribution) set(o dataplane.Objects) {
+	c.routes, c.neighs, c.fdb, c.rare = o.Routes, o.Neighs, o.FDB, nil
+	if len(o.WGPeers)+len(o.UDPPeers) > 0 {
+		c.rare = &rareObjs{wg: o.WGPeers, udp: o.UDPPeers}
+	}
+}
+
+// objects returns the contribution's objects (sharing its arrays).
+func (c *contribution) objects() dataplane.Objects {
+	o := dataplane.Objects{Routes: c.routes, Neighs: c.neighs, FDB: c.fdb}
+	if c.rare != nil {
+		o.WGPeers, o.UDPPeers = c.rare.wg, c.rare.udp
+	}
+	return o
 }
 
 const (
@@ -98,7 +127,7 @@ func (d *State) less(a, b ref) bool {
 	if x.rank != y.rank {
 		return x.rank < y.rank
 	}
-	return lease.CompareID(x.id, y.id) < 0
+	return lease.CompareID(*x.id, *y.id) < 0
 }
 
 // New returns a State holding base's links and objects, sized
@@ -107,20 +136,28 @@ func New(base *dataplane.State, peers int) *State {
 	d := &State{
 		links: maps.Clone(base.Links),
 	}
-	d.byID = newRefTable(peers, func(r ref) lease.ID { return d.src(r.h).id })
+	d.byID = newRefTable(peers, func(r ref) lease.ID { return *d.src(r.h).id })
 	if d.links == nil {
 		d.links = map[string]dataplane.Link{}
 	}
-	d.routes = newClaims(d, peers, dataplane.Route.Key, func(o *dataplane.Objects) []dataplane.Route { return o.Routes },
+	d.routes = newClaims(d, peers, dataplane.Route.Key, func(c *contribution) []dataplane.Route { return c.routes },
 		func(t *dataplane.Delta) map[dataplane.RouteKey]struct{} { return t.Routes })
-	d.neighs = newClaims(d, peers, dataplane.Neigh.Key, func(o *dataplane.Objects) []dataplane.Neigh { return o.Neighs },
+	d.neighs = newClaims(d, peers, dataplane.Neigh.Key, func(c *contribution) []dataplane.Neigh { return c.neighs },
 		func(t *dataplane.Delta) map[dataplane.NeighKey]struct{} { return t.Neighs })
-	d.fdb = newClaims(d, peers, dataplane.FDB.Key, func(o *dataplane.Objects) []dataplane.FDB { return o.FDB },
+	d.fdb = newClaims(d, peers, dataplane.FDB.Key, func(c *contribution) []dataplane.FDB { return c.fdb },
 		func(t *dataplane.Delta) map[dataplane.FDBKey]struct{} { return t.FDB })
-	d.wg = newClaims(d, 0, dataplane.WGPeer.Key, func(o *dataplane.Objects) []dataplane.WGPeer { return o.WGPeers },
-		func(t *dataplane.Delta) map[dataplane.WGPeerKey]struct{} { return t.WGPeers })
-	d.udp = newClaims(d, 0, dataplane.UDPPeer.Key, func(o *dataplane.Objects) []dataplane.UDPPeer { return o.UDPPeers },
-		func(t *dataplane.Delta) map[dataplane.UDPPeerKey]struct{} { return t.UDPPeers })
+	d.wg = newClaims(d, 0, dataplane.WGPeer.Key, func(c *contribution) []dataplane.WGPeer {
+		if c.rare == nil {
+			return nil
+		}
+		return c.rare.wg
+	}, func(t *dataplane.Delta) map[dataplane.WGPeerKey]struct{} { return t.WGPeers })
+	d.udp = newClaims(d, 0, dataplane.UDPPeer.Key, func(c *contribution) []dataplane.UDPPeer {
+		if c.rare == nil {
+			return nil
+		}
+		return c.rare.udp
+	}, func(t *dataplane.Delta) map[dataplane.UDPPeerKey]struct{} { return t.UDPPeers })
 	// Map order is fine here: the winner of a key does not depend on
 	// the order sources are added in.
 	var objs dataplane.Objects
@@ -130,7 +167,8 @@ func New(base *dataplane.State, peers int) *State {
 	objs.WGPeers = slices.Collect(maps.Values(base.WGPeers))
 	objs.UDPPeers = slices.Collect(maps.Values(base.UDPPeers))
 	d.srcs = make([][]contribution, 0, (2+peers)/slabChunk+1)
-	d.alloc(contribution{rank: rankBase, objs: objs}) // hBase
+	d.alloc(contribution{rank: rankBase}) // hBase
+	d.src(hBase).set(objs)
 	d.alloc(contribution{rank: rankFallback})         // hFallback
 	d.add(hBase, nil)
 	return d
@@ -152,41 +190,48 @@ func (d *State) Handle(id lease.ID) (uint32, bool) {
 // AddPeer adds the contribution of a peer that has none (see Handle),
 // recording the keys that may have changed in touched (nil: not
 // recorded), and returns its handle for UpdatePeer and DropPeer: a small
-// number, reused once dropped, that callers may index by. objs is kept:
-// the caller must not modify it afterwards.
-func (d *State) AddPeer(id lease.ID, objs dataplane.Objects, touched *dataplane.Delta) uint32 {
-	h := d.alloc(contribution{rank: rankPeer, id: id, objs: objs})
-	d.byID.set(id, ref{h: h})
+// number, reused once dropped, that callers may index by. id and objs
+// are kept, not copied: the caller must not modify them afterwards (the
+// daemon passes the ID in its immutable peer record, which is then held
+// once).
+func (d *State) AddPeer(id *lease.ID, objs dataplane.Objects, touched *dataplane.Delta) uint32 {
+	h := d.alloc(contribution{rank: rankPeer, id: id})
+	d.src(h).set(objs)
+	d.byID.set(*id, ref{h: h})
 	d.add(h, touched)
 	return h
 }
 
-// UpdatePeer replaces h's contribution with objs. An unchanged
-// contribution (a renewal) touches nothing.
-func (d *State) UpdatePeer(h uint32, objs dataplane.Objects, touched *dataplane.Delta) {
-	if d.src(h).objs.Equal(objs) {
+// UpdatePeer replaces h's contribution with objs, and the ID it holds
+// with id (the same lease ID, in the caller's new record; kept as
+// AddPeer's). An unchanged contribution (a renewal) touches nothing.
+func (d *State) UpdatePeer(h uint32, id *lease.ID, objs dataplane.Objects, touched *dataplane.Delta) {
+	c := d.src(h)
+	c.id = id
+	if c.objects().Equal(objs) {
 		return
 	}
 	d.remove(h, touched)
-	d.src(h).objs = objs
+	c.set(objs)
 	d.add(h, touched)
 }
 
 // DropPeer withdraws h's contribution; h is free for reuse.
 func (d *State) DropPeer(h uint32, touched *dataplane.Delta) {
 	d.remove(h, touched)
-	d.byID.del(d.src(h).id)
+	d.byID.del(*d.src(h).id)
 	*d.src(h) = contribution{rank: rankFree}
 	d.free = append(d.free, h)
 }
 
 // SetPeer adds or replaces peer's contribution, found by its lease ID.
 func (d *State) SetPeer(peer lease.Lease, objs dataplane.Objects, touched *dataplane.Delta) {
-	if h, ok := d.Handle(peer.ID()); ok {
-		d.UpdatePeer(h, objs, touched)
+	id := peer.ID()
+	if h, ok := d.Handle(id); ok {
+		d.UpdatePeer(h, &id, objs, touched)
 		return
 	}
-	d.AddPeer(peer.ID(), objs, touched)
+	d.AddPeer(&id, objs, touched)
 }
 
 // alloc stores c under a free handle.
@@ -218,7 +263,7 @@ func (d *State) RemovePeer(id lease.ID, touched *dataplane.Delta) {
 // routes for our own subnets, which must never displace a planned route).
 func (d *State) SetFallback(objs dataplane.Objects, touched *dataplane.Delta) {
 	d.remove(hFallback, touched)
-	d.src(hFallback).objs = objs
+	d.src(hFallback).set(objs)
 	d.add(hFallback, touched)
 }
 
@@ -278,14 +323,14 @@ type claims[K comparable, V any] struct {
 	live   refTable[K]
 	losers map[K][]ref // only for contested keys
 	key    func(V) K
-	pick   func(*dataplane.Objects) []V
+	pick   func(*contribution) []V
 	// touched picks this kind's keys from a Delta.
 	touched func(*dataplane.Delta) map[K]struct{}
 }
 
-func newClaims[K comparable, V any](d *State, n int, key func(V) K, pick func(*dataplane.Objects) []V,
+func newClaims[K comparable, V any](d *State, n int, key func(V) K, pick func(*contribution) []V,
 	touched func(*dataplane.Delta) map[K]struct{}) claims[K, V] {
-	keyOf := func(r ref) K { return key(pick(&d.src(r.h).objs)[r.i]) }
+	keyOf := func(r ref) K { return key(pick(d.src(r.h))[r.i]) }
 	return claims[K, V]{d: d, live: newRefTable(n, keyOf), losers: map[K][]ref{}, key: key, pick: pick, touched: touched}
 }
 
@@ -302,7 +347,7 @@ func (c *claims[K, V]) touchedIn(d *dataplane.Delta) map[K]struct{} {
 	return c.touched(d)
 }
 
-func (c *claims[K, V]) value(r ref) V { return c.pick(&c.d.src(r.h).objs)[r.i] }
+func (c *claims[K, V]) value(r ref) V { return c.pick(c.d.src(r.h))[r.i] }
 
 // Get implements dataplane.Table.
 func (c *claims[K, V]) Get(k K) (V, bool) {
@@ -331,7 +376,7 @@ func (c *claims[K, V]) Len() int { return c.live.n }
 
 // add claims every key of h's objects of this kind.
 func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
-	for i, v := range c.pick(&c.d.src(h).objs) {
+	for i, v := range c.pick(c.d.src(h)) {
 		k, r := c.key(v), ref{h, uint32(i)}
 		w, ok := c.live.get(k)
 		switch {
@@ -352,7 +397,7 @@ func (c *claims[K, V]) add(h uint32, touched map[K]struct{}) {
 // remove withdraws h's claims; where h held a key, the next contribution
 // in order takes it with its own object.
 func (c *claims[K, V]) remove(h uint32, touched map[K]struct{}) {
-	for _, v := range c.pick(&c.d.src(h).objs) {
+	for _, v := range c.pick(c.d.src(h)) {
 		k := c.key(v)
 		w, ok := c.live.get(k)
 		if !ok {
