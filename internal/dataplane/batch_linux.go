@@ -6,6 +6,7 @@ import (
 	"net"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netlink/nl"
@@ -36,6 +37,9 @@ type nlWriter struct {
 	seq uint32
 	buf []byte
 	rb  []byte
+	// from and fromLen receive each datagram's sender (recv).
+	from    unix.RawSockaddrNetlink
+	fromLen uint32
 }
 
 func newWriter(ns netns.NsHandle) (*nlWriter, error) {
@@ -189,7 +193,7 @@ func (w *nlWriter) collect(first uint32, errs []error) (lost bool) {
 	}
 	overrun := false
 	for pending > 0 {
-		n, from, err := unix.Recvfrom(w.s.GetFd(), w.rb, unix.MSG_DONTWAIT)
+		n, fromKernel, err := w.recv()
 		switch {
 		case errors.Is(err, unix.EINTR):
 			continue
@@ -210,29 +214,49 @@ func (w *nlWriter) collect(first uint32, errs []error) (lost bool) {
 		case err != nil:
 			return giveUp(err)
 		}
-		if sa, ok := from.(*unix.SockaddrNetlink); !ok || sa.Pid != nl.PidKernel {
+		if !fromKernel {
 			continue
 		}
-		msgs, err := syscall.ParseNetlinkMessage(w.rb[:n])
-		if err != nil {
-			return giveUp(err)
-		}
-		for _, m := range msgs {
-			if m.Header.Type != unix.NLMSG_ERROR || len(m.Data) < 4 {
+		// The messages of the datagram, read in place (the standard
+		// parser allocates a slice for each datagram: one per ack).
+		for b := w.rb[:n]; len(b) > 0; {
+			if len(b) < unix.NLMSG_HDRLEN {
+				return giveUp(syscall.EINVAL)
+			}
+			l := int(nl.NativeEndian().Uint32(b[0:4]))
+			if l < unix.NLMSG_HDRLEN || l > len(b) {
+				return giveUp(syscall.EINVAL)
+			}
+			typ, seq, data := nl.NativeEndian().Uint16(b[4:6]), nl.NativeEndian().Uint32(b[8:12]), b[unix.NLMSG_HDRLEN:l]
+			b = b[min(len(b), (l+unix.NLMSG_ALIGNTO-1)&^(unix.NLMSG_ALIGNTO-1)):]
+			if typ != unix.NLMSG_ERROR || len(data) < 4 {
 				continue
 			}
-			i := int(m.Header.Seq - first)
+			i := int(seq - first)
 			if i < 0 || i >= len(errs) || got[i] {
 				continue
 			}
 			got[i] = true
 			pending--
-			if e := int32(nl.NativeEndian().Uint32(m.Data[:4])); e != 0 {
+			if e := int32(nl.NativeEndian().Uint32(data[:4])); e != 0 {
 				errs[i] = syscall.Errno(-e)
 			}
 		}
 	}
 	return false
+}
+
+// recv reads one datagram into w.rb, reporting whether the kernel sent
+// it. unix.Recvfrom would allocate the sender's address at every call:
+// one per ack, tens of thousands in a mass leave.
+func (w *nlWriter) recv() (n int, fromKernel bool, err error) {
+	w.from, w.fromLen = unix.RawSockaddrNetlink{}, unix.SizeofSockaddrNetlink
+	r, _, e := unix.Syscall6(unix.SYS_RECVFROM, uintptr(w.s.GetFd()), uintptr(unsafe.Pointer(&w.rb[0])), uintptr(len(w.rb)),
+		unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(&w.from)), uintptr(unsafe.Pointer(&w.fromLen)))
+	if e != 0 {
+		return 0, false, e
+	}
+	return int(r), w.from.Family == unix.AF_NETLINK && w.from.Pid == nl.PidKernel, nil
 }
 
 // routeRequest builds the request netlink.Handle.RouteReplace (typ

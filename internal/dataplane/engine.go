@@ -294,6 +294,13 @@ func (p *pass) flush() {
 	for i, err := range p.exec(reqs) {
 		done[i](err)
 	}
+	// The next chunk reuses the buffers (unless an outcome queued more):
+	// a mass leave's chunks would otherwise grow new ones each time, a
+	// quarter of what the daemon allocates then.
+	if p.q == nil {
+		clear(done) // what the closures hold
+		p.q, p.done = reqs[:0], done[:0]
+	}
 }
 
 // The nexthop IDs we allocate start at nexthopIDBase: the kernel's
