@@ -14,9 +14,10 @@
 // big, time exceeded); without the capability it falls back to the
 // kernel's unprivileged ping sockets (net.ipv4.ping_group_range must
 // include the process's group), which deliver replies only. Many
-// goroutines may Ping at once: one reader per socket hands each reply to
-// the call that waits for it, matched by identifier, sequence number,
-// source address and an 8-byte token of this Pinger in the payload.
+// goroutines may Ping at once, and Start probes without a goroutine
+// waiting: one reader per socket hands each reply to the probe it
+// answers, matched by identifier, sequence number, source address and an
+// 8-byte token of this Pinger in the payload.
 //
 // Ping's Options set the size of the whole IP packet (headers included,
 // so a probe of the pod MTU is PacketSize = MTU) and the don't-fragment
@@ -111,7 +112,7 @@ type Pinger struct {
 
 	mu      sync.Mutex
 	seq     uint16
-	waiting map[waitKey]chan result
+	waiting map[waitKey]*waiter
 
 	readers sync.WaitGroup
 }
@@ -119,6 +120,19 @@ type Pinger struct {
 type waitKey struct {
 	v6  bool
 	seq uint16
+}
+
+// waiter is a probe in flight: a few hundred bytes with its timers, where
+// a goroutine blocked in a call would take its stack (thousands of
+// probes are in flight when thousands of peers do not answer).
+type waiter struct {
+	dst   netip.Addr
+	start time.Time
+	timer *time.Timer
+	stop  func() bool // the context's AfterFunc
+	done  func(time.Duration, error)
+	// seqKey is its entry in Pinger.waiting.
+	seqKey waitKey
 }
 
 type result struct {
@@ -150,7 +164,7 @@ func Open() (*Pinger, error) { return open(false) }
 
 // open is Open; pingOnly skips raw sockets (tests of the fallback).
 func open(pingOnly bool) (*Pinger, error) {
-	p := &Pinger{waiting: map[waitKey]chan result{}}
+	p := &Pinger{waiting: map[waitKey]*waiter{}}
 	if _, err := rand.Read(p.token[:]); err != nil {
 		return nil, fmt.Errorf("probe: random token: %w", err)
 	}
@@ -277,13 +291,29 @@ func listenPingSocket(v6 bool) (net.PacketConn, error) {
 }
 
 // Ping sends one echo request to dst and waits for its reply, returning
-// the round-trip time. Errors: ErrTimeout, an *UnreachableError, or the
+// the round-trip time. Errors: ErrTimeout, an *UnreachableError, the
 // send's error (EMSGSIZE with DontFragment and a packet above the known
-// path MTU).
+// path MTU), or ctx's.
 func (p *Pinger) Ping(ctx context.Context, dst netip.Addr, o Options) (time.Duration, error) {
+	type outcome struct {
+		rtt time.Duration
+		err error
+	}
+	ch := make(chan outcome, 1)
+	p.Start(ctx, dst, o, func(rtt time.Duration, err error) { ch <- outcome{rtt, err} })
+	r := <-ch
+	return r.rtt, r.err
+}
+
+// Start sends one echo request to dst and returns; done is called once
+// with what Ping would return, on another goroutine (the socket's reader
+// or a timer), or on this one when nothing could be sent. done must not
+// block. No goroutine waits meanwhile.
+func (p *Pinger) Start(ctx context.Context, dst netip.Addr, o Options, done func(time.Duration, error)) {
 	dst = dst.Unmap()
 	if !dst.IsValid() {
-		return 0, errors.New("probe: no address")
+		done(0, errors.New("probe: no address"))
+		return
 	}
 	v6 := dst.Is6()
 	s, serr := p.v4, p.err4
@@ -291,81 +321,89 @@ func (p *Pinger) Ping(ctx context.Context, dst netip.Addr, o Options) (time.Dura
 		s, serr = p.v6, p.err6
 	}
 	if s == nil {
-		return 0, fmt.Errorf("probe: no ICMP socket for %s: %w", dst, serr)
-	}
-	seq, ch, err := p.register(v6)
-	if err != nil {
-		return 0, err
-	}
-	defer p.unregister(v6, seq)
-
-	msg, err := p.echo(s, seq, o.PacketSize)
-	if err != nil {
-		return 0, err
-	}
-	start := time.Now()
-	if err := s.send(msg, dst, o.DontFragment); err != nil {
-		return 0, fmt.Errorf("send echo to %s: %w", dst, err)
+		done(0, fmt.Errorf("probe: no ICMP socket for %s: %w", dst, serr))
+		return
 	}
 	timeout := o.Timeout
 	if timeout <= 0 {
 		timeout = defaultTimeout
 	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	for {
-		select {
-		case r := <-ch:
-			if r.from != dst {
-				continue // about a probe of the same sequence to elsewhere
-			}
-			if r.err != nil {
-				return 0, r.err
-			}
-			return r.at.Sub(start), nil
-		case <-t.C:
-			return 0, fmt.Errorf("%w from %s within %s", ErrTimeout, dst, timeout)
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		}
+	w := &waiter{dst: dst, done: done}
+	// Registered, then its timers set, under one hold of the lock: a
+	// timer firing at once (a context already done) waits for it and
+	// finds the waiter whole. No reply can come before the send.
+	p.mu.Lock()
+	seq, err := p.register(v6, w)
+	if err != nil {
+		p.mu.Unlock()
+		done(0, err)
+		return
+	}
+	w.timer = time.AfterFunc(timeout, func() {
+		p.finish(w, 0, fmt.Errorf("%w from %s within %s", ErrTimeout, dst, timeout))
+	})
+	w.stop = context.AfterFunc(ctx, func() { p.finish(w, 0, ctx.Err()) })
+	p.mu.Unlock()
+	msg, err := p.echo(s, seq, o.PacketSize)
+	if err != nil {
+		p.finish(w, 0, err)
+		return
+	}
+	p.mu.Lock()
+	w.start = time.Now()
+	p.mu.Unlock()
+	if err := s.send(msg, dst, o.DontFragment); err != nil {
+		p.finish(w, 0, fmt.Errorf("send echo to %s: %w", dst, err))
 	}
 }
 
-// register takes a free sequence number and the channel its reply
-// arrives on.
-func (p *Pinger) register(v6 bool) (uint16, chan result, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// register takes a free sequence number for w; p.mu is held.
+func (p *Pinger) register(v6 bool, w *waiter) (uint16, error) {
 	for range 1 << 16 {
 		p.seq++
 		k := waitKey{v6, p.seq}
 		if _, busy := p.waiting[k]; !busy {
-			ch := make(chan result, 1)
-			p.waiting[k] = ch
-			return p.seq, ch, nil
+			p.waiting[k] = w
+			w.seqKey = k
+			return p.seq, nil
 		}
 	}
-	return 0, nil, errors.New("probe: 65,536 probes in flight")
+	return 0, errors.New("probe: 65,536 probes in flight")
 }
 
-func (p *Pinger) unregister(v6 bool, seq uint16) {
+// finish ends w's probe with its outcome, unless it has one already.
+func (p *Pinger) finish(w *waiter, rtt time.Duration, err error) {
 	p.mu.Lock()
-	delete(p.waiting, waitKey{v6, seq})
-	p.mu.Unlock()
-}
-
-// deliver hands r to the probe waiting for seq, if any.
-func (p *Pinger) deliver(v6 bool, seq uint16, r result) {
-	p.mu.Lock()
-	ch := p.waiting[waitKey{v6, seq}]
-	p.mu.Unlock()
-	if ch == nil {
+	if p.waiting[w.seqKey] != w {
+		p.mu.Unlock()
 		return
 	}
-	select {
-	case ch <- r:
-	default: // one is enough; a duplicate reply is dropped
+	delete(p.waiting, w.seqKey)
+	timer, stop := w.timer, w.stop
+	p.mu.Unlock()
+	timer.Stop()
+	stop()
+	w.done(rtt, err)
+}
+
+// deliver hands r to the probe waiting for seq, if any: a reply from its
+// destination, or an ICMP error about it.
+func (p *Pinger) deliver(v6 bool, seq uint16, r result) {
+	p.mu.Lock()
+	w := p.waiting[waitKey{v6, seq}]
+	if w == nil || r.from != w.dst {
+		// None, or about a probe of the same sequence to elsewhere; a
+		// duplicate reply finds none.
+		p.mu.Unlock()
+		return
 	}
+	start := w.start
+	p.mu.Unlock()
+	if r.err != nil {
+		p.finish(w, 0, r.err)
+		return
+	}
+	p.finish(w, r.at.Sub(start), nil)
 }
 
 // echo builds an echo request whose IP packet is size bytes long.

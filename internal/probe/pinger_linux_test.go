@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -118,6 +119,67 @@ func TestPingTimeout(t *testing.T) {
 		t.Errorf("timed out after %v, want about 200ms", took)
 	}
 	t.Logf("%v (after %v)", err, took.Round(time.Millisecond))
+}
+
+// TestStartWaitsWithoutGoroutines: a thousand probes in flight to an
+// address that never answers hold no goroutine each; each ends once,
+// with ErrTimeout, and a cancelled context ends the rest at once.
+func TestStartWaitsWithoutGoroutines(t *testing.T) {
+	name, ns := testNS(t)
+	blackHole(t, name, "10.77.0.9")
+	p := openIn(t, ns, false)
+	const n = 1000
+	before := runtime.NumGoroutine()
+	var (
+		mu       sync.Mutex
+		outcomes []error
+		all      = make(chan struct{})
+	)
+	record := func(_ time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		outcomes = append(outcomes, err)
+		if len(outcomes) == n {
+			close(all)
+		}
+	}
+	dst := netip.MustParseAddr("10.77.0.9")
+	for range n / 2 {
+		p.Start(context.Background(), dst, Options{Timeout: 500 * time.Millisecond}, record)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	for range n / 2 {
+		p.Start(ctx, dst, Options{Timeout: time.Minute}, record)
+	}
+	if g := runtime.NumGoroutine() - before; g > 50 {
+		t.Errorf("%d goroutines more with %d probes in flight", g, n)
+	}
+	cancel()
+	select {
+	case <-all:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("only %d of %d probes ended", len(outcomes), n)
+	}
+	timeouts, cancelled := 0, 0
+	for _, err := range outcomes {
+		switch {
+		case errors.Is(err, ErrTimeout):
+			timeouts++
+		case errors.Is(err, context.Canceled):
+			cancelled++
+		default:
+			t.Errorf("outcome %v", err)
+		}
+	}
+	if timeouts != n/2 || cancelled != n/2 {
+		t.Errorf("%d timeouts and %d cancelled, want %d each", timeouts, cancelled, n/2)
+	}
+	time.Sleep(600 * time.Millisecond) // a late timer would add an outcome
+	mu.Lock()
+	defer mu.Unlock()
+	if len(outcomes) != n {
+		t.Errorf("%d outcomes for %d probes", len(outcomes), n)
+	}
 }
 
 // TestPingSocketFallback: without raw sockets (forced), the kernel's

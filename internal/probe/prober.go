@@ -17,9 +17,10 @@ type Target[K comparable] struct {
 	Addr netip.Addr
 }
 
-// Pings is what a Prober needs of a Pinger.
+// Pings is what a Prober needs of a Pinger: Start, which probes without
+// a goroutine waiting (see Pinger.Start).
 type Pings interface {
-	Ping(ctx context.Context, dst netip.Addr, o Options) (time.Duration, error)
+	Start(ctx context.Context, dst netip.Addr, o Options, done func(time.Duration, error))
 }
 
 // Observer is told of every result (the daemon's metrics). Its methods
@@ -114,7 +115,7 @@ func (p *Prober[K]) Run(ctx context.Context) error {
 			if err := sleepUntil(ctx, t, start.Add(time.Duration(i)*gap)); err != nil {
 				return err
 			}
-			probes.Go(func() { p.probe(ctx, tg) })
+			p.probe(ctx, tg, &probes)
 		}
 		if err := sleepUntil(ctx, t, start.Add(p.cfg.Interval)); err != nil {
 			return err
@@ -200,20 +201,31 @@ func (p *Prober[K]) publishCounts() {
 	}
 }
 
-// probe probes one target, retrying a failure once, and records it.
-func (p *Prober[K]) probe(ctx context.Context, tg Target[K]) {
+// probe probes one target, retrying a failure once, and records it. No
+// goroutine waits meanwhile: a round over thousands of unanswering
+// targets keeps thousands of probes in flight (two timeouts each), which
+// as blocked goroutines took megabytes of stacks. inflight counts it
+// until its outcome is recorded.
+func (p *Prober[K]) probe(ctx context.Context, tg Target[K], inflight *sync.WaitGroup) {
 	o := Options{Timeout: p.cfg.Timeout}
-	rtt, err := p.cfg.Pinger.Ping(ctx, tg.Addr, o)
-	if err != nil && ctx.Err() == nil {
-		rtt, err = p.cfg.Pinger.Ping(ctx, tg.Addr, o)
+	inflight.Add(1)
+	outcome := func(rtt time.Duration, err error) {
+		defer inflight.Done()
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil && p.cfg.Observer != nil {
+			p.cfg.Observer.ProbeRTT(rtt)
+		}
+		p.record(tg, rtt, err, time.Now())
 	}
-	if ctx.Err() != nil {
-		return
-	}
-	if err == nil && p.cfg.Observer != nil {
-		p.cfg.Observer.ProbeRTT(rtt)
-	}
-	p.record(tg, rtt, err, time.Now())
+	p.cfg.Pinger.Start(ctx, tg.Addr, o, func(rtt time.Duration, err error) {
+		if err != nil && ctx.Err() == nil {
+			p.cfg.Pinger.Start(ctx, tg.Addr, o, outcome)
+			return
+		}
+		outcome(rtt, err)
+	})
 }
 
 // record stores a result.
