@@ -169,7 +169,7 @@ func New(base *dataplane.State, peers int) *State {
 	d.srcs = make([][]contribution, 0, (2+peers)/slabChunk+1)
 	d.alloc(contribution{rank: rankBase}) // hBase
 	d.src(hBase).set(objs)
-	d.alloc(contribution{rank: rankFallback})         // hFallback
+	d.alloc(contribution{rank: rankFallback}) // hFallback
 	d.add(hBase, nil)
 	return d
 }
